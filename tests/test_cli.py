@@ -1,0 +1,41 @@
+"""The ``inatcomp`` command end to end: synth, validate, demo."""
+
+from __future__ import annotations
+
+from inatcomp.cli import main
+
+
+def test_synth_then_validate_every_table(tmp_path, capsys):
+    out = tmp_path / "export"
+    assert main(["synth", str(out), "--species", "20", "--photos", "120", "--image-size", "32", "--gzip"]) == 0
+    tables = [str(out / f"{name}.csv.gz") for name in ("taxa", "observations", "photos", "observers")]
+    assert main(["validate", *tables]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_validate_reports_each_problem_and_fails(tmp_path, capsys):
+    bad = tmp_path / "observations.csv"
+    bad.write_text(
+        "observation_uuid\tobserver_id\tlatitude\tlongitude\tpositional_accuracy\ttaxon_id\tquality_grade\tobserved_on\n"
+        "5f3c2b1a-0000-4000-8000-000000000001\t12\t95.5\t10\t\t3\tresearch\t2020-01-01\n"
+        "5f3c2b1a-0000-4000-8000-000000000002\tabc\t10\t10\t\t3\tgreat\t2020-01-01\n",
+        encoding="utf-8",
+    )
+    assert main(["validate", str(bad)]) == 1
+    printed = capsys.readouterr().out
+    assert "line 2" in printed and "latitude" in printed
+    assert "line 3" in printed and "observer_id" in printed and "quality_grade" in printed
+
+
+def test_validate_never_tracebacks_on_junk(tmp_path, capsys):
+    junk = tmp_path / "train2018.json"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage")
+    assert main(["validate", str(junk)]) == 1
+    assert str(junk) in capsys.readouterr().out
+
+
+def test_demo_runs_the_stages(tmp_path, caplog):
+    caplog.set_level("INFO")
+    assert main(["demo", str(tmp_path / "demo"), "--species", "20", "--photos", "150"]) == 0
+    assert (tmp_path / "demo" / "export" / "photos.csv").is_file()
+    assert "0 problems" in caplog.text

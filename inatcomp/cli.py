@@ -44,6 +44,98 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from inatcomp.report import score_markdown, write_score_report
+    from inatcomp.scoring import SubmissionFormat, score_file
+
+    try:
+        result = score_file(
+            args.submission,
+            args.solution,
+            format=SubmissionFormat(args.format) if args.format else None,
+            k=args.k,
+            dataset=args.dataset,
+            max_bytes=int(args.max_size_mb * 1e6),
+        )
+    except ValueError as error:
+        _logger.error("%s", error)
+        return 1
+    if args.report:
+        write_score_report(result, args.report)
+    sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n" if args.json else score_markdown(result))
+    return 0
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from inatcomp.report import build_leaderboard, leaderboard_markdown, write_leaderboard
+    from inatcomp.scoring import SubmissionFormat
+
+    try:
+        entries = build_leaderboard(
+            args.submissions,
+            args.solution,
+            format=SubmissionFormat(args.format) if args.format else None,
+            max_bytes=int(args.max_size_mb * 1e6),
+        )
+    except ValueError as error:
+        _logger.error("%s", error)
+        return 1
+    if args.out:
+        write_leaderboard(entries, args.out)
+    sys.stdout.write(leaderboard_markdown(entries))
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from inatcomp.build import build_dataset
+    from inatcomp.splits import PhotoChoice, Preset, rules_for
+
+    overrides = {name: getattr(args, name) for name in _BUILD_OVERRIDES}
+    if args.photo_choice:
+        overrides["photo_choice"] = PhotoChoice(args.photo_choice)
+    if args.all_grades:
+        overrides["research_only"] = False
+    rules = rules_for(Preset(args.preset), **overrides)
+    result = build_dataset(
+        args.export,
+        args.out,
+        rules=rules,
+        seed=args.seed,
+        resample_seed=args.resample_seed,
+        images=not args.no_images,
+        workers=args.workers,
+    )
+    _logger.info("release in %s: %d classes, images %s", args.out, result.classes, result.images)
+    return 0
+
+
+def _cmd_split_val(args: argparse.Namespace) -> int:
+    from inatcomp.build import split_val
+
+    sizes = split_val(args.val_json, args.out, minival_frac=args.minival_frac, seed=args.seed, per_class=args.per_class)
+    _logger.info("wrote %s: %s", args.out, sizes)
+    return 0
+
+
+#: Build rules the command line may override (argument name = BuildRules field).
+_BUILD_OVERRIDES = {
+    "min_observations": int,
+    "min_research_observations": int,
+    "min_photos": int,
+    "photos_per_observation": int,
+    "val_per_class": int,
+    "val_fraction": float,
+    "min_train": int,
+    "max_train": int,
+    "train_mini_per_class": int,
+    "test_fraction": float,
+    "private_fraction": float,
+    "max_image_side": int,
+}
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from inatcomp.demo import run_demo
 
@@ -77,12 +169,54 @@ def get_args_parser() -> argparse.ArgumentParser:
     validate.add_argument("--kind", help="file kind (a schema name in data_schema/); guessed when omitted")
     validate.set_defaults(func=_cmd_validate)
 
+    build = sub.add_parser("build", help="build a challenge dataset from an observation export")
+    build.add_argument("export", help="export folder (taxa, observations, photos, observers tables; photos/)")
+    build.add_argument("out", help="release folder")
+    build.add_argument("--preset", required=True, choices=["inat2017", "inat2018", "inat2021", "production"])
+    build.add_argument("--seed", type=int, default=0, help="seed of the observers' splits")
+    build.add_argument("--resample-seed", type=int, help="another photo sample with the same category set")
+    build.add_argument("--no-images", action="store_true", help="write the metadata only")
+    build.add_argument("--workers", type=int, help="image processes (default one per CPU)")
+    build.add_argument("--photo-choice", choices=["first", "random"], help="which photo of an observation")
+    build.add_argument("--all-grades", action="store_true", help="keep needs_id and casual observations too")
+    for name, kind in _BUILD_OVERRIDES.items():
+        build.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"override the preset's {name}")
+    build.set_defaults(func=_cmd_build)
+
+    split_val_parser = sub.add_parser("split-val", help="split a val JSON into val and minival by observer")
+    split_val_parser.add_argument("val_json")
+    split_val_parser.add_argument("--out", required=True, help="output folder")
+    split_val_parser.add_argument("--minival-frac", type=float, default=0.1)
+    split_val_parser.add_argument("--per-class", type=int, default=3, help="cap of minival images per class")
+    split_val_parser.add_argument("--seed", type=int, default=0)
+    split_val_parser.set_defaults(func=_cmd_split_val)
+
     demo = sub.add_parser("demo", help="run the main job on a synthetic export")
     demo.add_argument("out", nargs="?", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--species", type=int, default=300)
     demo.add_argument("--photos", type=int, default=20000)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+
+    formats = ("inat2017", "inat2018", "inat2019", "inat2021")  # scoring.SubmissionFormat, kept import-free here
+    score = sub.add_parser("score", help="top-1/top-k error of a submission (Public, Private, all) and analyses")
+    score.add_argument("submission", help="submission CSV (id,predicted or Id,Predicted)")
+    score.add_argument("--solution", required=True, help="solution CSV (id,expected,usage)")
+    score.add_argument("--dataset", help="built dataset folder (categories.json, train JSON) for the analyses")
+    score.add_argument("--k", type=int, help="k of the top-k error reported besides top-1 (default: the format's)")
+    score.add_argument("--format", choices=formats, help="submission format (guessed from header and labels)")
+    score.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    score.add_argument("--report", help="folder for score.json, score.md and PNG plots")
+    score.add_argument("--max-size-mb", type=float, default=200.0, help="size limit of each file (default 200 MB)")
+    score.set_defaults(func=_cmd_score)
+
+    board = sub.add_parser("leaderboard", help="Kaggle-like public/private leaderboard of submissions")
+    board.add_argument("submissions", nargs="+", help="submission CSVs; the team is the file stem")
+    board.add_argument("--solution", required=True, help="solution CSV (id,expected,usage)")
+    board.add_argument("--out", help="folder for leaderboard.csv and leaderboard.md")
+    board.add_argument("--format", choices=formats, help="force the submissions' format")
+    board.add_argument("--max-size-mb", type=float, default=200.0, help="size limit of each file (default 200 MB)")
+    board.set_defaults(func=_cmd_leaderboard)
     return parser
 
 

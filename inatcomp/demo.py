@@ -1,7 +1,7 @@
 """The main job on a synthetic export: what ``make demo`` runs.
 
-Today: synth → validate. Each later stage (build, train, predict, ensemble, submit, score) is appended
-here as it lands, so the demo always shows the whole path that works.
+Today: synth → validate → build (inat2018 preset) → validate the release. Each later stage (train, predict,
+ensemble, submit, score) is appended here as it lands, so the demo always shows the whole path that works.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import logging
 import time
 from pathlib import Path
 
+from inatcomp.build import build_dataset, release_names
 from inatcomp.formats import validate_file
+from inatcomp.splits import Preset, rules_for
 from inatcomp.synth import EXPORT_TABLES, SynthConfig, write_export
 
 __all__ = ["run_demo"]
@@ -35,6 +37,22 @@ def run_demo(out: str | Path, *, species: int = 300, photos: int = 20000, seed: 
     for problem in problems:
         _logger.error("%s", problem)
     timings.append(("validate", time.perf_counter() - start, f"{len(problems)} problems"))
+
+    start = time.perf_counter()
+    release = out / "release"
+    rules = rules_for(Preset.INAT2018)
+    built = build_dataset(export, release, rules=rules, seed=seed)
+    timings.append(("build", time.perf_counter() - start, f"{release}: {built.classes} classes, {built.images}"))
+
+    start = time.perf_counter()
+    names = release_names(rules)
+    release_files = [release / names[k] for k in names if not k.endswith("_dir")]
+    release_files += [release / "categories.json", release / "solution.csv", release / "sample_submission.csv"]
+    release_problems = [p for path in release_files for p in validate_file(path)]
+    for problem in release_problems:
+        _logger.error("%s", problem)
+    problems += release_problems
+    timings.append(("validate", time.perf_counter() - start, f"{len(release_problems)} problems in the release"))
 
     _logger.info("export: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
     _logger.info("%-10s %8s  %s", "stage", "seconds", "output")

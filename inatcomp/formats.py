@@ -64,6 +64,7 @@ class FileKind(enum.Enum):
     DATASET_INAT2021 = "dataset_inat2021"
     DATASET_INAT2021_TEST = "dataset_inat2021_test"
     LOCATIONS = "locations"
+    CATEGORIES = "categories"
     EXPORT_TAXA = "export_taxa"
     EXPORT_OBSERVATIONS = "export_observations"
     EXPORT_PHOTOS = "export_photos"
@@ -256,6 +257,8 @@ def _kind_from_json(data: Any, path: Path) -> FileKind:
     if isinstance(data, list):
         if "locations" in name or (data and isinstance(data[0], dict) and {"lat", "lon"} <= data[0].keys()):
             return FileKind.LOCATIONS
+        if "categories" in name or (data and isinstance(data[0], dict) and {"id", "name"} <= data[0].keys()):
+            return FileKind.CATEGORIES
         raise ValueError(f"{path}: cannot tell the file kind: a JSON list that is not a location file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: cannot tell the file kind: JSON top level is {type(data).__name__}, not an object")
@@ -499,7 +502,7 @@ def _validate_json(data: Any, kind: FileKind, max_problems: int) -> _Found:
                 continue
             for error in validator.iter_errors(record):
                 found.add(f"{prefix}[{index}]{_json_path(error.absolute_path)[1:]}", _error_message(error, kind))
-    if kind is FileKind.LOCATIONS:
+    if kind in (FileKind.LOCATIONS, FileKind.CATEGORIES):
         if isinstance(data, list):
             _check_unique_ids(data, "$", found)
     elif isinstance(data, dict):
@@ -1078,3 +1081,59 @@ def _check_labels(column: pd.Series, name: str, labels: int, checks: _Checks) ->
     mask = np.zeros(len(text), dtype=bool)
     mask[rows[repeated]] = True
     checks.report(mask, 1, name, lambda row: f"{_short(text.iloc[row])} repeats a label; each label may appear once")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing: every output goes to a temporary file first and is renamed into place, so nothing is half-written.
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> None:
+    """Write JSON atomically, keys in the order given, UTF-8, deterministic (orjson: fast at release scale)."""
+    import orjson
+
+    option = orjson.OPT_INDENT_2 if indent else 0
+    write_atomic(path, orjson.dumps(obj, option=option | orjson.OPT_SERIALIZE_NUMPY))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file (orjson: several times faster than the standard library on release files)."""
+    import orjson
+
+    return orjson.loads(Path(path).read_bytes())
+
+
+def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Write a comma-separated file atomically with ``\\n`` line ends."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+
+
+def write_csv_columns(path: str | os.PathLike, columns: dict[str, Any]) -> None:
+    """Write equal-length columns as a comma-separated file atomically, fast (pyarrow) for big tables.
+
+    Values are written unquoted; a value that would need quoting falls back to the csv module's quoting.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    table = pa.table({name: pa.array(values) for name, values in columns.items()})
+    buffer = io.BytesIO()
+    try:
+        buffer.write((",".join(columns) + "\n").encode("utf-8"))  # pyarrow quotes header names
+        pacsv.write_csv(table, buffer, pacsv.WriteOptions(quoting_style="none", include_header=False))
+    except pa.ArrowInvalid:  # a value with a comma, quote or newline: let the csv module quote it
+        write_csv(path, list(columns), zip(*(table[name].to_pylist() for name in columns)))
+        return
+    write_atomic(path, buffer.getvalue())

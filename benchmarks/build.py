@@ -1,0 +1,112 @@
+"""Dataset build at scale: metadata-only build time ≤ 2× the time to parse the columns it uses with pyarrow,
+measured side by side in one run, and peak memory growing linearly with the export (≤ 8 GB at 30 M photos).
+
+Each measurement runs in a child process of its own so that its peak resident memory (``ru_maxrss``) is its
+own. The parse baseline reads exactly the columns the builder reads, with the same pyarrow reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+
+from benchmarks.common import Result
+from inatcomp.synth import SynthConfig, write_export
+
+_logger = logging.getLogger(__name__)
+
+_PARSE = """
+import json, resource, time
+from inatcomp.export import TABLE_COLUMNS, find_table, read_columns
+start = time.perf_counter()
+rows = sum(read_columns(find_table({export!r}, name), name).num_rows for name in TABLE_COLUMNS)
+rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({{"seconds": time.perf_counter() - start, "rss_mb": rss_mb}}))
+"""
+_BUILD = """
+import json, logging, resource, time
+from inatcomp.build import build_dataset
+from inatcomp.splits import Preset, rules_for
+logging.basicConfig(level=logging.WARNING)
+start = time.perf_counter()
+result = build_dataset({export!r}, {out!r}, rules=rules_for(Preset.INAT2018), images=False)
+seconds = time.perf_counter() - start
+rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({{"seconds": seconds, "rss_mb": rss_mb, "classes": result.classes, "images": result.images,
+                  "removed": result.audit["removed"]}}))
+"""
+
+
+def _child(code: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(photos: int) -> dict:
+    """Synthesise an export of ``photos`` photos, then parse it and build it in child processes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        export = f"{tmp}/export"
+        write_export(
+            export, SynthConfig(species=min(10_000, max(100, photos // 300)), photos=photos, seed=0, images=False)
+        )
+        parse = _child(_PARSE.format(export=export))
+        build = _child(_BUILD.format(export=export, out=f"{tmp}/out"))
+    return {"photos": photos, "parse": parse, "build": build}
+
+
+def run(*, quick: bool = False) -> list[Result]:
+    """Measure the time ratio at the largest size and peak memory at every size."""
+    sizes = (30_000, 300_000) if quick else (300_000, 3_000_000)
+    runs = [measure(n) for n in sizes]
+    for r in runs:
+        _logger.info(
+            "%d photos: parse %.1fs (%.0f MB), build %.1fs (%.0f MB), %d classes, images %s",
+            r["photos"], r["parse"]["seconds"], r["parse"]["rss_mb"], r["build"]["seconds"], r["build"]["rss_mb"],
+            r["build"]["classes"], r["build"]["images"],
+        )  # fmt: skip
+    largest = runs[-1]
+    _logger.info("audit at %d photos: %s", largest["photos"], json.dumps(largest["build"]["removed"]))
+    ratio = largest["build"]["seconds"] / largest["parse"]["seconds"]
+    # Linear fit through the two largest sizes: the fixed cost (interpreter, libraries) is not per photo.
+    small = runs[-2]
+    slope = (largest["build"]["rss_mb"] - small["build"]["rss_mb"]) / (largest["photos"] - small["photos"]) * 1e6
+    projected = (largest["build"]["rss_mb"] + slope * (30e6 - largest["photos"]) / 1e6) / 1024
+    memory = ", ".join(f"{r['photos'] / 1e6:g} M: {r['build']['rss_mb']:.0f} MB" for r in runs)
+    return [
+        Result(
+            goal=f"build --no-images of {largest['photos']:,} photos ≤ 2× pyarrow parse of its columns",
+            figure=f"build {largest['build']['seconds']:.1f} s, parse {largest['parse']['seconds']:.1f} s",
+            ratio=ratio,
+            met=ratio <= 2.0,
+        ),
+        Result(
+            goal="build peak memory ≤ 8 GB at 30 M photos (linear growth)",
+            figure=f"{memory}; slope {slope:.0f} MB per M photos, projected {projected:.1f} GB at 30 M",
+            ratio=projected / 8.0,
+            met=projected <= 8.0,
+        ),
+    ]
+
+
+def main() -> None:
+    """Print the results."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--photos", type=int, nargs="*", help="measure these sizes instead")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("inatcomp").setLevel(logging.WARNING)
+    if args.photos:
+        for n in args.photos:
+            _logger.info("%s", json.dumps(measure(n)))
+        return
+    for result in run(quick=args.quick):
+        result.log()
+
+
+if __name__ == "__main__":
+    main()

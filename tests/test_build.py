@@ -1,0 +1,392 @@
+"""Tests of the dataset builder: each rule on hand-made exports, properties on generated ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from inatcomp.build import build_dataset, check_leakage, release_names, split_val
+from inatcomp.cli import main
+from inatcomp.formats import validate_file
+from inatcomp.splits import PhotoChoice, Preset, assign_observers, rules_for
+from inatcomp.synth import SynthConfig, write_export
+
+TAXA_HEADER = ["taxon_id", "ancestry", "rank_level", "rank", "name", "active"]
+OBS_HEADER = [
+    "observation_uuid", "observer_id", "latitude", "longitude", "positional_accuracy", "taxon_id",
+    "quality_grade", "observed_on", "anomaly_score",
+]  # fmt: skip
+PHOTO_HEADER = [
+    "photo_uuid", "photo_id", "observation_uuid", "observer_id", "extension", "license", "width", "height", "position"
+]  # fmt: skip
+
+# Life → Plantae → Tracheophyta → Magnoliopsida → Fagales → Fagaceae → Quercus / Acer
+_LINEAGE = "48460/1/2/3/4/5"
+HAND_TAXA = [
+    (48460, "", 100, "stateofmatter", "Life", "true"),
+    (1, "48460", 70, "kingdom", "Plantae", "true"),
+    (2, "48460/1", 60, "phylum", "Tracheophyta", "true"),
+    (3, "48460\\1\\2", 50, "class", "Magnoliopsida", "t"),  # the other separator and boolean spelling
+    (4, "48460/1/2/3", 40, "order", "Fagales", "true"),
+    (5, "48460/1/2/3/4", 30, "family", "Fagaceae", "true"),
+    (6, _LINEAGE, 20, "genus", "Quercus", "true"),
+    (7, f"{_LINEAGE}/6", 10, "species", "Quercus alba", "true"),
+    (8, f"{_LINEAGE}/6", 10, "species", "Quercus rubra", "true"),
+    (9, f"{_LINEAGE}/6/7", 5, "subspecies", "Quercus alba minor", "true"),
+    (10, f"{_LINEAGE}/6", 10, "hybrid", "Quercus × hybrida", "true"),
+    (11, f"{_LINEAGE}/6", 10, "species", "Quercus vetusta", "false"),
+    (12, _LINEAGE, 20, "genus", "Acer", "true"),
+    (13, f"{_LINEAGE}/12", 10, "species", "Acer rarum", "f"),
+]
+
+
+class HandExport:
+    """A hand-made export: observations given as (taxon, observer, grade), each with two photos."""
+
+    def __init__(self) -> None:
+        self.observations: list[tuple] = []
+        self.photos: list[tuple] = []
+        self.observers: set[int] = set()
+
+    def add(self, taxon, observer, grade="research", photos=2, known_observer=True):
+        n = len(self.observations)
+        uuid = f"00000000-0000-4000-8000-{n:012d}"
+        self.observations.append((uuid, observer, "45.0", "-70.0", "10", taxon, grade, "2020-05-01", "0.01"))
+        for position in range(photos):
+            photo_id = 1000 + 10 * n + position
+            self.photos.append(
+                (
+                    f"10000000-0000-4000-8000-{photo_id:012d}",
+                    photo_id,
+                    uuid,
+                    observer,
+                    "jpg",
+                    "CC-BY",
+                    400,
+                    300,
+                    position,
+                )
+            )
+        if known_observer:
+            self.observers.add(observer)
+        return uuid
+
+    def write(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def table(name, header, rows):
+            lines = ["\t".join(header)] + ["\t".join("" if v is None else str(v) for v in row) for row in rows]
+            (folder / f"{name}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+        table("taxa", TAXA_HEADER, HAND_TAXA)
+        table("observations", OBS_HEADER, self.observations)
+        table("photos", PHOTO_HEADER, self.photos)
+        table("observers", ["observer_id", "login", "name"], [(o, f"user{o}", "") for o in sorted(self.observers)])
+        return folder
+
+
+@pytest.fixture
+def hand(tmp_path) -> tuple[HandExport, Path]:
+    export = HandExport()
+    for observer in range(1, 11):
+        export.add(7, observer)  # Quercus alba: 10 observers
+    for observer in range(11, 14):
+        export.add(9, observer)  # its subspecies: rolled up from 2018
+    for observer in range(20, 27):
+        export.add(8, observer)  # Quercus rubra
+    for observer in range(30, 36):
+        export.add(10, observer)  # hybrid
+    for observer in range(40, 46):
+        export.add(11, observer)  # inactive species
+    for observer in range(50, 54):
+        export.add(6, observer)  # identified to genus only
+    export.add(999, 60)  # unknown taxon
+    export.add(999, 61)
+    export.add("", 62)  # no taxon
+    export.add(8, 777, known_observer=False)  # unknown observer
+    export.add(7, 70, grade="needs_id")
+    export.add(7, 71, grade="casual")
+    export.photos.append(
+        (
+            "20000000-0000-4000-8000-000000000001",
+            99999,
+            "ffffffff-0000-4000-8000-000000000000",
+            1,
+            "jpg",
+            "CC0",
+            10,
+            10,
+            0,
+        )
+    )
+    return export, export.write(tmp_path / "export")
+
+
+def _provenance(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "provenance.csv", dtype={"observation_uuid": str})
+
+
+def test_rules_on_a_hand_made_export(hand, tmp_path):
+    export, folder = hand
+    result = build_dataset(folder, tmp_path / "out", rules=rules_for(Preset.INAT2018), images=False)
+    removed = result.audit["removed"]
+    assert removed["hybrid"] == {"observations": 6, "photos": 12}
+    assert removed["inactive taxon"] == {"observations": 6, "photos": 12}
+    assert removed["identified above species"] == {"observations": 4, "photos": 8}
+    assert removed["unknown taxon"] == {"observations": 2, "photos": 4}
+    assert removed["no taxon"] == {"observations": 1, "photos": 2}
+    assert removed["unknown observer"] == {"observations": 1, "photos": 2}
+    assert removed["not research grade"] == {"observations": 2, "photos": 4}
+    assert removed["photo without observation"] == {"photos": 1}
+    categories = json.loads((tmp_path / "out" / "categories.json").read_text())
+    assert [c["name"] for c in categories] == ["Quercus alba", "Quercus rubra"]
+    assert categories[0] | {"id": 0} == {
+        "id": 0, "name": "Quercus alba", "supercategory": "Plantae", "kingdom": "Plantae", "phylum": "Tracheophyta",
+        "class": "Magnoliopsida", "order": "Fagales", "family": "Fagaceae", "genus": "Quercus",
+    }  # fmt: skip
+    prov = _provenance(tmp_path / "out")
+    # Roll-up: the subspecies observations count for Quercus alba (13 observers, 3 of them val).
+    assert (prov["taxon_id"] == 7).sum() == 13
+    # One photo per observation, the first.
+    photo_positions = {p[1]: p[8] for p in export.photos}
+    assert {photo_positions[p] for p in prov["photo_id"]} == {0}
+    assert prov["observation_uuid"].is_unique
+    # Exactly 3 val images per class, each observer in one split.
+    assert prov[prov["split"] == "val"].groupby("taxon_id").size().tolist() == [3, 3]
+    assert (prov.groupby("observer_id")["split"].nunique() == 1).all()
+
+
+def test_2017_keeps_subspecies_apart(hand, tmp_path):
+    _, folder = hand
+    rules = rules_for(Preset.INAT2017, min_train=2, val_fraction=0.3)
+    build_dataset(folder, tmp_path / "out", rules=rules, images=False)
+    prov = _provenance(tmp_path / "out")
+    assert (prov["taxon_id"] == 7).sum() <= 10
+    categories = json.loads((tmp_path / "out" / "categories.json").read_text())
+    assert set(categories[0]) == {"id", "name", "supercategory"}
+
+
+def test_random_photo_choice_and_caps(hand, tmp_path):
+    export, folder = hand
+    rules = rules_for(Preset.INAT2018, photo_choice=PhotoChoice.RANDOM, max_train=3, test_fraction=0.0)
+    build_dataset(folder, tmp_path / "out", rules=rules, images=False, seed=1)
+    prov = _provenance(tmp_path / "out")
+    assert prov[prov["split"] == "train"].groupby("taxon_id").size().max() <= 3
+    positions = {p[1]: p[8] for p in export.photos}
+    assert prov["observation_uuid"].is_unique
+    chosen = {positions[p] for p in prov["photo_id"]}
+    assert chosen <= {0, 1} and 1 in chosen  # a random photo, not always the first
+
+
+def test_production_makes_leaf_genera_and_spreads_photos(tmp_path):
+    export = HandExport()
+    for observer in range(1, 15):
+        export.add(7, observer, photos=3)  # Quercus alba qualifies
+    for observer in range(20, 24):
+        export.add(6, observer)  # Quercus at genus level: dropped, a species qualifies
+    for observer in range(30, 33):
+        export.add(13, observer)  # Acer rarum alone is too rare …
+    for observer in range(40, 52):
+        export.add(12, observer)  # … but Acer has enough observations: a leaf class
+    folder = export.write(tmp_path / "export")
+    rules = rules_for(
+        Preset.PRODUCTION, min_observations=8, min_research_observations=4, min_photos=1000, val_per_class=3,
+        test_fraction=0.0, max_train=20,
+    )  # fmt: skip
+    result = build_dataset(folder, tmp_path / "out", rules=rules, images=False)
+    categories = json.loads((tmp_path / "out" / "categories.json").read_text())
+    assert [c["name"] for c in categories] == ["Acer", "Quercus alba"]
+    assert result.audit["removed"]["below inclusion thresholds"]["observations"] == 4
+    prov = _provenance(tmp_path / "out")
+    train = prov[(prov["split"] == "train") & (prov["taxon_id"] == 7)]
+    # Up to 5 photos per observation, spread: the cap of 20 takes every observation before second photos.
+    assert len(train) == 20
+    # One val observer (3 photos fill the quota) leaves 13 train observations: all get a first photo.
+    assert (prov[prov["taxon_id"] == 7]["split"] == "val").sum() == 3
+    assert train["observation_uuid"].nunique() == 13
+    assert train.groupby("observation_uuid").size().max() == 2
+
+
+@pytest.mark.parametrize(("species", "photos", "seed"), [(40, 3000, 0), (80, 6000, 1), (150, 12000, 2)])
+def test_isolation_quotas_and_retention_on_generated_exports(tmp_path, species, photos, seed):
+    folder = tmp_path / "export"
+    write_export(folder, SynthConfig(species=species, photos=photos, seed=seed, images=False))
+    out = tmp_path / "out"
+    result = build_dataset(folder, out, rules=rules_for(Preset.INAT2018), images=False, seed=seed)
+    prov = _provenance(out)
+    for column in ("observer_id", "observation_uuid", "photo_id"):
+        assert (prov.groupby(column)["split"].nunique() == 1).all()
+    assert (prov[prov["split"] == "val"].groupby("taxon_id").size() == 3).all()
+    train = prov[prov["split"] == "train"].groupby("taxon_id").size()
+    assert train.between(2, 1000).all()
+    assert set(train.index) == set(prov["taxon_id"])
+    # Retention: against classes with enough research-grade images spread over at least 3 observers.
+    obs = pd.read_csv(folder / "observations.csv", sep="\t", dtype=str, keep_default_na=False)
+    taxa = pd.read_csv(folder / "taxa.csv", sep="\t", dtype=str, keep_default_na=False)
+    species_rank = taxa.set_index("taxon_id")["rank"]
+    research = obs[(obs["quality_grade"] == "research") & (obs["taxon_id"].map(species_rank) == "species")]
+    per_class = research.groupby("taxon_id").agg(images=("observer_id", "size"), observers=("observer_id", "nunique"))
+    feasible = per_class[(per_class["images"] >= 8) & (per_class["observers"] >= 5)]
+    kept = set(prov["taxon_id"].astype(str))
+    assert len(set(feasible.index) & kept) >= 0.85 * len(feasible)
+    # Test split near its target share of train.
+    sizes = result.images
+    assert 0.15 * sizes["train"] <= sizes["test"] <= 0.5 * sizes["train"]
+    assert result.audit["leakage"] == {
+        "observers_in_two_splits": 0, "observations_in_two_splits": 0, "photos_in_two_splits": 0,
+        "json_images_not_in_provenance_split": 0,
+    }  # fmt: skip
+
+
+def test_assign_observers_never_splits_an_observer():
+    rng = np.random.default_rng(0)
+    observer = rng.integers(0, 200, 5000)
+    category = rng.integers(0, 50, 5000)
+    rules = rules_for(Preset.INAT2018)
+    result = assign_observers(observer, category, n_observers=200, n_classes=50, rules=rules, rng=rng)
+    assert result.observer_split.shape == (200,)
+    assert set(np.unique(result.observer_split)) <= {0, 1, 2}
+    kept = result.class_kept
+    split = result.observer_split[observer]
+    val = np.bincount(category[split == 1], minlength=50)
+    assert (val[kept] >= 3).all()
+
+
+@pytest.mark.parametrize("preset", list(Preset))
+def test_every_output_passes_validation(tmp_path, preset):
+    folder = tmp_path / "export"
+    write_export(folder, SynthConfig(species=60, photos=12000, seed=4, images=False))
+    out = tmp_path / preset.value
+    overrides = (
+        {"min_observations": 20, "min_research_observations": 10, "min_photos": 40}
+        if preset is Preset.PRODUCTION
+        else {}
+    )
+    result = build_dataset(folder, out, rules=rules_for(preset, **overrides), images=False)
+    assert result.classes > 5
+    names = release_names(rules_for(preset))
+    files = [out / names[k] for k in names if not k.endswith("_dir")] + [out / "categories.json"]
+    files += [out / "solution.csv", out / "sample_submission.csv"]
+    for path in files:
+        assert validate_file(path) == [], path
+    if preset is Preset.INAT2021:
+        mini = json.loads((out / "train_mini.json").read_text())
+        counts = pd.Series([a["category_id"] for a in mini["annotations"]]).value_counts()
+        assert (counts == 50).all()
+        val = json.loads((out / "val.json").read_text())
+        assert (pd.Series([a["category_id"] for a in val["annotations"]]).value_counts() == 10).all()
+        assert {"latitude", "longitude", "date", "location_uncertainty"} <= set(val["images"][0])
+    solution = pd.read_csv(out / "solution.csv")
+    assert set(solution["usage"]) == {"Public", "Private"}
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_builds_are_deterministic_and_resample_keeps_categories(tmp_path):
+    folder = tmp_path / "export"
+    write_export(folder, SynthConfig(species=40, photos=2500, seed=5, image_size=48))
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    rules = rules_for(Preset.INAT2018, max_train=10)  # caps engage, so a resample draws other photos
+    for out in (a, b):
+        build_dataset(folder, out, rules=rules, seed=3, workers=2)
+    assert _digests(a) == _digests(b)
+    assert any(name.startswith("train_val2018/") for name in _digests(a))
+    build_dataset(folder, c, rules=rules, seed=3, resample_seed=9, images=False)
+    assert (a / "categories.json").read_bytes() == (c / "categories.json").read_bytes()
+    assert (a / "train2018.json").read_bytes() != (c / "train2018.json").read_bytes()
+    # Images are resized into the release layout with the sizes the JSON lists.
+    train = json.loads((a / "train2018.json").read_text())
+    image = train["images"][0]
+    with Image.open(a / image["file_name"]) as handle:
+        assert handle.size == (image["width"], image["height"])
+
+
+def test_missing_and_corrupt_images_are_skipped_and_counted(tmp_path):
+    folder = tmp_path / "export"
+    write_export(folder, SynthConfig(species=30, photos=2000, seed=6, image_size=48))
+    photos = sorted((folder / "photos").iterdir())
+    (photos[0] / "medium.jpg").unlink()
+    (photos[1] / "medium.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (photos[2] / "medium.jpg").write_bytes(b"")
+    # Find which of the three the build would use: run once without damage counting.
+    result = build_dataset(folder, tmp_path / "out", rules=rules_for(Preset.INAT2018, photo_choice=PhotoChoice.FIRST))
+    used = set(_provenance(tmp_path / "out")["photo_id"])
+    damaged = {int(p.name) for p in photos[:3]}
+    assert not (used & damaged)
+    removed = result.audit["removed"].get("missing or corrupt source image", {}).get("photos", 0)
+    assert removed <= 3
+    assert check_leakage(tmp_path / "out", release_names(rules_for(Preset.INAT2018)))["observers_in_two_splits"] == 0
+
+
+def test_split_val_isolates_observers(tmp_path):
+    folder = tmp_path / "export"
+    write_export(folder, SynthConfig(species=60, photos=8000, seed=7, images=False))
+    out = tmp_path / "out"
+    build_dataset(folder, out, rules=rules_for(Preset.INAT2021, min_train=20, train_mini_per_class=20), images=False)
+    sizes = split_val(out / "val.json", tmp_path / "minival", minival_frac=0.2, per_class=3)
+    val = json.loads((tmp_path / "minival" / "val.json").read_text())
+    mini = json.loads((tmp_path / "minival" / "minival.json").read_text())
+    holders = lambda d: {i["rights_holder"] for i in d["images"]}  # noqa: E731
+    assert not holders(val) & holders(mini)
+    assert sizes["minival"] == len(mini["images"]) > 0
+    assert pd.Series([a["category_id"] for a in mini["annotations"]]).value_counts().max() <= 3
+    assert validate_file(tmp_path / "minival" / "minival.json") == []
+
+
+@pytest.mark.parametrize(
+    ("table", "mangle", "expected"),
+    [
+        ("observations", lambda t: t.replace("quality_grade", "grade"), "quality_grade"),
+        ("taxa", lambda t: t.replace("\t", ","), "taxa"),
+        ("photos", lambda t: t.replace("\t400\t", "\tfour hundred\t", 1), "line 2"),
+        ("observations", lambda t: t + "broken\trow\n", "line"),
+    ],
+)
+def test_malformed_tables_name_file_line_and_column(hand, tmp_path, caplog, table, mangle, expected):
+    _, folder = hand
+    path = folder / f"{table}.csv"
+    path.write_text(mangle(path.read_text(encoding="utf-8")), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["build", str(folder), str(out), "--preset", "inat2018", "--no-images"]) == 2
+    assert str(path) in caplog.text
+    assert expected in caplog.text
+    assert not (out / "train2018.json").exists()
+
+
+def test_missing_table_and_bad_rules_are_one_line_errors(hand, tmp_path, caplog):
+    _, folder = hand
+    assert main(["build", str(folder), str(tmp_path / "o"), "--preset", "inat2018", "--max-train", "1"]) == 2
+    assert "max_train" in caplog.text
+    (folder / "observers.csv").unlink()
+    assert main(["build", str(folder), str(tmp_path / "o"), "--preset", "inat2018", "--no-images"]) == 2
+    assert "no observers table" in caplog.text
+
+
+def test_parquet_and_gzip_tables_build_the_same(tmp_path):
+    folder = tmp_path / "export"
+    write_export(folder, SynthConfig(species=30, photos=2000, seed=8, images=False))
+    gz = tmp_path / "gz"
+    write_export(gz, SynthConfig(species=30, photos=2000, seed=8, images=False, gzip=True))
+    pq = tmp_path / "pq"
+    pq.mkdir()
+    for name in ("taxa", "observations", "photos", "observers"):
+        frame = pd.read_csv(folder / f"{name}.csv", sep="\t", dtype=str, keep_default_na=False, quoting=3)
+        frame.to_parquet(pq / f"{name}.parquet")
+    outs = []
+    for source in (folder, gz, pq):
+        out = tmp_path / f"out_{source.name}"
+        build_dataset(source, out, rules=rules_for(Preset.INAT2018), images=False)
+        outs.append((out / "train2018.json").read_bytes())
+    assert outs[0] == outs[1] == outs[2]

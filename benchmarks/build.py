@@ -2,7 +2,8 @@
 measured side by side in one run, and peak memory growing linearly with the export (≤ 8 GB at 30 M photos).
 
 Each measurement runs in a child process of its own so that its peak resident memory (``ru_maxrss``) is its
-own. The parse baseline reads exactly the columns the builder reads, with the same pyarrow reader.
+own. The parse baseline reads exactly the columns the builder reads (``inatcomp.build.BUILD_COLUMNS``), with the
+same pyarrow reader.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ _logger = logging.getLogger(__name__)
 
 _PARSE = """
 import json, resource, time
-from inatcomp.export import TABLE_COLUMNS, find_table, read_columns
+from inatcomp.build import BUILD_COLUMNS
+from inatcomp.export import find_table, read_columns
 start = time.perf_counter()
-rows = sum(read_columns(find_table({export!r}, name), name).num_rows for name in TABLE_COLUMNS)
+rows = sum(read_columns(find_table({export!r}, name), name, cols).num_rows for name, cols in BUILD_COLUMNS.items())
 rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({{"seconds": time.perf_counter() - start, "rss_mb": rss_mb}}))
 """

@@ -17,13 +17,17 @@ Outputs, named as the releases (2018 shown; 2017 and 2021 use their own names):
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
+import functools
 import io
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +36,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inatcomp import formats
-from inatcomp.export import ancestry_parents, read_export
+from inatcomp.export import TABLE_COLUMNS, ancestry_parents, read_export
 from inatcomp.splits import BuildRules, PhotoChoice, Preset, Split, assign_observers, rank_within_groups
 from inatcomp.taxonomy import TaxonIndex
 
-__all__ = ["BuildResult", "build_dataset", "release_names"]
+__all__ = ["BUILD_COLUMNS", "BuildResult", "build_dataset", "release_names"]
 
 _logger = logging.getLogger(__name__)
 
@@ -48,6 +52,12 @@ _LICENSE_URLS = {
     "CC-BY-ND": "https://creativecommons.org/licenses/by-nd/4.0/",
     "CC-BY-NC-SA": "https://creativecommons.org/licenses/by-nc-sa/4.0/",
     "CC-BY-NC-ND": "https://creativecommons.org/licenses/by-nc-nd/4.0/",
+}
+#: Threads writing the release files.
+_WRITE_THREADS = 2
+#: The columns the builder reads from each export table (the photos' observer_id is the observation's).
+BUILD_COLUMNS: dict[str, list[str]] = {
+    table: [c for c in columns if (table, c) != ("photos", "observer_id")] for table, columns in TABLE_COLUMNS.items()
 }
 _SOURCE_SIZES = ("original", "large", "medium", "small")
 _RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
@@ -96,39 +106,162 @@ class _Audit:
         return {rule: dict(sorted(c.items())) for rule, c in self.rules.items() if c}
 
 
+class _Laps:
+    """Seconds spent in each stage of a build, logged at debug level (where the time goes at scale)."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self.last
+        self.last = now
+        if _logger.isEnabledFor(logging.DEBUG):
+            import resource
+
+            self.peak_mb[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def log(self) -> None:
+        _logger.debug(
+            "build stages (seconds, peak MB so far): %s",
+            ", ".join(f"{k} {v:.2f}s {self.peak_mb.get(k, 0):.0f}" for k, v in self.seconds.items()),
+        )
+
+
+_UUID_HASH = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _uuid_words(values: pa.ChunkedArray | pa.Array) -> list[np.ndarray] | None:
+    """Zero-copy views of the bytes of 36-character strings as 4 uint64 and 1 uint32 columns (None if not all 36)."""
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if array.type != pa.string() or array.null_count or len(array) == 0:
+        return None
+    n = len(array)
+    _, offset_buffer, data = array.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=np.int32, count=n + 1, offset=array.offset * 4)
+    first = int(offsets[0])
+    if int(offsets[-1]) - first != 36 * n or not (np.diff(offsets) == 36).all():
+        return None
+
+    def column(at: int, dtype: str) -> np.ndarray:
+        return np.ndarray(shape=(n,), dtype=dtype, buffer=data, offset=first + at, strides=(36,))
+
+    return [column(0, "<u8"), column(8, "<u8"), column(16, "<u8"), column(24, "<u8"), column(32, "<u4")]
+
+
+def _index_in(values: pa.ChunkedArray, value_set: pa.ChunkedArray) -> np.ndarray:
+    """Row of each value in ``value_set`` (its first occurrence), -1 where absent: ``pc.index_in``, faster for uuids.
+
+    When every string has 36 bytes (a uuid), the rows are found through a 64-bit hash of the bytes in a
+    hash table of integers and then confirmed byte for byte; other strings, or a hash shared by two
+    different entries of ``value_set``, take Arrow's string hash table.
+    """
+    words, set_words = _uuid_words(values), _uuid_words(value_set)
+    if words is not None and set_words is not None:
+        # Rows repeating the value before them (an observation's photos are usually adjacent) are looked up once.
+        repeat = np.ones(len(words[0]) - 1, dtype=bool)
+        for w in words:
+            repeat &= w[1:] == w[:-1]
+        heads = np.flatnonzero(np.r_[True, ~repeat])
+        words = [w[heads] for w in words]
+        set_key = set_words[0] ^ (set_words[3] * _UUID_HASH) ^ (set_words[1] + set_words[2])
+        sorted_key = np.sort(set_key)
+        if not (sorted_key[1:] == sorted_key[:-1]).any():  # distinct keys, so distinct values
+            if len(heads) == len(set_key) and all((a == b).all() for a, b in zip(words, set_words)):
+                # The photos list the observations' uuids in the observations' order: no lookup needed.
+                return np.cumsum(np.r_[True, ~repeat]) - 1
+            key = words[0] ^ (words[3] * _UUID_HASH) ^ (words[1] + words[2])
+            table = pd.Index(set_key)
+            rows = table.get_indexer(key)
+            safe = np.maximum(rows, 0)
+            same = rows >= 0
+            for a, b in zip(words, set_words):
+                same &= a == b[safe]
+            rows = np.where(same, rows, -1)
+            return rows if len(heads) == len(values) else rows[np.cumsum(np.r_[True, ~repeat]) - 1]
+    return pc.index_in(values, value_set=value_set).fill_null(-1).to_numpy()
+
+
 def _observation_classes(
     taxa: TaxonIndex,
     obs_taxon: np.ndarray,
     obs_valid_taxon: np.ndarray,
     rules: BuildRules,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class row (into the taxa table) and skip reason code of each observation, before inclusion rules."""
-    rows = np.where(obs_valid_taxon, taxa.rows_of(np.where(obs_valid_taxon, obs_taxon, -1)), -1)
-    reason = np.zeros(len(rows), dtype=np.int8)
+    """Class row (into the taxa table) and skip reason code of each observation, before inclusion rules.
+
+    Everything but the first two reasons depends on the taxon alone: it is worked out once per taxon.
+    """
+    rows = np.where(obs_valid_taxon, _rows_of(taxa, np.where(obs_valid_taxon, obs_taxon, -1)), -1)
+    taxon_class, taxon_reason = _taxon_classes(taxa, rules)
+    safe_rows = np.maximum(rows, 0)
+    reason = taxon_reason[safe_rows] if len(taxon_reason) else np.zeros(len(rows), np.int8)
+    reason[rows < 0] = _REASONS.index("unknown taxon")
     reason[~obs_valid_taxon] = _REASONS.index("no taxon")
-    reason[(reason == 0) & (rows < 0)] = _REASONS.index("unknown taxon")
-    known = rows >= 0
-    safe_rows = np.where(known, rows, 0)
-    reason[(reason == 0) & known & taxa.is_hybrid[safe_rows]] = _REASONS.index("hybrid")
-    level = taxa.rank_levels[safe_rows]
-    species = taxa.ancestor["species"][safe_rows]
+    cls = np.where(reason == 0, taxon_class[safe_rows] if len(taxon_class) else -1, -1)
+    return cls, reason
+
+
+def _taxon_classes(taxa: TaxonIndex, rules: BuildRules) -> tuple[np.ndarray, np.ndarray]:
+    """Class row and skip reason code of an observation of each taxon (row of the taxa table)."""
+    rows = np.arange(len(taxa.taxon_ids))
+    reason = np.zeros(len(rows), dtype=np.int8)
+    reason[taxa.is_hybrid[rows]] = _REASONS.index("hybrid")
+    level = taxa.rank_levels[rows]
+    species = taxa.ancestor["species"][rows]
     if rules.rollup_infraspecific:
         cls = np.where(level <= 10, species, -1)
     else:
-        cls = np.where((level <= 10) & (species >= 0), safe_rows, -1)
-    genus = taxa.ancestor["genus"][safe_rows]
+        cls = np.where((level <= 10) & (species >= 0), rows, -1)
+    genus = taxa.ancestor["genus"][rows]
     above = (reason == 0) & (cls < 0)
     if rules.leaf_genera:
-        at_genus = above & (taxa.ranks[safe_rows] == "genus")
+        at_genus = above & (taxa.ranks[rows] == "genus")
         cls[at_genus] = genus[at_genus]
         above &= ~at_genus
     reason[above] = _REASONS.index("identified above species")
-    inactive = (reason == 0) & ~(taxa.active[safe_rows] & taxa.active[np.where(cls >= 0, cls, 0)])
+    inactive = (reason == 0) & ~(taxa.active[rows] & taxa.active[np.where(cls >= 0, cls, 0)])
     reason[inactive] = _REASONS.index("inactive taxon")
     supercategory_missing = (reason == 0) & (taxa.ancestor["kingdom"][np.where(cls >= 0, cls, 0)] < 0)
     reason[supercategory_missing] = _REASONS.index("no kingdom in ancestry")
     cls[reason != 0] = -1
     return cls, reason
+
+
+#: Ids below this are looked up in a dense table (at most 64 MB) rather than by binary search.
+_DENSE_IDS = 1 << 24
+
+
+def _rows_of(taxa: TaxonIndex, ids: np.ndarray) -> np.ndarray:
+    """:meth:`TaxonIndex.rows_of`, through a dense table when the taxon ids are small non-negative integers."""
+    known = taxa.taxon_ids
+    if len(known) == 0 or known.min() < 0 or known.max() >= _DENSE_IDS:
+        return taxa.rows_of(ids)
+    table = np.full(int(known.max()) + 1, -1, dtype=np.int32)
+    table[known] = np.arange(len(known), dtype=np.int32)
+    inside = (ids >= 0) & (ids < len(table))
+    return np.where(inside, table[np.where(inside, ids, 0)], -1).astype(np.int64)
+
+
+def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` for integers, by counting when they are small and non-negative."""
+    if len(values) == 0 or values.min() < 0 or values.max() >= _DENSE_IDS:
+        return np.unique(values, return_inverse=True)
+    present = np.bincount(values) > 0
+    code = np.cumsum(present) - 1
+    return np.flatnonzero(present).astype(values.dtype), code[values]
+
+
+def _is_in(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """``np.isin`` for integer ids, through a dense table when the known ids are small non-negative integers."""
+    if len(known) == 0 or known.min() < 0 or known.max() >= _DENSE_IDS:
+        return np.isin(values, known)
+    table = np.zeros(int(known.max()) + 1, dtype=bool)
+    table[known] = True
+    inside = (values >= 0) & (values < len(table))
+    return inside & table[np.where(inside, values, 0)]
 
 
 _REASONS = (
@@ -283,7 +416,9 @@ def build_dataset(
     split_rng = np.random.default_rng([seed, 11])
     sample_rng = np.random.default_rng([sample_seed, 13])
     audit = _Audit()
-    tables = read_export(export_dir)
+    laps = _Laps()
+    tables = read_export(export_dir, columns=BUILD_COLUMNS)
+    laps.lap("read")
 
     t = tables.taxa
     taxa = TaxonIndex(
@@ -301,14 +436,16 @@ def build_dataset(
     obs_class, obs_reason = _observation_classes(taxa, obs_taxon, o["taxon_id"].is_valid().to_numpy(False), rules)
     known_observers = tables.observers["observer_id"].to_numpy()
     obs_observer = o["observer_id"].fill_null(-1).to_numpy()
-    unknown_observer = ~np.isin(obs_observer, known_observers)
+    unknown_observer = ~_is_in(obs_observer, known_observers)
     obs_reason[(obs_reason == 0) & unknown_observer] = _REASONS.index("unknown observer")
     obs_class[obs_reason != 0] = -1
     research = pc.equal(o["quality_grade"], "research").fill_null(False).to_numpy(zero_copy_only=False)
 
+    laps.lap("observations")
     # Photos: join to their observation by uuid.
     p = tables.photos
-    photo_obs = pc.index_in(p["observation_uuid"], value_set=o["observation_uuid"]).fill_null(-1).to_numpy()
+    photo_obs = _index_in(p["observation_uuid"], o["observation_uuid"])
+    tables.photos = p = p.drop_columns(["observation_uuid"])  # not needed again: free it
     orphan = photo_obs < 0
     audit.add("photo without observation", photos=int(orphan.sum()))
     photos_per_obs = np.bincount(photo_obs[~orphan], minlength=len(obs_class)).astype(np.float64)
@@ -317,10 +454,12 @@ def build_dataset(
     if rules.research_only:
         obs_reason[(obs_reason == 0) & ~research] = _REASONS.index("not research grade")
         obs_class[obs_reason != 0] = -1
-    for code in np.unique(obs_reason[obs_reason > 0]):
-        hit = obs_reason == code
-        audit.add(_REASONS[code], observations=int(hit.sum()), photos=int(photos_per_obs[hit].sum()))
+    reason_observations = np.bincount(obs_reason, minlength=len(_REASONS))
+    reason_photos = np.bincount(obs_reason, weights=photos_per_obs, minlength=len(_REASONS))
+    for code in np.flatnonzero(reason_observations[1:]) + 1:
+        audit.add(_REASONS[code], observations=int(reason_observations[code]), photos=int(reason_photos[code]))
 
+    laps.lap("join")
     # Photos per observation: the first (or a random one), or up to N spread over observations.
     keep_photo = ~orphan & (obs_class[np.maximum(photo_obs, 0)] >= 0)
     cand = np.flatnonzero(keep_photo)
@@ -336,9 +475,10 @@ def build_dataset(
     cand_obs = photo_obs[cand]
     cand_class_row = obs_class[cand_obs]
 
+    laps.lap("photos per observation")
     # Compact indices for classes and observers.
-    class_rows, cand_class = np.unique(cand_class_row, return_inverse=True)
-    observer_ids, cand_observer = np.unique(obs_observer[cand_obs], return_inverse=True)
+    class_rows, cand_class = _unique_inverse(cand_class_row)
+    observer_ids, cand_observer = _unique_inverse(obs_observer[cand_obs])
     supercats = taxa.supercategories(class_rows)
     no_super = supercats == ""
     if no_super.any():
@@ -352,6 +492,7 @@ def build_dataset(
         rules=rules,
         rng=split_rng,
     )
+    laps.lap("splits")
     kept = assignment.class_kept & ~no_super
     for why in sorted(set(assignment.drop_reason[assignment.drop_reason != ""])):
         lost = assignment.drop_reason == why
@@ -385,6 +526,7 @@ def build_dataset(
         chosen |= is_train
     chosen |= is_test
 
+    laps.lap("quotas")
     # Category ids in taxonomic order, so that they do not depend on the export's row order.
     kept_rows = class_rows[kept]
     lineage = {rank: taxa.named(rank, kept_rows) for rank in _RANKS}
@@ -410,6 +552,7 @@ def build_dataset(
 
     names = release_names(rules)
     out.mkdir(parents=True, exist_ok=True)
+    laps.lap("categories")
     # Image ids: train by category, then val by category, then test in a random order (ids leak no label).
     test_shuffle = sample_rng.random(len(sel))
     order = np.lexsort((photo_id, np.where(sel_split == Split.TEST, test_shuffle, sel_category), sel_split))
@@ -419,6 +562,7 @@ def build_dataset(
     file_names = _file_names(rules, names, cat_frame, sel_split, sel_category, photo_id)
 
     if images:
+        file_names = file_names.to_pylist()
         jobs = [
             (_source_path(export_dir, int(pid), ext), str(out / fname), int(w), int(h))
             for pid, ext, fname, w, h in zip(photo_id, extension, file_names, width, height)
@@ -451,15 +595,18 @@ def build_dataset(
             )
             sel_category = remap[sel_category[ok]]
             if broken.any():  # file names carry category ids in some layouts: move the files
-                new_names = _file_names(rules, names, cat_frame, sel_split, sel_category, photo_id)
+                new_names = _file_names(rules, names, cat_frame, sel_split, sel_category, photo_id).to_pylist()
                 for old, new in zip(np.asarray(file_names)[ok], new_names):
                     if old != new:
                         os.makedirs(os.path.dirname(out / new), exist_ok=True)
                         os.replace(out / old, out / new)
                 file_names = new_names
             else:
-                file_names = list(np.asarray(file_names)[ok])
+                file_names = list(np.asarray(file_names, dtype=object)[ok])
+        file_names = pa.array(file_names, pa.string())
 
+    laps.lap("file names and images")
+    del p, o, t  # _write_release lets the export's big tables go once it has taken what it needs
     result = _write_release(
         out=out,
         rules=rules,
@@ -477,7 +624,9 @@ def build_dataset(
         seed=sample_seed,
         audit=audit,
         photo_uuid_col=photo_uuid_col,
+        laps=laps,
     )
+    laps.log()
     _logger.info("built %s in %.1fs: %d classes, %s", out, time.perf_counter() - start, result.classes, result.images)
     return result
 
@@ -489,7 +638,7 @@ def _file_names(
     split: np.ndarray,
     category: np.ndarray,
     photo_id: np.ndarray,
-) -> list[str]:
+) -> pa.Array:
     """Release-layout file names of the selected images (image files are named by photo id)."""
     if rules.preset is Preset.INAT2021:
         class_dir = np.asarray(_dir_names(cat_frame), dtype=object)
@@ -499,14 +648,18 @@ def _file_names(
         class_dir = (cat_frame["supercategory"] + "/" + pd.Series(np.arange(len(cat_frame))).astype(str)).to_numpy(
             object
         )
-    folders = {int(Split.TRAIN): names["train_dir"], int(Split.VAL): names["val_dir"]}
-    out = []
-    for s, c, pid in zip(split.tolist(), category.tolist(), photo_id.tolist()):
-        if s == Split.TEST:
-            out.append(f"{names['test_dir']}/{pid}.jpg")
-        else:
-            out.append(f"{folders[s]}/{class_dir[c]}/{pid}.jpg")
-    return out
+    if len(split) == 0:
+        return pa.array([], pa.string())
+    folders = pa.array([names["train_dir"], names["val_dir"], names["test_dir"]], pa.string())
+    stem = pc.cast(pa.array(photo_id, pa.int64()), pa.string())
+    is_test = pa.array(split == Split.TEST)
+    # Test rows may carry any category; point them at category 0 so the take stays in range.
+    safe_category = np.where(split == Split.TEST, 0, category) if len(class_dir) else np.zeros(len(split), np.int64)
+    class_text = pa.array(class_dir.tolist() or [""], pa.string()).take(pa.array(safe_category))
+    folder = folders.take(pa.array(split.astype(np.int64)))
+    in_class = pc.binary_join_element_wise(folder, "/", class_text, "/", stem, ".jpg", "")
+    in_test = pc.binary_join_element_wise(folder, "/", stem, ".jpg", "")
+    return pc.if_else(is_test, in_test, in_class)
 
 
 def _dir_names(cat_frame: pd.DataFrame) -> list[str]:
@@ -535,13 +688,64 @@ def _category_records(rules: BuildRules, cat_frame: pd.DataFrame) -> list[dict]:
     return records
 
 
-def _nullable(values: np.ndarray, *, integer: bool = False) -> list:
-    """A float array as a list with ``None`` for NaN (JSON null), optionally as integers."""
-    values = np.asarray(values, dtype=np.float64)
-    missing = np.isnan(values)
-    out = (np.where(missing, 0, values).astype(np.int64) if integer else values).astype(object)
-    out[missing] = None
-    return out.tolist()
+def formats_dumps(obj: object) -> bytes:
+    """Compact JSON text of a small object, as :func:`inatcomp.formats.write_json` writes it."""
+    import orjson
+
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _json_numbers(values: np.ndarray | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Numbers as JSON text (shortest round-trip form for floats); null, NaN and ±inf as ``null``."""
+    array = pa.array(values) if isinstance(values, np.ndarray) else values
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_floating(array.type):
+        array = pc.if_else(pc.is_finite(array), array, pa.scalar(None, array.type))
+    return pc.cast(array, pa.string()).fill_null("null")
+
+
+_NEEDS_ESCAPE = r'["\\\x00-\x1f\x7f]'
+
+
+def _json_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Strings as JSON string literals (quoted and escaped as orjson does); null as ``null``."""
+    import orjson
+
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pc.any(pc.match_substring_regex(array, _NEEDS_ESCAPE)).as_py():
+        encoded = pc.dictionary_encode(array)
+        dictionary = [orjson.dumps(v).decode("utf-8") for v in encoded.dictionary.to_pylist()]
+        quoted = pa.array(dictionary, pa.string()).take(encoded.indices)
+    else:
+        quoted = pc.binary_join_element_wise('"', array, '"', "")
+    return quoted.fill_null("null")
+
+
+def _json_records(fields: list[tuple[str, pa.Array]], rows: pa.Array, *, block: int = 1 << 16) -> Iterator[bytes]:
+    """The JSON objects ``{"key":value,…}`` of the given rows, comma-separated, from per-field JSON texts.
+
+    Yielded a block of rows at a time, so that a file can be written without holding all its text.
+    """
+    for first in range(0, len(rows), block):
+        take = rows.slice(first, block)
+        pieces: list = []
+        for k, (key, text) in enumerate(fields):
+            pieces += [("{" if k == 0 else ",") + f'"{key}":', text.take(take)]
+        records = pc.binary_join_element_wise(*pieces, "},", "")
+        offsets = np.frombuffer(records.buffers()[1], dtype=np.int32, count=len(records) + 1, offset=records.offset * 4)
+        last = first + block >= len(rows)  # no comma after the last record
+        yield memoryview(records.buffers()[2])[offsets[0] : offsets[-1] - last].tobytes()
+
+
+def _write_pieces(path: Path, pieces: Iterable[bytes]) -> None:
+    """Write the concatenated pieces to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        for piece in pieces:
+            handle.write(piece)
+    os.replace(tmp, path)
 
 
 def _write_release(
@@ -558,17 +762,18 @@ def _write_release(
     category: np.ndarray,
     width: np.ndarray,
     height: np.ndarray,
-    file_names: list[str],
+    file_names: pa.Array,
     seed: int,
     audit: _Audit,
     photo_uuid_col: str | None,
+    laps: _Laps,
 ) -> BuildResult:
     """Write every release file, the organizer's files, the audit and the statistics."""
     p, o = tables.photos, tables.observations
     n = len(photo_rows)
     image_ids = np.arange(n, dtype=np.int64)
-    licenses_text = np.asarray(p["license"].take(pa.array(photo_rows)).fill_null("").to_numpy(zero_copy_only=False))
-    license_names = sorted(set(licenses_text.tolist()))
+    licenses_text = p["license"].take(pa.array(photo_rows)).fill_null("")
+    license_names = sorted(pc.unique(licenses_text).to_pylist())
     license_id = {name: i + 1 for i, name in enumerate(license_names)}
     licenses = [{"id": license_id[nm], "name": nm, "url": _LICENSE_URLS.get(nm, "")} for nm in license_names]
     observer_ids = o["observer_id"].to_numpy()[obs_rows]
@@ -579,12 +784,14 @@ def _write_release(
             [nm or lg for nm, lg in zip(obs_table["name"].fill_null("").to_pylist(), obs_table["login"].to_pylist())],
         )
     )
-    lat = o["latitude"].to_numpy(zero_copy_only=False)[obs_rows]
-    lon = o["longitude"].to_numpy(zero_copy_only=False)[obs_rows]
-    acc = o["positional_accuracy"].to_numpy(zero_copy_only=False)[obs_rows]
-    dates = np.asarray(o["observed_on"].take(pa.array(obs_rows)).fill_null("").to_numpy(zero_copy_only=False))
-    obs_uuid = np.asarray(o["observation_uuid"].take(pa.array(obs_rows)).to_numpy(zero_copy_only=False))
+    obs_take = pa.array(obs_rows)
+    dates = o["observed_on"].take(obs_take)
+    obs_uuid = o["observation_uuid"].take(obs_take)
     photo_id = p["photo_id"].to_numpy()[photo_rows]
+    latitude, longitude, accuracy = (o[c].take(obs_take) for c in ("latitude", "longitude", "positional_accuracy"))
+    # Everything needed from the export's photos and observations is taken: let their memory go.
+    tables.photos, tables.observations = p.slice(0, 0), o.slice(0, 0)
+    del p, o
     info = {
         "year": rules.year,
         "version": "1.0",
@@ -596,98 +803,123 @@ def _write_release(
     categories = _category_records(rules, cat_frame)
     is_2021 = rules.preset is Preset.INAT2021
 
-    # Columns as Python lists once; records are built from them in one pass per split.
-    ids = image_ids.tolist()
-    license_col = (np.searchsorted(np.asarray(license_names, dtype=object), licenses_text) + 1).tolist()
-    holder = pd.Series(observer_ids).map(pd.Series(login)).fillna("").tolist()
-    lat_col, lon_col = _nullable(lat), _nullable(lon)
-    acc_col = _nullable(acc, integer=True)
-    date_col = [d or None for d in dates.tolist()]
-    width_col, height_col, category_col = width.tolist(), height.tolist(), category.tolist()
+    laps.lap("release columns")
+    # Every field as JSON text once; the records of a split are joined from them with Arrow.
+    observer_keys, observer_of_image = np.unique(observer_ids, return_inverse=True)
+    holder_text = _json_strings(pa.array([login.get(k, "") for k in observer_keys.tolist()], pa.string()))
+    license_of_image = pc.add(pc.index_in(licenses_text, value_set=pa.array(license_names, pa.string())), 1)
+    id_text = _json_numbers(image_ids)
+    image_fields = [
+        ("id", id_text),
+        ("width", _json_numbers(width)),
+        ("height", _json_numbers(height)),
+        ("file_name", _json_strings(file_names)),
+        ("license", _json_numbers(license_of_image)),
+        ("rights_holder", holder_text.take(pa.array(observer_of_image))),
+    ]
+    need_locations = is_2021 or "train_locations" in names
+    if need_locations:
+        lat_text = _json_numbers(latitude)
+        lon_text = _json_numbers(longitude)
+        date_text = _json_strings(pc.if_else(pc.equal(dates, ""), pa.scalar(None, pa.string()), dates))
+    if is_2021:
+        acc = accuracy.combine_chunks()
+        finite = pc.is_finite(acc)
+        acc_int = pc.if_else(finite, pc.trunc(pc.if_else(finite, acc, 0.0)), pa.scalar(None, pa.float64()))
+        image_fields += [
+            ("date", date_text),
+            ("latitude", lat_text),
+            ("longitude", lon_text),
+            ("location_uncertainty", _json_numbers(acc_int.cast(pa.int64()))),
+        ]
+    annotation_fields = [("id", id_text), ("image_id", id_text), ("category_id", _json_numbers(category))]
+    if "train_locations" in names:
+        location_fields = [
+            ("id", id_text),
+            ("lat", lat_text),
+            ("lon", lon_text),
+            ("user_id", _json_numbers(observer_ids)),
+            ("date", date_text),
+        ]
+    info_text, licenses_text_json, categories_text = (formats_dumps(x) for x in (info, licenses, categories))
 
-    def image_records(idx: np.ndarray) -> list[dict]:
-        rows = idx.tolist()
-        if not is_2021:
-            return [
-                {"id": ids[i], "width": width_col[i], "height": height_col[i], "file_name": file_names[i],
-                 "license": license_col[i], "rights_holder": holder[i]}
-                for i in rows
-            ]  # fmt: skip
-        return [
-            {"id": ids[i], "width": width_col[i], "height": height_col[i], "file_name": file_names[i],
-             "license": license_col[i], "rights_holder": holder[i], "date": date_col[i], "latitude": lat_col[i],
-             "longitude": lon_col[i], "location_uncertainty": acc_col[i]}
-            for i in rows
-        ]  # fmt: skip
+    def locations_json(idx: np.ndarray) -> Iterator[bytes]:
+        yield b"["
+        yield from _json_records(location_fields, pa.array(idx))
+        yield b"]"
 
-    def annotations(idx: np.ndarray) -> list[dict]:
-        return [{"id": ids[i], "image_id": ids[i], "category_id": category_col[i]} for i in idx.tolist()]
+    def dataset_json(idx: np.ndarray, test: bool) -> Iterator[bytes]:
+        take = pa.array(idx)
+        yield from (b'{"info":', info_text, b',"images":[')
+        yield from _json_records(image_fields, take)
+        yield from (b'],"licenses":', licenses_text_json, b',"categories":', categories_text)
+        if not test:
+            yield b',"annotations":['
+            yield from _json_records(annotation_fields, take)
+            yield b"]"
+        yield b"}"
 
+    # The files are independent: written by two threads (Arrow's kernels and file writes release the GIL).
+    writes: list[tuple[Path, Callable[[], Iterable[bytes]]]] = []
     sizes = {}
     parts = {"train": Split.TRAIN, "val": Split.VAL, "test": Split.TEST}
     for part, code in parts.items():
         idx = np.flatnonzero(split == code)
         sizes[part] = len(idx)
-        data = {"info": info, "images": image_records(idx), "licenses": licenses, "categories": categories}
-        if code != Split.TEST:
-            data["annotations"] = annotations(idx)
-        formats.write_json(out / names[part], data)
+        writes.append((out / names[part], functools.partial(dataset_json, idx, code == Split.TEST)))
         if f"{part}_locations" in names:
-            locations = [
-                {
-                    "id": ids[i],
-                    "lat": lat_col[i],
-                    "lon": lon_col[i],
-                    "user_id": int(observer_ids[i]),
-                    "date": date_col[i],
-                }
-                for i in idx.tolist()
-            ]
-            formats.write_json(out / names[f"{part}_locations"], locations)
+            writes.append((out / names[f"{part}_locations"], functools.partial(locations_json, idx)))
         if part == "train" and rules.train_mini_per_class:
             rng = np.random.default_rng([seed, 17])
             mini_rank = rank_within_groups(category[idx], rng.random(len(idx)))
             mini = idx[mini_rank < rules.train_mini_per_class]
             sizes["train_mini"] = len(mini)
-            mini_data = {**data, "images": image_records(mini), "annotations": annotations(mini)}
-            formats.write_json(out / names["train_mini"], mini_data)
-    formats.write_json(out / "categories.json", categories)
+            writes.append((out / names["train_mini"], functools.partial(dataset_json, mini, False)))
+    writes.append((out / "categories.json", lambda: [categories_text]))
 
     # Organizer's files: the hidden solution, a sample submission, the provenance of every image.
     test_idx = np.flatnonzero(split == Split.TEST)
     rng = np.random.default_rng([seed, 19])
     private = rng.random(len(test_idx)) < rules.private_fraction
-    formats.write_csv_columns(
-        out / "solution.csv",
-        {"id": image_ids[test_idx], "expected": category[test_idx], "usage": np.where(private, "Private", "Public")},
-    )
     labels = _LABELS.get(rules.year, 5)
     header = ["Id", "Predicted"] if is_2021 else ["id", "predicted"]
     sample_labels = " ".join(str(k) for k in range(min(labels, max(len(categories), 1))))
-    formats.write_csv_columns(
-        out / "sample_submission.csv", {header[0]: image_ids[test_idx], header[1]: [sample_labels] * len(test_idx)}
-    )
-    formats.write_csv_columns(
-        out / "provenance.csv",
-        {
+    csv_files = {
+        "solution.csv": {
+            "id": image_ids[test_idx],
+            "expected": category[test_idx],
+            "usage": pa.array(["Public", "Private"]).take(pa.array(private.astype(np.int8))),
+        },
+        "sample_submission.csv": {
+            header[0]: image_ids[test_idx],
+            header[1]: pa.array([sample_labels]).take(pa.array(np.zeros(len(test_idx), np.int8))),
+        },
+        "provenance.csv": {
             "image_id": image_ids,
-            "split": np.array(["train", "val", "test"], dtype=object)[split],
+            "split": pa.array(["train", "val", "test"]).take(pa.array(split)),
             "photo_id": photo_id,
-            "observation_uuid": obs_uuid,
+            "observation_uuid": obs_uuid.combine_chunks() if isinstance(obs_uuid, pa.ChunkedArray) else obs_uuid,
             "observer_id": observer_ids,
             "taxon_id": cat_frame["taxon_id"].to_numpy()[category],
         },
-    )
+    }
+    with concurrent.futures.ThreadPoolExecutor(_WRITE_THREADS) as pool:
+        done = [pool.submit(lambda path, make: _write_pieces(path, make()), *w) for w in writes]
+        done += [pool.submit(formats.write_csv_columns, out / name, cols) for name, cols in csv_files.items()]
+        for future in done:
+            future.result()
     del photo_uuid_col
 
+    laps.lap("release files")
     leakage = check_leakage(out, names)
+    laps.lap("leakage check")
     stats = _stats(cat_frame, category, split, sizes)
     audit_dict = {
         "rules": {k: (v.value if hasattr(v, "value") else v) for k, v in dataclasses.asdict(rules).items()},
         "removed": audit.as_dict(),
         "classes": len(categories),
         "images": sizes,
-        "observers": {s: int(len(np.unique(observer_ids[split == c]))) for s, c in parts.items()},
+        "observers": {s: len(_sorted_unique(observer_ids[split == c])) for s, c in parts.items()},
         "leakage": leakage,
     }
     formats.write_json(out / "audit.json", audit_dict, indent=2)
@@ -695,6 +927,7 @@ def _write_release(
     formats.write_json(out / "stats.json", stats, indent=2)
     formats.write_atomic(out / "stats.md", _stats_markdown(stats))
     _long_tail_plot(out / "long_tail.png", category, split, len(categories))
+    laps.lap("stats and audit")
     if leakage["observers_in_two_splits"] or leakage["observations_in_two_splits"] or leakage["photos_in_two_splits"]:
         raise RuntimeError(f"leakage found in the written files: {leakage}")  # a bug, never an input problem
     return BuildResult(classes=len(categories), images=sizes, audit=audit_dict, out=out)
@@ -703,27 +936,76 @@ def _write_release(
 def check_leakage(out: str | os.PathLike, names: dict[str, str] | None = None) -> dict[str, int]:
     """Re-read the written provenance and JSON files and count observers, observations, photos in two splits.
 
-    Also checks that every image id of the JSON files is in the provenance with the same split.
+    Also checks that every image id of the JSON files is in the provenance with the same split. The JSON
+    files are scanned for their image ids directly in the text when they have the builder's compact layout
+    (every image record starting with its ``id``), else parsed whole.
     """
     import pyarrow.csv as pacsv
 
     out = Path(out)
-    prov = pacsv.read_csv(out / "provenance.csv", convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
-    split_code = pc.index_in(prov["split"], value_set=pa.array(["train", "val", "test"])).to_numpy(False)
+    types = {"image_id": pa.int64(), "split": pa.string(), "photo_id": pa.int64(), "observer_id": pa.int64()}
+    prov = pacsv.read_csv(
+        out / "provenance.csv",
+        convert_options=pacsv.ConvertOptions(
+            column_types={**types, "observation_uuid": pa.string()},
+            include_columns=[*types, "observation_uuid"],
+            strings_can_be_null=False,
+        ),
+    )
+    split_code = pc.index_in(prov["split"], value_set=pa.array(["train", "val", "test"])).fill_null(3).to_numpy()
     result = {}
     for what, column in (("observers", "observer_id"), ("observations", "observation_uuid"), ("photos", "photo_id")):
-        distinct = prov.group_by(column).aggregate([("split", "count_distinct")])["split_count_distinct"]
-        result[f"{what}_in_two_splits"] = int(pc.sum(pc.greater(distinct, 1)).as_py() or 0)
+        result[f"{what}_in_two_splits"] = _in_two_splits(prov[column], split_code)
     mismatched = 0
     if names:
-        split_of = np.full(int(prov["image_id"].to_numpy().max(initial=-1)) + 1, -1)
-        split_of[prov["image_id"].to_numpy()] = split_code
+        image_ids = prov["image_id"].to_numpy()
+        split_of = np.full(int(image_ids.max(initial=-1)) + 1, -1)
+        split_of[image_ids] = split_code
         for code, part in enumerate(("train", "val", "test")):
-            ids = np.fromiter((image["id"] for image in formats.read_json(out / names[part])["images"]), np.int64)
+            ids = _json_image_ids(out / names[part])
             known = (ids >= 0) & (ids < len(split_of))
             mismatched += int((~known).sum()) + int((split_of[ids[known]] != code).sum())
     result["json_images_not_in_provenance_split"] = mismatched
     return result
+
+
+def _in_two_splits(values: pa.ChunkedArray, split_code: np.ndarray) -> int:
+    """How many distinct values occur with more than one split code."""
+    array = values.combine_chunks()
+    if pa.types.is_integer(array.type) and not array.null_count:
+        codes = np.unique(array.to_numpy(), return_inverse=True)[1]
+    else:
+        codes = pc.dictionary_encode(array).indices.to_numpy(zero_copy_only=False)
+    pairs = _sorted_unique(codes.astype(np.int64) * 4 + split_code)
+    value_of_pair = pairs // 4
+    return len(_sorted_unique(value_of_pair[1:][value_of_pair[1:] == value_of_pair[:-1]]))
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting (NumPy's hash-based unique is several times slower on big integer arrays)."""
+    ordered = np.sort(values)
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
+
+
+_IMAGE_ID = re.compile(rb'\{"id":(-?[0-9]+),')
+
+
+def _json_image_ids(path: Path) -> np.ndarray:
+    """The ``id`` of every record of a dataset JSON's ``images``, read from the file's text.
+
+    A JSON string cannot hold an unescaped ``"``, so in the compact layout the builder writes, ``{"id":`` and
+    ``"file_name":`` occur in the images array exactly once per image record, and ``],"licenses":`` only after
+    it; a file in any other layout is parsed whole.
+    """
+    text = path.read_bytes()
+    start = text.find(b'"images":[{"id":')
+    end = text.find(b'],"licenses":', start)
+    if start >= 0 and end >= 0:
+        start += len(b'"images":[')
+        ids = _IMAGE_ID.findall(text, start, end)
+        if len(ids) == text.count(b'"file_name":', start, end) == text.count(b'{"id":', start, end):
+            return np.array(ids, dtype=np.int64) if ids else np.zeros(0, np.int64)
+    return np.fromiter((image["id"] for image in formats.read_json(path)["images"]), np.int64)
 
 
 def _stats(cat_frame: pd.DataFrame, category: np.ndarray, split: np.ndarray, sizes: dict[str, int]) -> dict:
@@ -791,22 +1073,55 @@ def _audit_markdown(audit: dict) -> str:
 
 
 def _long_tail_plot(path: Path, category: np.ndarray, split: np.ndarray, n_classes: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Train images per class, classes sorted by count, on a log scale: a PNG drawn with Pillow (fast to import)."""
+    from PIL import Image, ImageDraw, ImageFont
 
     counts = np.sort(np.bincount(category[split == Split.TRAIN], minlength=n_classes))[::-1]
-    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
-    axis.plot(np.arange(1, len(counts) + 1), counts, color="#2a6f3f")
-    axis.set_yscale("log")
-    axis.set_xlabel("class (sorted by train images)")
-    axis.set_ylabel("train images")
-    axis.set_title("Long tail of the train split")
-    figure.tight_layout()
+    width, height, left, right, top, bottom = 600, 350, 70, 20, 36, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=12)
+    title_font = ImageFont.load_default(size=14)
+    x0, x1, y0, y1 = left, width - right, height - bottom, top  # plot box: y0 is the bottom edge
+    top_decade = max(1, int(np.ceil(np.log10(max(int(counts.max(initial=1)), 1) * 1.05))))
+    n = max(len(counts), 1)
+
+    def x_of(rank: np.ndarray | float) -> np.ndarray | float:
+        return x0 + (np.asarray(rank, dtype=np.float64) - 1) / max(n - 1, 1) * (x1 - x0)
+
+    def y_of(value: np.ndarray | float) -> np.ndarray | float:
+        logs = np.log10(np.maximum(np.asarray(value, dtype=np.float64), 1))
+        return y0 - logs / top_decade * (y0 - y1)
+
+    for decade in range(top_decade + 1):
+        y = float(y_of(10.0**decade))
+        draw.line([(x0, y), (x1, y)], fill="#e6e6e6")
+        draw.line([(x0 - 4, y), (x0, y)], fill="black")
+        draw.text((x0 - 7, y), f"{10**decade:,}", fill="black", font=font, anchor="rm")
+    step = max(1, 10 ** int(np.floor(np.log10(n))))
+    step *= 5 if n / step > 8 else (2 if n / step > 4 else 1)
+    for tick in range(0, n + 1, step):
+        x = float(x_of(max(tick, 1)))
+        draw.line([(x, y0), (x, y0 + 4)], fill="black")
+        draw.text((x, y0 + 6), f"{tick:,}", fill="black", font=font, anchor="mt")
+    if len(counts):
+        # One point per pixel column (the largest count in it) keeps the curve's shape at any class count.
+        columns = np.round(x_of(np.arange(1, len(counts) + 1))).astype(np.int64)
+        starts = np.r_[0, np.flatnonzero(np.diff(columns)) + 1]
+        xs = columns[starts].astype(np.float64)
+        ys = y_of(counts[starts])
+        if len(xs) == 1:
+            draw.point((float(xs[0]), float(ys[0])), fill="#2a6f3f")
+        else:
+            draw.line(list(zip(xs.tolist(), ys.tolist())), fill="#2a6f3f", width=2)
+    draw.rectangle([x0, y1, x1, y0], outline="black")
+    draw.text(((x0 + x1) / 2, 10), "Long tail of the train split", fill="black", font=title_font, anchor="mt")
+    draw.text(((x0 + x1) / 2, height - 6), "class (sorted by train images)", fill="black", font=font, anchor="md")
+    label = Image.new("RGB", (160, 16), "white")
+    ImageDraw.Draw(label).text((80, 8), "train images", fill="black", font=font, anchor="mm")
+    image.paste(label.rotate(90, expand=True), (4, int((y0 + y1) / 2) - 80))
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(figure)
+    image.save(buffer, format="PNG", optimize=False)
     formats.write_atomic(path, buffer.getvalue())
 
 

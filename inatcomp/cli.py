@@ -136,6 +136,58 @@ _BUILD_OVERRIDES = {
 }
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from inatcomp.train import TrainConfig, resolve_config, train
+
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
+    if args.resume:
+        from pathlib import Path
+
+        config_file = Path(args.resume) / "config.yaml"
+        config = resolve_config(config_file=config_file, overrides={**overrides, "out": args.resume})
+    else:
+        config = resolve_config(config_file=args.config, overrides=overrides)
+    result = train(config, resume=bool(args.resume))
+    last = result.metrics[-1] if result.metrics else {}
+    _logger.info("run in %s; last epoch: %s", result.run_dir, last)
+    return 0
+
+
+_TRAIN_CHOICES = {
+    "sampler": ["random", "class-balanced", "sqrt"],
+    "loss": ["ce", "class-balanced"],
+    "optimizer": ["sgd", "adamw"],
+    "schedule": ["step", "cosine"],
+    "amp": ["off", "bf16", "fp16"],
+}
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every TrainConfig field as an option; defaults are None so a config file can fill them."""
+    import dataclasses
+    import typing
+
+    from inatcomp.train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag = f"--{field.name.replace('_', '-')}"
+        hint = hints[field.name]
+        if hint is bool:
+            parser.add_argument(flag, dest=field.name, action="store_true", default=None)
+        elif field.name == "taxonomy_weights":
+            parser.add_argument(flag, dest=field.name, type=float, nargs=3, metavar=("GENUS", "FAMILY", "UNIFORM"))
+        elif field.name in _TRAIN_CHOICES:
+            parser.add_argument(flag, dest=field.name, choices=_TRAIN_CHOICES[field.name], default=None,
+                                help=f"default {field.default!r}")  # fmt: skip
+        else:
+            kind = next((t for t in (int, float, str) if t == hint or t in typing.get_args(hint)), str)
+            parser.add_argument(flag, dest=field.name, type=kind, default=None, help=f"default {field.default!r}"
+                                if field.default is not dataclasses.MISSING else None)  # fmt: skip
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from inatcomp.demo import run_demo
 
@@ -190,6 +242,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     split_val_parser.add_argument("--per-class", type=int, default=3, help="cap of minival images per class")
     split_val_parser.add_argument("--seed", type=int, default=0)
     split_val_parser.set_defaults(func=_cmd_split_val)
+
+    train_parser = sub.add_parser("train", help="train a timm model on a competition dataset")
+    train_parser.add_argument("-c", "--config", help="YAML config; command-line options override it")
+    train_parser.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly")
+    _add_train_arguments(train_parser)
+    train_parser.set_defaults(func=_cmd_train)
 
     demo = sub.add_parser("demo", help="run the main job on a synthetic export")
     demo.add_argument("out", nargs="?", default="runs/demo", help="output folder (default runs/demo)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -179,6 +180,27 @@ class Assignment:
     drop_reason: np.ndarray
 
 
+def _still_needing(
+    order: list[int], need_val: list[int], pair_class: np.ndarray, pair_observer: np.ndarray, n_observers: int
+) -> Iterator[int]:
+    """The observers of ``order``, in order, less some that touch no class still needing val images.
+
+    Needs only fall, so an observer left out when a block starts could not have helped any class later in
+    the block: the greedy loop over what this yields takes exactly the observers it would take over ``order``.
+    The check is vectorised and redone for blocks of doubling size.
+    """
+    first, block = 0, 1024
+    while first < len(order):
+        needy = np.asarray(need_val)[pair_class] > 0
+        helps = np.bincount(pair_observer[needy], minlength=n_observers) > 0
+        if not helps.any():
+            return
+        chunk = np.asarray(order[first : first + block])
+        yield from chunk[helps[chunk]].tolist()
+        first += block
+        block *= 2
+
+
 def assign_observers(
     observer: np.ndarray,
     category: np.ndarray,
@@ -241,7 +263,7 @@ def assign_observers(
     if rules.val_per_class is not None:
         needing = sum(1 for n in need_val if n > 0)
         for strict in (True, False):  # first without wasting many images, then whatever fills the quota
-            for o in by_size:
+            for o in _still_needing(by_size, need_val, pair_class, pair_observer, n_observers):
                 if needing == 0:
                     break
                 if split[o] != Split.TRAIN:

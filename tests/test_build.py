@@ -390,3 +390,59 @@ def test_parquet_and_gzip_tables_build_the_same(tmp_path):
         build_dataset(source, out, rules=rules_for(Preset.INAT2018), images=False)
         outs.append((out / "train2018.json").read_bytes())
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_uuid_join_matches_arrow_index_in():
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from inatcomp.build import _index_in
+
+    def uuid(i: int) -> str:
+        return f"{i:08x}-1f3d-4a8b-9c2d-{i:012x}"
+
+    rng = np.random.default_rng(0)
+    observations = [uuid(i) for i in rng.permutation(500)]
+    in_order = [u for u in observations for _ in range(int(rng.integers(1, 4)))]
+    shuffled = [observations[i] for i in rng.integers(0, 500, 900)] + [uuid(10_000), "not-a-uuid"]
+    cases = [
+        (in_order, observations),  # photos listed in the observations' order
+        (shuffled, observations),  # any order, with orphans and a value of another length
+        (shuffled[:-1], observations + observations[:3]),  # duplicated observations: the first occurrence wins
+        (in_order, observations[:-1] + [uuid(10_000).upper()]),  # not lowercase, one missing
+        (in_order[:3], [*observations[:2], None, observations[2]]),  # a null in the value set
+    ]
+    for values, value_set in cases:
+        values = pa.chunked_array([pa.array(values[:7], pa.string()), pa.array(values[7:], pa.string())])
+        value_set = pa.chunked_array([pa.array(value_set, pa.string())])
+        expected = pc.index_in(values, value_set=value_set).fill_null(-1).to_numpy()
+        assert _index_in(values, value_set).tolist() == expected.tolist()
+
+
+def test_release_json_escapes_text_and_leakage_check_reads_it(tmp_path):
+    folder = tmp_path / "export"
+    write_export(folder, SynthConfig(species=30, photos=3000, seed=4, images=False))
+    observers = (folder / "observers.csv").read_text(encoding="utf-8").splitlines()
+    tricky = ['quote " here', "back\\slash", 'x}],"licenses":[{"id":5,', "Ünïcödé ✓"]
+    for k in range(1, len(observers)):
+        observer_id, login, _ = observers[k].split("\t")
+        observers[k] = f"{observer_id}\t{login}\t{tricky[k % len(tricky)]}"
+    (folder / "observers.csv").write_text("\n".join(observers) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = build_dataset(folder, out, rules=rules_for(Preset.INAT2018), images=False)
+    names = release_names(rules_for(Preset.INAT2018))
+    train = json.loads((out / "train2018.json").read_text(encoding="utf-8"))
+    assert {image["rights_holder"] for image in train["images"]} <= set(tricky)
+    assert validate_file(out / "train2018.json") == []
+    assert result.audit["leakage"]["json_images_not_in_provenance_split"] == 0
+    # The leakage check reads the written files: an image moved to another split is caught.
+    provenance = _provenance(out)
+    train_id = int(provenance.loc[provenance["split"] == "train", "image_id"].iloc[0])
+    provenance.loc[provenance["image_id"] == train_id, "split"] = "test"
+    provenance.to_csv(out / "provenance.csv", index=False)
+    leakage = check_leakage(out, names)
+    assert leakage["json_images_not_in_provenance_split"] == 1
+    assert leakage["observers_in_two_splits"] == 1
+    # A JSON file in another layout is parsed whole, with the same answer.
+    (out / names["train"]).write_text(json.dumps(train, indent=1), encoding="utf-8")
+    assert check_leakage(out, names) == leakage

@@ -1,0 +1,137 @@
+"""Tests of the training loop: learning, exact resume, config precedence, run files, bad images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from inatcomp.build import build_dataset
+from inatcomp.cli import main
+from inatcomp.data import CompetitionDataset, create_loader, create_transform, resolve_data_config
+from inatcomp.models import create_model, load_checkpoint
+from inatcomp.splits import Preset, rules_for
+from inatcomp.synth import SynthConfig, write_export
+from inatcomp.train import evaluate, lr_at, resolve_config, train
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_export(root / "export", SynthConfig(species=12, photos=1500, seed=1, image_size=48))
+    build_dataset(root / "export", root / "release", rules=rules_for(Preset.INAT2018, max_train=60), seed=0)
+    return root / "release"
+
+
+def _config(release, out, **overrides):
+    values = dict(
+        train=str(release / "train2018.json"), val=str(release / "val2018.json"), images=str(release), out=str(out),
+        model="resnet10t", img_size=48, epochs=2, batch_size=32, workers=0, lr=0.05, schedule="cosine", log_every=0,
+    )  # fmt: skip
+    values.update(overrides)
+    return resolve_config(overrides=values)
+
+
+def test_a_tiny_model_learns(release, tmp_path):
+    result = train(_config(release, tmp_path / "run", epochs=6, warmup_epochs=1))
+    assert result.metrics[-1]["train_loss"] < 0.75 * result.metrics[0]["train_loss"]
+    # Accuracy on the train images without augmentation, from the best checkpoint.
+    state_dict, metadata, _ = load_checkpoint(tmp_path / "run")
+    model = create_model("resnet10t", num_classes=metadata["num_classes"])
+    model.load_state_dict(state_dict)
+    data_config = resolve_data_config(model, input_size=48)
+    dataset = CompetitionDataset(
+        release / "train2018.json", release, transform=create_transform(config=data_config, training=False)
+    )
+    loader = ((b.image, b.label) for b in create_loader(dataset=dataset, batch_size=64))
+    chance = 1 - 1 / dataset.num_classes
+    assert evaluate(model, loader, torch.device("cpu"))["val_top1_error"] < chance - 0.35
+
+
+def test_resume_ends_with_the_same_weights(release, tmp_path):
+    straight = train(_config(release, tmp_path / "straight", epochs=2, ema_decay=0.9))
+    train(_config(release, tmp_path / "split", epochs=2, ema_decay=0.9), stop_after_epochs=1)
+    resumed = train(_config(release, tmp_path / "split", epochs=2, ema_decay=0.9), resume=True)
+    a, b = load_file(straight.last_checkpoint), load_file(resumed.last_checkpoint)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [m["train_loss"] for m in straight.metrics] == [m["train_loss"] for m in resumed.metrics]
+
+
+def test_run_folder_files_and_checkpoint_metadata(release, tmp_path):
+    result = train(_config(release, tmp_path / "run", epochs=1, sampler="class-balanced", label_smoothing=0.1))
+    run = result.run_dir
+    expected = {"config.yaml", "metrics.csv", "metrics.json", "best.safetensors", "best.json", "last.safetensors"}
+    assert {p.name for p in run.iterdir()} >= expected | {"last.json", "last.state.json", "last.state.safetensors"}
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "train_loss", "val_top1_error", "val_top3_error", "train_images_per_s", "skipped_images"} <= set(
+        header
+    )
+    metadata = json.loads((run / "best.json").read_text())
+    train_json = json.loads((release / "train2018.json").read_text())
+    assert metadata["category_ids"] == sorted(c["id"] for c in train_json["categories"])
+    assert metadata["model"] == "resnet10t" and metadata["data_config"]["input_size"] == [3, 48, 48]
+    assert yaml.safe_load((run / "config.yaml").read_text())["sampler"] == "class-balanced"
+
+
+def test_config_precedence_and_errors(tmp_path):
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("lr: 0.1\nbatch-size: 16\nmodel: resnet10t\n")
+    config = resolve_config(
+        config_file=config_file, overrides={"train": "t.json", "images": "i", "out": "o", "lr": 0.2, "batch_size": None}
+    )
+    assert (config.lr, config.batch_size, config.model, config.epochs) == (0.2, 16, "resnet10t", 10)
+    config_file.write_text("learning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="config.yaml: unknown option 'learning_rate'"):
+        resolve_config(config_file=config_file, overrides={})
+    with pytest.raises(ValueError, match="--train is required"):
+        resolve_config(overrides={"images": "i", "out": "o"})
+    with pytest.raises(ValueError, match="amp"):
+        resolve_config(overrides={"train": "t", "images": "i", "out": "o", "amp": "fp8"})
+
+
+def test_learning_rate_schedules():
+    config = resolve_config(overrides={"train": "t", "images": "i", "out": "o", "lr": 1.0, "epochs": 10,
+                                       "warmup_epochs": 1, "schedule": "cosine"})  # fmt: skip
+    rates = [lr_at(config, step, 10) for step in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert rates[10] == pytest.approx(1.0) and rates[-1] < 0.01
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    step = resolve_config(overrides={"train": "t", "images": "i", "out": "o", "lr": 1.0, "step_epochs": 3})
+    assert [lr_at(step, e * 5, 5) for e in (0, 2, 3, 6)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+
+
+def test_missing_and_corrupt_images_are_counted_not_fatal(release, tmp_path):
+    import shutil
+
+    broken = tmp_path / "release"
+    shutil.copytree(release, broken)
+    files = sorted(broken.glob("train_val2018/*/*/*.jpg"))
+    files[0].unlink()
+    files[1].write_bytes(b"\xff\xd8 broken")
+    result = train(_config(broken, tmp_path / "run", epochs=1, amp="bf16", clip_grad=1.0))
+    assert result.metrics[0]["skipped_images"] >= 1
+    assert np.isfinite(result.metrics[0]["train_loss"])
+
+
+def test_cli_train_with_config_and_resume(release, tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({"model": "resnet10t", "img_size": 48, "batch_size": 32, "workers": 0,
+                                           "lr": 0.05, "log_every": 0}))  # fmt: skip
+    out = tmp_path / "run"
+    common = [
+        "--train",
+        str(release / "train2018.json"),
+        "--val",
+        str(release / "val2018.json"),
+        "--images",
+        str(release),
+    ]
+    assert main(["train", "-c", str(config_file), *common, "--out", str(out), "--epochs", "1"]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+    assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [0, 1]

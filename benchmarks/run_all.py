@@ -13,7 +13,7 @@ from pathlib import Path
 _logger = logging.getLogger(__name__)
 
 #: Benchmark modules in the order they run.
-BENCHMARKS = ("benchmarks.synth", "benchmarks.build", "benchmarks.loader", "benchmarks.score")
+BENCHMARKS = ("benchmarks.synth", "benchmarks.build", "benchmarks.loader", "benchmarks.train_step", "benchmarks.score")
 
 
 def main() -> None:

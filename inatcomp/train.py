@@ -490,7 +490,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_epochs: int |
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
         sampler.load_state_dict(state["sampler"])
-        history = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))[: metadata["epoch"] + 1]
+        history = list(state["history"])
         best_error = state["best_error"]
         start_epoch = metadata["epoch"] + 1
         _set_rng_state(state["rng"])
@@ -500,6 +500,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_epochs: int |
     evaluated = ema.module if ema is not None else model
     end_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, start_epoch + stop_after_epochs)
     for epoch in range(start_epoch, end_epoch):
+        epoch_start = time.perf_counter()
         sampler.set_epoch(epoch)
         # A fresh loader per epoch seeded by (seed, epoch): augmentation does not depend on earlier epochs.
         loader = create_loader(
@@ -532,13 +533,15 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_epochs: int |
             )
             row.update(evaluate(evaluated, ((b.image, b.label, b.skipped) for b in val_loader), device,
                                 amp=AmpMode(config.amp)))  # fmt: skip
-        history.append(row)
-        _logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
         error = row.get("val_top1_error", row["train_loss"])
         metadata = _metadata(config, train_set, data_config, epoch, row)
         if error <= best_error:
             best_error = error
             save_checkpoint(run_dir / "best", evaluated, metadata)
+        # Wall time of the whole epoch: loader, steps, evaluation, best checkpoint (the last follows).
+        row["epoch_seconds"] = time.perf_counter() - epoch_start
+        history.append(row)
+        _logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
         sampler.set_epoch(epoch + 1)
         training_state = {
             "optimizer": optimizer.state_dict(),
@@ -546,10 +549,11 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_epochs: int |
             "sampler": sampler.state_dict(),
             "rng": _rng_state(),
             "best_error": best_error,
+            "history": history,
         }
         if ema is not None:
             training_state["ema"] = ema.module.state_dict()
-        _write_metrics(run_dir, history)
         save_checkpoint(run_dir / "last", model, metadata, training_state=training_state)
+        _write_metrics(run_dir, history)
     return TrainResult(run_dir=run_dir, metrics=history, best_checkpoint=run_dir / "best.safetensors",
                        last_checkpoint=run_dir / "last.safetensors")  # fmt: skip

@@ -16,7 +16,6 @@ import sys
 import tempfile
 
 from benchmarks.common import Result
-from inatcomp.synth import SynthConfig, write_export
 
 _logger = logging.getLogger(__name__)
 
@@ -42,6 +41,12 @@ print(json.dumps({{"seconds": seconds, "rss_mb": rss_mb, "classes": result.class
                   "removed": result.audit["removed"]}}))
 """
 
+_SYNTH = """
+from inatcomp.synth import SynthConfig, write_export
+write_export({export!r}, SynthConfig(species={species}, photos={photos}, seed=0, images=False))
+print("{{}}")
+"""
+
 
 def _child(code: str) -> dict:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -49,12 +54,14 @@ def _child(code: str) -> dict:
 
 
 def measure(photos: int) -> dict:
-    """Synthesise an export of ``photos`` photos, then parse it and build it in child processes."""
+    """Synthesise an export of ``photos`` photos, then parse it and build it, each in a child process.
+
+    The export is synthesised in a child too: a child's ``ru_maxrss`` starts from its parent's resident size
+    at the fork, so a parent that had held the export would inflate both measurements.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         export = f"{tmp}/export"
-        write_export(
-            export, SynthConfig(species=min(10_000, max(100, photos // 300)), photos=photos, seed=0, images=False)
-        )
+        _child(_SYNTH.format(export=export, species=min(10_000, max(100, photos // 300)), photos=photos))
         parse = _child(_PARSE.format(export=export))
         build = _child(_BUILD.format(export=export, out=f"{tmp}/out"))
     return {"photos": photos, "parse": parse, "build": build}

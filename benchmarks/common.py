@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
+from collections.abc import Callable
 
 _logger = logging.getLogger(__name__)
 
@@ -28,3 +30,14 @@ class Result:
     def log(self) -> None:
         """Log the result in one line."""
         _logger.info("%s | %s | ratio %.2f | %s", self.goal, self.figure, self.ratio, "met" if self.met else "NOT met")
+
+
+def run_script(run: Callable[..., list[Result]], description: str | None) -> None:
+    """The command line of a benchmark script: ``--quick``, then log each result."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("inatcomp").setLevel(logging.WARNING)
+    for result in run(quick=args.quick):
+        result.log()

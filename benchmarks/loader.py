@@ -11,9 +11,7 @@ of each counts.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +22,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from benchmarks.common import Result
+from benchmarks.common import Result, run_script
 from inatcomp.data import CompetitionDataset, TrainPreset
 from inatcomp.synth import SynthConfig, write_export
 
@@ -102,13 +100,7 @@ def run(*, quick: bool = False) -> list[Result]:
 
 def main() -> None:
     """Print the results."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("inatcomp").setLevel(logging.WARNING)
-    for result in run(quick=args.quick):
-        result.log()
+    run_script(run, __doc__)
 
 
 if __name__ == "__main__":

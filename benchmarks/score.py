@@ -7,8 +7,6 @@ overall top-3 error; the figures are checked to agree before the times count.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import Result
+from benchmarks.common import Result, run_script
 from inatcomp.scoring import score_file
 
 ROWS = 149_394
@@ -102,13 +100,7 @@ def run(*, quick: bool = False) -> list[Result]:
 
 def main() -> None:
     """Print the results."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("inatcomp").setLevel(logging.WARNING)
-    for result in run(quick=args.quick):
-        result.log()
+    run_script(run, __doc__)
 
 
 if __name__ == "__main__":

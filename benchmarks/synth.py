@@ -6,12 +6,10 @@ parallel speed-up is a ratio on the same machine at the same moment.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import tempfile
 import time
 
-from benchmarks.common import Result
+from benchmarks.common import Result, run_script
 from inatcomp.synth import SynthConfig, write_export
 
 
@@ -48,13 +46,7 @@ def run(*, quick: bool = False) -> list[Result]:
 
 def main() -> None:
     """Print the results."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("inatcomp").setLevel(logging.WARNING)
-    for result in run(quick=args.quick):
-        result.log()
+    run_script(run, __doc__)
 
 
 if __name__ == "__main__":

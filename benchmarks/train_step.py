@@ -11,7 +11,6 @@ Goal: the epoch reaches ≥ 90 % of that, i.e. the trainer's own overhead stays 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Result
+from benchmarks.common import Result, run_script
 from inatcomp.build import build_dataset
 from inatcomp.data import CompetitionDataset, create_loader, create_sampler, create_transform, resolve_data_config
 from inatcomp.data.samplers import SamplerType
@@ -85,13 +84,7 @@ def run(*, quick: bool = False) -> list[Result]:
 
 def main() -> None:
     """Print the results."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("inatcomp").setLevel(logging.WARNING)
-    for result in run(quick=args.quick):
-        result.log()
+    run_script(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -156,32 +156,49 @@ def _index_in(values: pa.ChunkedArray, value_set: pa.ChunkedArray) -> np.ndarray
 
     When every string has 36 bytes (a uuid), the rows are found through a 64-bit hash of the bytes in a
     hash table of integers and then confirmed byte for byte; other strings, or a hash shared by two
-    different entries of ``value_set``, take Arrow's string hash table.
+    different entries of ``value_set``, take Arrow's string hash table. ``values`` is read chunk by chunk,
+    in place.
     """
-    words, set_words = _uuid_words(values), _uuid_words(value_set)
-    if words is not None and set_words is not None:
-        # Rows repeating the value before them (an observation's photos are usually adjacent) are looked up once.
-        repeat = np.ones(len(words[0]) - 1, dtype=bool)
-        for w in words:
-            repeat &= w[1:] == w[:-1]
-        heads = np.flatnonzero(np.r_[True, ~repeat])
-        words = [w[heads] for w in words]
-        set_key = set_words[0] ^ (set_words[3] * _UUID_HASH) ^ (set_words[1] + set_words[2])
-        sorted_key = np.sort(set_key)
-        if not (sorted_key[1:] == sorted_key[:-1]).any():  # distinct keys, so distinct values
-            if len(heads) == len(set_key) and all((a == b).all() for a, b in zip(words, set_words)):
-                # The photos list the observations' uuids in the observations' order: no lookup needed.
-                return np.cumsum(np.r_[True, ~repeat]) - 1
-            key = words[0] ^ (words[3] * _UUID_HASH) ^ (words[1] + words[2])
-            table = pd.Index(set_key)
-            rows = table.get_indexer(key)
-            safe = np.maximum(rows, 0)
-            same = rows >= 0
-            for a, b in zip(words, set_words):
-                same &= a == b[safe]
-            rows = np.where(same, rows, -1)
-            return rows if len(heads) == len(values) else rows[np.cumsum(np.r_[True, ~repeat]) - 1]
-    return pc.index_in(values, value_set=value_set).fill_null(-1).to_numpy()
+    set_words = _uuid_words(value_set)
+    chunks = [c for c in (values.chunks if isinstance(values, pa.ChunkedArray) else [values]) if len(c)]
+    chunk_words = [_uuid_words(c) for c in chunks]
+    if set_words is None or not chunks or any(w is None for w in chunk_words):
+        return pc.index_in(values, value_set=value_set).fill_null(-1).to_numpy()
+    set_key = set_words[0] ^ (set_words[3] * _UUID_HASH) ^ (set_words[1] + set_words[2])
+    sorted_key = np.sort(set_key)
+    if (sorted_key[1:] == sorted_key[:-1]).any():  # possibly a value twice: Arrow finds the first
+        return pc.index_in(values, value_set=value_set).fill_null(-1).to_numpy()
+    del sorted_key
+    # Rows repeating the value before them (an observation's photos are usually adjacent) are looked up once;
+    # chunk by chunk, so that the values' bytes are never copied whole.
+    heads, previous, in_order = [], None, 0
+    for words in chunk_words:
+        repeat = np.ones(len(words[0]), dtype=bool)
+        for k, w in enumerate(words):
+            repeat[1:] &= w[1:] == w[:-1]
+            repeat[0] &= previous is not None and w[0] == previous[k]
+        heads.append(np.flatnonzero(~repeat))
+        previous = [w[-1] for w in words]
+        if in_order >= 0:  # so far the heads are the value set's rows in order
+            end = in_order + len(heads[-1])
+            fits = end <= len(set_key)
+            fits = fits and all((w[heads[-1]] == v[in_order:end]).all() for w, v in zip(words, set_words))
+            in_order = end if fits else -1
+    run_of_row = np.cumsum(np.concatenate([np.bincount(h, minlength=len(w[0])) for h, w in zip(heads, chunk_words)]))
+    run_of_row -= 1
+    if in_order == len(set_key):
+        return run_of_row  # the photos list the observations' uuids in the observations' order
+    table = pd.Index(set_key)
+    head_rows = []
+    for words, chunk_heads in zip(chunk_words, heads):
+        words = [w[chunk_heads] for w in words]
+        rows = table.get_indexer(words[0] ^ (words[3] * _UUID_HASH) ^ (words[1] + words[2]))
+        safe = np.maximum(rows, 0)
+        same = rows >= 0
+        for a, b in zip(words, set_words):
+            same &= a == b[safe]
+        head_rows.append(np.where(same, rows, -1))
+    return np.concatenate(head_rows)[run_of_row]
 
 
 def _observation_classes(
@@ -446,6 +463,7 @@ def build_dataset(
     p = tables.photos
     photo_obs = _index_in(p["observation_uuid"], o["observation_uuid"])
     tables.photos = p = p.drop_columns(["observation_uuid"])  # not needed again: free it
+    pa.default_memory_pool().release_unused()
     orphan = photo_obs < 0
     audit.add("photo without observation", photos=int(orphan.sum()))
     photos_per_obs = np.bincount(photo_obs[~orphan], minlength=len(obs_class)).astype(np.float64)
@@ -688,7 +706,7 @@ def _category_records(rules: BuildRules, cat_frame: pd.DataFrame) -> list[dict]:
     return records
 
 
-def formats_dumps(obj: object) -> bytes:
+def _compact_json(obj: object) -> bytes:
     """Compact JSON text of a small object, as :func:`inatcomp.formats.write_json` writes it."""
     import orjson
 
@@ -792,6 +810,7 @@ def _write_release(
     # Everything needed from the export's photos and observations is taken: let their memory go.
     tables.photos, tables.observations = p.slice(0, 0), o.slice(0, 0)
     del p, o
+    pa.default_memory_pool().release_unused()
     info = {
         "year": rules.year,
         "version": "1.0",
@@ -805,7 +824,7 @@ def _write_release(
 
     laps.lap("release columns")
     # Every field as JSON text once; the records of a split are joined from them with Arrow.
-    observer_keys, observer_of_image = np.unique(observer_ids, return_inverse=True)
+    observer_keys, observer_of_image = _unique_inverse(observer_ids)
     holder_text = _json_strings(pa.array([login.get(k, "") for k in observer_keys.tolist()], pa.string()))
     license_of_image = pc.add(pc.index_in(licenses_text, value_set=pa.array(license_names, pa.string())), 1)
     id_text = _json_numbers(image_ids)
@@ -830,7 +849,7 @@ def _write_release(
             ("date", date_text),
             ("latitude", lat_text),
             ("longitude", lon_text),
-            ("location_uncertainty", _json_numbers(acc_int.cast(pa.int64()))),
+            ("location_uncertainty", _json_numbers(acc_int.cast(pa.int64(), safe=False))),
         ]
     annotation_fields = [("id", id_text), ("image_id", id_text), ("category_id", _json_numbers(category))]
     if "train_locations" in names:
@@ -841,7 +860,7 @@ def _write_release(
             ("user_id", _json_numbers(observer_ids)),
             ("date", date_text),
         ]
-    info_text, licenses_text_json, categories_text = (formats_dumps(x) for x in (info, licenses, categories))
+    info_text, licenses_text_json, categories_text = (_compact_json(x) for x in (info, licenses, categories))
 
     def locations_json(idx: np.ndarray) -> Iterator[bytes]:
         yield b"["

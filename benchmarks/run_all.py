@@ -13,7 +13,14 @@ from pathlib import Path
 _logger = logging.getLogger(__name__)
 
 #: Benchmark modules in the order they run.
-BENCHMARKS = ("benchmarks.synth", "benchmarks.build", "benchmarks.loader", "benchmarks.train_step", "benchmarks.score")
+BENCHMARKS = (
+    "benchmarks.synth",
+    "benchmarks.build",
+    "benchmarks.loader",
+    "benchmarks.train_step",
+    "benchmarks.score",
+    "benchmarks.tta",
+)
 
 
 def main() -> None:

@@ -28,13 +28,26 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth_preview(args: argparse.Namespace) -> int:
+    from inatcomp.synth import sibling_preview
+
+    names = sibling_preview(args.export, args.out, per_species=args.per_species, seed=args.seed)
+    _logger.info("wrote %s: a row each of %s", args.out, " and ".join(names))
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from inatcomp.formats import FileKind, validate_file
 
     kind = FileKind(args.kind) if args.kind else None
+    year = None
+    if args.against:
+        from inatcomp.submission import validate_submission
+
+        year = kind.value.removeprefix("submission_") if kind and kind.value.startswith("submission_") else None
     failed = False
     for path in args.paths:
-        problems = validate_file(path, kind)
+        problems = validate_submission(path, args.against, format=year) if args.against else validate_file(path, kind)
         for problem in problems:
             sys.stdout.write(f"{problem}\n")
         if problems:
@@ -179,6 +192,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=field.name, action="store_true", default=None)
         elif field.name == "taxonomy_weights":
             parser.add_argument(flag, dest=field.name, type=float, nargs=3, metavar=("GENUS", "FAMILY", "UNIFORM"))
+        elif field.name == "crop_scale":
+            parser.add_argument(flag, dest=field.name, type=float, nargs=2, metavar=("MIN", "MAX"),
+                                help="area range of the random-resized crop (default 0.08 1.0)")  # fmt: skip
         elif field.name in _TRAIN_CHOICES:
             parser.add_argument(flag, dest=field.name, choices=_TRAIN_CHOICES[field.name], default=None,
                                 help=f"default {field.default!r}")  # fmt: skip
@@ -188,10 +204,67 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                 if field.default is not dataclasses.MISSING else None)  # fmt: skip
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from inatcomp.predict import predict
+
+    predict(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        images=args.images,
+        tta=args.tta,
+        views=args.views,
+        average=args.average,
+        out=args.out,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+    )
+    return 0
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from inatcomp.ensemble import ensemble, fit_weights
+
+    weights, extra = args.weights, None
+    if args.fit_weights:
+        if args.weights or not args.labels or len(args.fit_weights) != len(args.predictions):
+            _logger.error("--fit-weights takes one val prediction per member, with --labels and without --weights")
+            return 2
+        fit = fit_weights(args.fit_weights, args.labels, mode=args.mode, steps=args.grid)
+        weights = fit.weights
+        extra = {"fit": {"val_predictions": args.fit_weights, "labels": args.labels, **fit.to_dict()}}
+    ensemble(args.predictions, out=args.out, weights=weights, mode=args.mode, chunk_rows=args.chunk_rows,
+             extra_header=extra)  # fmt: skip
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from inatcomp.submission import write_submission
+
+    write_submission(args.predictions, format=args.format, out=args.out, chunk_rows=args.chunk_rows)
+    return 0
+
+
+def _cmd_score_pred(args: argparse.Namespace) -> int:
+    import json
+
+    from inatcomp.predict import score_predictions
+
+    result = score_predictions(args.predictions, args.labels, k=args.k, chunk_rows=args.chunk_rows)
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        rows = "".join(f"| {key} | {value:.4f} |\n" if isinstance(value, float) else f"| {key} | {value} |\n"
+                       for key, value in result.items())  # fmt: skip
+        sys.stdout.write("| metric | value |\n| --- | --- |\n" + rows)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from inatcomp.demo import run_demo
 
-    return run_demo(args.out, species=args.species, photos=args.photos, seed=args.seed)
+    return run_demo(args.out, species=args.species, photos=args.photos, seed=args.seed, epochs=args.epochs)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -214,11 +287,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=None, help="rendering processes (default: one per CPU)")
     synth.set_defaults(func=_cmd_synth)
 
+    preview = sub.add_parser("synth-preview", help="a PNG of photos of two sibling species of a synthetic export")
+    preview.add_argument("export")
+    preview.add_argument("out", help="PNG to write")
+    preview.add_argument("--per-species", type=int, default=6)
+    preview.add_argument("--seed", type=int, default=0)
+    preview.set_defaults(func=_cmd_synth_preview)
+
     validate = sub.add_parser("validate", help="check files against their schemas and cross-file rules")
     validate.add_argument(
         "paths", nargs="+", help="dataset JSON, location JSON, export table, submission or solution CSV"
     )
     validate.add_argument("--kind", help="file kind (a schema name in data_schema/); guessed when omitted")
+    validate.add_argument("--against", metavar="TEST.json", help="check submissions against this test file")
     validate.set_defaults(func=_cmd_validate)
 
     build = sub.add_parser("build", help="build a challenge dataset from an observation export")
@@ -254,6 +335,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     demo.add_argument("--species", type=int, default=300)
     demo.add_argument("--photos", type=int, default=20000)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     demo.set_defaults(func=_cmd_demo)
 
     formats = ("inat2017", "inat2018", "inat2019", "inat2021")  # scoring.SubmissionFormat, kept import-free here
@@ -275,6 +357,47 @@ def get_args_parser() -> argparse.ArgumentParser:
     board.add_argument("--format", choices=formats, help="force the submissions' format")
     board.add_argument("--max-size-mb", type=float, default=200.0, help="size limit of each file (default 200 MB)")
     board.set_defaults(func=_cmd_leaderboard)
+
+    tta_modes = ("center", "flip", "five-crop", "ten-crop", "multiscale", "upper")  # predict.TTAMode
+    pred = sub.add_parser("predict", help="predict a competition JSON with test-time augmentation")
+    pred.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (its best checkpoint)")
+    pred.add_argument("--data", required=True, help="competition JSON (test, or val to score)")
+    pred.add_argument("--images", help="folder the file names are relative to (default: the JSON's folder)")
+    pred.add_argument("--tta", choices=tta_modes, default="center", help="views per image (default center)")
+    pred.add_argument("--views", metavar="FILE", help="custom views (YAML/JSON: scale, box [x,y,w,h], flip)")
+    pred.add_argument("--average", choices=["prob", "logit"], default="prob", help="average views as (default prob)")
+    pred.add_argument("--out", required=True, help="prediction folder to write (NAME.pred)")
+    pred.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    pred.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    pred.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    pred.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast the model (default off)")
+    pred.set_defaults(func=_cmd_predict)
+
+    ens = sub.add_parser("ensemble", help="combine prediction folders (streaming)")
+    ens.add_argument("predictions", nargs="+", help="prediction folders (same images and categories, any order)")
+    ens.add_argument("--out", required=True, help="prediction folder to write")
+    ens.add_argument("--weights", type=float, nargs="+", help="one weight per member (default equal)")
+    ens.add_argument("--mode", choices=["mean-prob", "mean-logit", "rank"], default="mean-prob")
+    ens.add_argument("--fit-weights", nargs="+", metavar="VAL_PRED", help="fit the weights on these val predictions")
+    ens.add_argument("--labels", metavar="VAL.json", help="labels of the val predictions for --fit-weights")
+    ens.add_argument("--grid", type=int, default=10, help="simplex grid steps of --fit-weights (default 10)")
+    ens.add_argument("--chunk-rows", type=int, help="rows per chunk (default: about 64 MB)")
+    ens.set_defaults(func=_cmd_ensemble)
+
+    submit = sub.add_parser("submit", help="write a submission CSV from a prediction folder")
+    submit.add_argument("predictions", help="prediction folder")
+    submit.add_argument("--format", required=True, choices=formats, help="the competition year's format")
+    submit.add_argument("--out", required=True, help="submission CSV (submissions/NAME.csv)")
+    submit.add_argument("--chunk-rows", type=int, help="rows per chunk (default: about 64 MB)")
+    submit.set_defaults(func=_cmd_submit)
+
+    score_pred = sub.add_parser("score-pred", help="top-1/top-k error of a prediction folder against val labels")
+    score_pred.add_argument("predictions", help="prediction folder")
+    score_pred.add_argument("--labels", required=True, metavar="VAL.json", help="labelled competition JSON")
+    score_pred.add_argument("--k", type=int, default=3, help="k of the top-k error (default 3)")
+    score_pred.add_argument("--json", action="store_true", help="print JSON")
+    score_pred.add_argument("--chunk-rows", type=int, help="rows per chunk (default: about 64 MB)")
+    score_pred.set_defaults(func=_cmd_score_pred)
     return parser
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import io
 import logging
 import math
 import multiprocessing
@@ -897,3 +898,51 @@ def sample_count_statistics(counts: np.ndarray) -> dict[str, float]:
         "median": float(np.median(counts)),
         "top1pct_share": float(counts[:top].sum() / counts.sum()),
     }
+
+
+def sibling_preview(export: str | Path, out_png: str | Path, *, per_species: int = 6, seed: int = 0) -> list[str]:
+    """Tile photos of two sibling species (one genus) of a synthetic export into one PNG, a row per species.
+
+    Args:
+        export: A folder written by :func:`write_export` with images.
+        out_png: The PNG to write.
+        per_species: Photos per row.
+        seed: Which genus and photos are picked.
+
+    Returns:
+        The two species' names.
+
+    Raises:
+        ValueError: No genus with two species that have enough photos.
+    """
+    from PIL import Image
+
+    export = Path(export)
+    read = lambda name: pd.read_csv(export / name, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)  # noqa: E731
+    taxa, photos, truth = read("taxa.csv"), read("photos.csv"), read("synth_truth.csv")
+    photos = photos.merge(truth, on="observation_uuid")
+    counts = photos["true_taxon_id"].value_counts()
+    species = taxa[taxa["rank"] == "species"].copy()
+    species["genus"] = species["ancestry"].str.rsplit("/", n=1).str[1]
+    species = species[species["taxon_id"].map(counts).fillna(0) >= per_species]
+    genera = species.groupby("genus").filter(lambda g: len(g) >= 2)["genus"].unique()
+    if len(genera) == 0:
+        raise ValueError(f"{export}: no genus with two species of ≥ {per_species} photos each")
+    rng = np.random.default_rng(seed)
+    pair = species[species["genus"] == genera[rng.integers(len(genera))]].head(2)
+    tile = 128
+    sheet = Image.new("RGB", (tile * per_species, tile * 2), "white")
+    for row, taxon in enumerate(pair["taxon_id"]):
+        ids = photos.loc[photos["true_taxon_id"] == taxon, "photo_id"].to_numpy()
+        for col, photo_id in enumerate(rng.choice(ids, size=per_species, replace=False)):
+            with Image.open(export / "photos" / str(photo_id) / "medium.jpg") as image:
+                image = image.convert("RGB")
+                image.thumbnail((tile, tile))
+                sheet.paste(image, (col * tile + (tile - image.width) // 2, row * tile + (tile - image.height) // 2))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out_png).with_name(Path(out_png).name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, out_png)
+    return pair["name"].tolist()

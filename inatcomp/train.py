@@ -116,6 +116,7 @@ class TrainConfig:
     clip_grad: float | None = None
     ema_decay: float = 0.0
     magnitude: float = 1.0
+    crop_scale: list[float] = dataclasses.field(default_factory=lambda: [0.08, 1.0])
     max_steps_per_epoch: int | None = None
     log_every: int = 20
     device: str = "auto"
@@ -141,6 +142,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if len(self.taxonomy_weights) != 3 or min(self.taxonomy_weights) < 0 or sum(self.taxonomy_weights) <= 0:
             raise ValueError(f"taxonomy_weights must be 3 non-negative numbers, got {self.taxonomy_weights}")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must be two numbers 0 < min ≤ max ≤ 1, got {self.crop_scale}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -461,7 +464,11 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_epochs: int |
     model.to(device)
     data_config = resolve_data_config(model, input_size=config.img_size, crop_pct=config.crop_pct)
     train_set.transform = create_transform(
-        config=data_config, training=True, magnitude=config.magnitude, seed=config.seed
+        config=data_config,
+        training=True,
+        magnitude=config.magnitude,
+        scale=(config.crop_scale[0], config.crop_scale[1]),
+        seed=config.seed,
     )
     if val_set is not None:
         val_set.transform = create_transform(config=data_config, training=False)

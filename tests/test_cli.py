@@ -36,8 +36,9 @@ def test_validate_never_tracebacks_on_junk(tmp_path, capsys):
 
 def test_demo_runs_the_stages(tmp_path, caplog):
     caplog.set_level("INFO")
-    assert main(["demo", str(tmp_path / "demo"), "--species", "20", "--photos", "600"]) == 0
+    assert main(["demo", str(tmp_path / "demo"), "--species", "20", "--photos", "600", "--epochs", "1"]) == 0
     assert (tmp_path / "demo" / "export" / "photos.csv").is_file()
     assert "0 problems" in caplog.text
     assert (tmp_path / "demo" / "release" / "train2018.json").is_file()
     assert "0 problems in the release" in caplog.text
+    assert (tmp_path / "demo" / "runs" / "recipe" / "best.safetensors").is_file()

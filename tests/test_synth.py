@@ -325,3 +325,18 @@ def test_synth_rejects_unreadable_taxonomy(tmp_path, caplog):
     assert main(["synth", str(out), "--species", "5", "--photos", "10", "--taxonomy", str(bad)]) == 2
     assert "not a readable" in caplog.text
     assert not out.exists()
+
+
+def test_sibling_preview_tiles_two_species_of_one_genus(tmp_path):
+    export = tmp_path / "export"
+    write_export(export, SynthConfig(species=20, photos=600, seed=0, image_size=48))
+    out = tmp_path / "preview.png"
+    assert main(["synth-preview", str(export), str(out), "--per-species", "3"]) == 0
+    with Image.open(out) as image:
+        assert image.size == (3 * 128, 2 * 128)
+    taxa = _read(export / "taxa.csv")
+    from inatcomp.synth import sibling_preview
+
+    first, second = sibling_preview(export, out, per_species=3)
+    assert first.split()[0] == second.split()[0] and first != second
+    assert {first, second} <= set(taxa["name"])

@@ -79,6 +79,12 @@ def test_run_folder_files_and_checkpoint_metadata(release, tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["sampler"] == "class-balanced"
 
 
+def test_crop_scale_reaches_the_train_transform(release, tmp_path):
+    a = train(_config(release, tmp_path / "a", epochs=1, crop_scale=[0.08, 1.0]))
+    b = train(_config(release, tmp_path / "b", epochs=1, crop_scale=[0.9, 1.0]))
+    assert a.metrics[0]["train_loss"] != b.metrics[0]["train_loss"]
+
+
 def test_config_precedence_and_errors(tmp_path):
     config_file = tmp_path / "config.yaml"
     config_file.write_text("lr: 0.1\nbatch-size: 16\nmodel: resnet10t\n")

@@ -1,0 +1,855 @@
+"""Test-time augmentation and prediction files: ``inatcomp predict`` and ``inatcomp score-pred``.
+
+A **prediction file** (see ``data_schema/predictions.md``) is a folder, by convention named ``NAME.pred``::
+
+    header.json       format, shapes, dtypes, provenance (checkpoint, TTA, views), failed images
+    image_ids.i8      int64 little-endian [n_images], the rows' image ids (the test JSON's order)
+    category_ids.i8   int64 little-endian [n_classes], the columns' category ids (the model's head order)
+    scores.f16        float16 little-endian [n_images, n_classes], row-major: probabilities (rows sum to 1)
+
+The arrays are raw, so ``np.memmap`` maps them directly; everything here reads and writes them in row chunks
+(:class:`PredictionWriter`, :meth:`Predictions.iter_chunks`), so a 149,394 × 8,142 iNat2018 matrix (2.4 GB) is
+never held in memory. A folder is written under a temporary name and renamed into place when complete (the
+header is written last), so a reader never sees half a file.
+
+**Test-time augmentation**: a :class:`View` is one crop of an image: the image resized so its shorter side is
+``scale × crop_size``, a box ``(x, y, w, h)`` in coordinates relative to the image cut from it and resized to
+``crop_size``, optionally mirrored. :func:`view_boxes` gives the views of each :class:`TTAMode` for an image size
+(pure geometry). :func:`predict` decodes each image once, at the smallest libjpeg DCT scale that still gives every
+view at least ``crop_size`` source pixels, cuts all its views from that one decode, and sends the views of a
+batch of images through the model together; the views' probabilities (or logits) are averaged. An unreadable
+image gets a uniform row, is logged and counted in the header, and never stops the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "PREDICTION_FORMAT",
+    "AverageMode",
+    "PredictionWriter",
+    "Predictions",
+    "ScoreKind",
+    "TTAMode",
+    "View",
+    "decode_factor",
+    "index_of",
+    "load_labels",
+    "load_model",
+    "load_views",
+    "open_predictions",
+    "predict",
+    "score_predictions",
+    "top_k_columns",
+    "view_boxes",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: The ``format`` of a prediction folder's header.
+PREDICTION_FORMAT = "inatcomp-predictions-1"
+HEADER_FILE = "header.json"
+IMAGE_IDS_FILE = "image_ids.i8"
+CATEGORY_IDS_FILE = "category_ids.i8"
+SCORES_FILE = "scores.f16"
+#: Streaming functions read this many bytes of float32 scores per chunk by default.
+DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
+#: Shorter-side scales (relative to the crop) of :attr:`TTAMode.MULTISCALE`.
+MULTISCALE_SCALES = (1.0, 1.25, 1.5)
+#: Grid positions along an axis that a multiscale window does not cover whole.
+MULTISCALE_GRID = 3
+
+
+class TTAMode(enum.Enum):
+    """Test-time augmentation presets (views per image in brackets)."""
+
+    CENTER = "center"  #: the eval centre crop (1)
+    FLIP = "flip"  #: the centre crop and its mirror image (2)
+    FIVE_CROP = "five-crop"  #: four corners and the centre at the eval scale (5)
+    TEN_CROP = "ten-crop"  #: five-crop and the mirrors (10)
+    MULTISCALE = "multiscale"  #: shorter side at 1, 1.25, 1.5 × the crop, a 3-position grid per long axis (≤ 19-21)
+    UPPER = "upper"  #: centre ± mirror, three windows along the top edge, the top square at scale 1 (6)
+    CUSTOM = "custom"  #: views from a file (:func:`load_views`)
+
+
+class AverageMode(enum.Enum):
+    """How the views of an image are combined."""
+
+    PROB = "prob"  #: mean of the views' softmax probabilities
+    LOGIT = "logit"  #: softmax of the views' mean logits
+
+
+class ScoreKind(enum.Enum):
+    """What the scores of a prediction file are."""
+
+    PROB = "prob"  #: probabilities (rows sum to 1)
+    RANK = "rank"  #: softmax of mean ranks (a rank ensemble): rows sum to 1, only the order is meaningful
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# View geometry
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """One test-time view of an image.
+
+    Attributes:
+        scale: The image is resized so that its shorter side is ``scale × crop_size``.
+        box: ``(x, y, w, h)`` of the crop relative to the image (fractions of its width and height), or ``None``
+            for a centred ``crop_size`` window (resolved per image by :meth:`resolve`).
+        flip: Mirror the crop horizontally.
+    """
+
+    scale: float
+    box: tuple[float, float, float, float] | None = None
+    flip: bool = False
+
+    def resolve(self, width: int, height: int, crop_size: int) -> View:
+        """This view with its box filled in for an image of this size."""
+        if self.box is not None:
+            return self
+        return View(self.scale, _window(width, height, crop_size, self.scale, 0.5, 0.5), self.flip)
+
+    def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The box in pixels of an image of this size: x0, y0, x1, y1 (at least one pixel each way)."""
+        if self.box is None:
+            raise ValueError("resolve() the view before asking for its pixels")
+        x, y, w, h = self.box
+        x0 = min(int(round(x * width)), width - 1)
+        y0 = min(int(round(y * height)), height - 1)
+        x1 = max(min(int(round((x + w) * width)), width), x0 + 1)
+        y1 = max(min(int(round((y + h) * height)), height), y0 + 1)
+        return x0, y0, x1, y1
+
+
+def _window(
+    width: int, height: int, crop_size: int, scale: float, fx: float, fy: float
+) -> tuple[float, float, float, float]:
+    """A ``crop_size`` window of the image resized to a shorter side of ``scale × crop_size``, relative.
+
+    ``fx`` and ``fy`` place it: 0 at the left/top edge, 0.5 centred, 1 at the right/bottom edge. A window larger
+    than the resized image is clipped to it.
+    """
+    ratio = scale * crop_size / min(width, height)
+    rw, rh = width * ratio, height * ratio
+    cw, ch = min(float(crop_size), rw), min(float(crop_size), rh)
+    return ((rw - cw) * fx / rw, (rh - ch) * fy / rh, cw / rw, ch / rh)
+
+
+def _positions(width: int, height: int, crop_size: int, scale: float, axis: int) -> list[float]:
+    ratio = scale * crop_size / min(width, height)
+    extent = (width, height)[axis] * ratio
+    if extent <= crop_size * (1 + 1e-6):
+        return [0.5]
+    return [i / (MULTISCALE_GRID - 1) for i in range(MULTISCALE_GRID)]
+
+
+def view_boxes(
+    mode: TTAMode | str,
+    width: int,
+    height: int,
+    crop_size: int,
+    *,
+    crop_pct: float = 0.875,
+    views: Sequence[View] | None = None,
+) -> list[View]:
+    """The views of a TTA mode for an image of this size, every box resolved (pure geometry).
+
+    Args:
+        mode: The preset.
+        width: Image width in pixels (at any decode scale: boxes are relative).
+        height: Image height in pixels.
+        crop_size: Side of the square the model sees.
+        crop_pct: Eval crop share: the eval scale resizes the shorter side to ``crop_size / crop_pct``.
+        views: The views of :attr:`TTAMode.CUSTOM`.
+
+    Returns:
+        The views in a fixed order (five-crop: top-left, top-right, bottom-left, bottom-right, centre, as
+        torchvision's ``FiveCrop``; ten-crop adds their mirrors in the same order).
+
+    Raises:
+        ValueError: Bad sizes, or custom mode without views.
+    """
+    mode = TTAMode(mode)
+    if width < 1 or height < 1 or crop_size < 1:
+        raise ValueError(f"image size and crop size must be positive, got {width}x{height} and {crop_size}")
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    eval_scale = 1.0 / crop_pct
+
+    def at(scale: float, fx: float, fy: float, flip: bool = False) -> View:
+        return View(scale, _window(width, height, crop_size, scale, fx, fy), flip)
+
+    if mode is TTAMode.CENTER:
+        return [at(eval_scale, 0.5, 0.5)]
+    if mode is TTAMode.FLIP:
+        return [at(eval_scale, 0.5, 0.5), at(eval_scale, 0.5, 0.5, True)]
+    if mode in (TTAMode.FIVE_CROP, TTAMode.TEN_CROP):
+        five = [(0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5)]
+        out = [at(eval_scale, fx, fy) for fx, fy in five]
+        if mode is TTAMode.TEN_CROP:
+            out += [at(eval_scale, fx, fy, True) for fx, fy in five]
+        return out
+    if mode is TTAMode.MULTISCALE:
+        out = []
+        for scale in MULTISCALE_SCALES:
+            for fy in _positions(width, height, crop_size, scale, 1):
+                for fx in _positions(width, height, crop_size, scale, 0):
+                    out.append(at(scale, fx, fy))
+        return out
+    if mode is TTAMode.UPPER:
+        return [
+            at(eval_scale, 0.5, 0.5),
+            at(eval_scale, 0.5, 0.5, True),
+            at(eval_scale, 0.0, 0.0),
+            at(eval_scale, 0.5, 0.0),
+            at(eval_scale, 1.0, 0.0),
+            at(1.0, 0.5, 0.0),
+        ]
+    if not views:
+        raise ValueError("TTA mode custom needs views (--views FILE)")
+    return [view.resolve(width, height, crop_size) for view in views]
+
+
+def load_views(path: str | os.PathLike) -> list[View]:
+    """Read custom views from a YAML or JSON file.
+
+    The file holds a list (or ``{"views": [...]}``) of entries ``{scale: S, box: [x, y, w, h], flip: bool}``;
+    ``box`` (relative to the image) may be left out for a centred crop at that scale, ``flip`` defaults to false.
+
+    Raises:
+        ValueError: Unreadable file or a bad entry (named by its index).
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: cannot read views ({error})") from None
+    if isinstance(data, dict):
+        data = data.get("views")
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty list of views (or {{views: [...]}})")
+    views = []
+    for i, entry in enumerate(data):
+        where = f"{path}: views[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping with scale, box, flip; got {entry!r}")
+        unknown = set(entry) - {"scale", "box", "flip"}
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected scale, box, flip")
+        scale = entry.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale <= 16:
+            raise ValueError(f"{where}: scale {scale!r}; expected a number in (0, 16]")
+        flip = entry.get("flip", False)
+        if not isinstance(flip, bool):
+            raise ValueError(f"{where}: flip {flip!r}; expected true or false")
+        box = entry.get("box")
+        if box is not None:
+            ok = isinstance(box, list) and len(box) == 4
+            ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+            if not ok or box[2] <= 0 or box[3] <= 0 or min(box[:2]) < 0:
+                raise ValueError(f"{where}: box {box!r}; expected [x, y, w, h] with x, y ≥ 0 and w, h > 0")
+            if box[0] + box[2] > 1 + 1e-6 or box[1] + box[3] > 1 + 1e-6:
+                raise ValueError(f"{where}: box {box!r} reaches outside the image (x + w and y + h must be ≤ 1)")
+            box = tuple(float(v) for v in box)
+        views.append(View(float(scale), box, flip))
+    return views
+
+
+def decode_factor(views: Sequence[View], width: int, height: int, crop_size: int) -> float:
+    """How much smaller than full size an image may be decoded so every view keeps ``crop_size`` source pixels."""
+    factor = math.inf
+    for view in views:
+        x, y, w, h = view.box  # type: ignore[misc]
+        factor = min(factor, w * width / crop_size, h * height / crop_size)
+    return max(factor, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prediction files
+
+
+def _pread_into(fd: int, buffer: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(buffer):
+        got = os.preadv(fd, [buffer[done:]], offset + done)
+        if got <= 0:
+            raise ValueError("prediction scores end early (truncated file?)")
+        done += got
+
+
+@dataclasses.dataclass
+class Predictions:
+    """An open prediction folder (see the module docstring); scores are read on demand.
+
+    Attributes:
+        path: The folder.
+        header: The parsed ``header.json``.
+        image_ids: ``[n_images]`` image ids (row order).
+        category_ids: ``[n_classes]`` category ids (column order).
+    """
+
+    path: Path
+    header: dict[str, Any]
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+
+    @property
+    def n_images(self) -> int:
+        """Number of rows."""
+        return len(self.image_ids)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of columns."""
+        return len(self.category_ids)
+
+    @property
+    def scores_path(self) -> Path:
+        """The raw float16 scores file."""
+        return self.path / SCORES_FILE
+
+    def default_chunk_rows(self) -> int:
+        """Rows per chunk that keep a float32 chunk near :data:`DEFAULT_CHUNK_BYTES`."""
+        return max(1, DEFAULT_CHUNK_BYTES // (4 * max(self.n_classes, 1)))
+
+    def memmap(self) -> np.memmap:
+        """The scores as a read-only ``[n_images, n_classes]`` float16 memory map."""
+        return np.memmap(self.scores_path, dtype="<f2", mode="r", shape=(self.n_images, self.n_classes))
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a float16 array (read, not mapped: memory stays at the chunk's size)."""
+        stop = min(stop, self.n_images)
+        out = np.empty((max(stop - start, 0), self.n_classes), dtype="<f2")
+        if out.size:
+            fd = os.open(self.scores_path, os.O_RDONLY)
+            try:
+                _pread_into(fd, memoryview(out).cast("B"), start * self.n_classes * 2)
+            finally:
+                os.close(fd)
+        return out
+
+    def take_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Arbitrary rows (in the order given) as a float16 array; contiguous runs are read at once."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        buffer = np.empty((len(rows), self.n_classes), dtype="<f2")
+        if len(rows):
+            breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+            starts, stops = np.r_[0, breaks], np.r_[breaks, len(rows)]
+            row_bytes = self.n_classes * 2
+            fd = os.open(self.scores_path, os.O_RDONLY)
+            try:
+                view = memoryview(buffer).cast("B")
+                for a, b in zip(starts.tolist(), stops.tolist()):
+                    _pread_into(fd, view[a * row_bytes : b * row_bytes], int(ordered[a]) * row_bytes)
+            finally:
+                os.close(fd)
+        out = np.empty_like(buffer)
+        out[order] = buffer
+        return out
+
+    def iter_chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start_row, float16 rows)`` chunks in row order."""
+        step = chunk_rows or self.default_chunk_rows()
+        for start in range(0, self.n_images, step):
+            yield start, self.read_rows(start, start + step)
+
+
+def _read_ids(path: Path, what: str) -> np.ndarray:
+    data = np.fromfile(path, dtype="<i8")
+    if len(np.unique(data)) != len(data):
+        raise ValueError(f"{path}: repeated {what}")
+    return data.astype(np.int64)
+
+
+def open_predictions(path: str | os.PathLike) -> Predictions:
+    """Open a prediction folder and check its header against its arrays.
+
+    Raises:
+        ValueError: Not a prediction folder, or sizes that do not match the header.
+    """
+    path = Path(path)
+    header_path = path / HEADER_FILE
+    if not header_path.is_file():
+        raise ValueError(f"{path}: not a prediction folder (no {HEADER_FILE}; written by inatcomp predict/ensemble)")
+    try:
+        header = json.loads(header_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{header_path}: unreadable header ({error})") from None
+    if not isinstance(header, dict) or header.get("format") != PREDICTION_FORMAT:
+        raise ValueError(f"{header_path}: format is not {PREDICTION_FORMAT!r}")
+    try:
+        image_ids = _read_ids(path / IMAGE_IDS_FILE, "image ids")
+        category_ids = _read_ids(path / CATEGORY_IDS_FILE, "category ids")
+        size = (path / SCORES_FILE).stat().st_size
+    except OSError as error:
+        raise ValueError(f"{path}: incomplete prediction folder ({error})") from None
+    n, c = header.get("n_images"), header.get("n_classes")
+    if (n, c) != (len(image_ids), len(category_ids)):
+        raise ValueError(f"{path}: header says {n} × {c}, the id files hold {len(image_ids)} × {len(category_ids)}")
+    if size != n * c * 2:
+        raise ValueError(f"{path}: {SCORES_FILE} has {size:,} bytes; {n} × {c} float16 scores need {n * c * 2:,}")
+    return Predictions(path, header, image_ids, category_ids)
+
+
+def _is_prediction_folder(path: Path) -> bool:
+    return path.is_dir() and (path / HEADER_FILE).is_file()
+
+
+class PredictionWriter:
+    """Write a prediction folder in row chunks; it appears under its name only when complete.
+
+    Use as a context manager: rows are appended with :meth:`write` in order, :attr:`header` may be updated
+    until the end, and leaving the block writes the header and renames the temporary folder into place (an
+    exception instead removes it). An existing prediction folder at ``path`` is replaced; anything else there
+    is refused.
+
+    Args:
+        path: The folder to write (``NAME.pred`` by convention).
+        image_ids: The rows' image ids.
+        category_ids: The columns' category ids.
+        header: Extra header fields (provenance).
+        score_kind: What the scores are.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        image_ids: np.ndarray | Sequence[int],
+        category_ids: np.ndarray | Sequence[int],
+        header: Mapping[str, Any] | None = None,
+        score_kind: ScoreKind = ScoreKind.PROB,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not _is_prediction_folder(self.path):
+            raise ValueError(f"{self.path}: exists and is not a prediction folder; not overwriting it")
+        self.image_ids = np.asarray(image_ids, dtype=np.int64)
+        self.category_ids = np.asarray(category_ids, dtype=np.int64)
+        for name, ids in (("image", self.image_ids), ("category", self.category_ids)):
+            if len(np.unique(ids)) != len(ids):
+                raise ValueError(f"{self.path}: repeated {name} ids")
+        self.header: dict[str, Any] = {
+            "format": PREDICTION_FORMAT,
+            "n_images": len(self.image_ids),
+            "n_classes": len(self.category_ids),
+            "score_kind": score_kind.value,
+            "files": {
+                "image_ids": [IMAGE_IDS_FILE, "<i8"],
+                "category_ids": [CATEGORY_IDS_FILE, "<i8"],
+                "scores": [SCORES_FILE, "<f2"],
+            },
+            "failed_images": 0,
+            "failed_image_ids": [],
+        }
+        self.header.update(header or {})
+        self.rows_written = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        if self._tmp.exists():
+            shutil.rmtree(self._tmp)
+        self._tmp.mkdir(parents=True)
+        self.image_ids.astype("<i8").tofile(self._tmp / IMAGE_IDS_FILE)
+        self.category_ids.astype("<i8").tofile(self._tmp / CATEGORY_IDS_FILE)
+        self._scores = open(self._tmp / SCORES_FILE, "wb")  # noqa: SIM115 - closed in close()/abort()
+
+    def write(self, scores: np.ndarray) -> None:
+        """Append rows (any float dtype; stored as float16)."""
+        scores = np.asarray(scores)
+        if scores.ndim != 2 or scores.shape[1] != len(self.category_ids):
+            raise ValueError(f"rows must be [n, {len(self.category_ids)}], got {scores.shape}")
+        if self.rows_written + len(scores) > len(self.image_ids):
+            raise ValueError(f"more rows than the {len(self.image_ids)} images")
+        np.ascontiguousarray(scores, dtype="<f2").tofile(self._scores)
+        self.rows_written += len(scores)
+
+    def close(self) -> Path:
+        """Check the row count, write the header and move the folder into place."""
+        self._scores.close()
+        if self.rows_written != len(self.image_ids):
+            self.abort()
+            raise ValueError(f"{self.path}: {self.rows_written} rows written for {len(self.image_ids)} images")
+        (self._tmp / HEADER_FILE).write_text(json.dumps(self.header, indent=2) + "\n", encoding="utf-8")
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(self.path, old)
+            os.replace(self._tmp, self.path)
+            shutil.rmtree(old)
+        else:
+            os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary folder."""
+        self._scores.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> PredictionWriter:
+        return self
+
+    def __exit__(self, kind: type | None, *_: Any) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Labels and scoring
+
+
+def index_of(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """The index of each query in ``keys`` (unique integers), -1 where absent."""
+    keys, queries = np.asarray(keys, dtype=np.int64), np.asarray(queries, dtype=np.int64)
+    if not len(keys):
+        return np.full(len(queries), -1, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    where = np.minimum(np.searchsorted(keys[order], queries), len(keys) - 1)
+    return np.where(keys[order][where] == queries, order[where], -1)
+
+
+def load_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Image ids and their category ids from a labelled competition JSON (its annotations).
+
+    Raises:
+        ValueError: Unreadable file, no annotations, or an image with two different labels.
+    """
+    import orjson
+
+    path = Path(path)
+    try:
+        data = orjson.loads(path.read_bytes())
+        annotations = data["annotations"]
+        image = np.fromiter((a["image_id"] for a in annotations), dtype=np.int64, count=len(annotations))
+        category = np.fromiter((a["category_id"] for a in annotations), dtype=np.int64, count=len(annotations))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a labelled competition JSON ({type(error).__name__}: {error})") from None
+    if not len(image):
+        raise ValueError(f"{path}: no annotations")
+    ids, first = np.unique(image, return_index=True)
+    if len(ids) != len(image):
+        pairs = np.unique(np.stack([image, category], axis=1), axis=0)
+        if len(pairs) != len(ids):
+            raise ValueError(f"{path}: some images have two different labels")
+    return ids, category[first]
+
+
+def top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """``[n, min(k, C)]`` column indices of the highest scores, highest first (ties: lower column first)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    k = min(k, scores.shape[1])
+    if k < scores.shape[1]:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(k), scores.shape).copy()
+    values = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -values), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def score_predictions(
+    pred_path: str | os.PathLike, val_json: str | os.PathLike, *, k: int = 3, chunk_rows: int | None = None
+) -> dict[str, Any]:
+    """Top-1 and top-k error (and log loss) of a prediction file against a labelled JSON, streaming.
+
+    Every prediction row must have a label; val images missing from the predictions are an error too. A label
+    outside the model's categories counts as a mistake.
+
+    Returns:
+        ``{"predictions", "labels", "images", "top1_error", "top<k>_error", "log_loss", "outside_head",
+        "failed_images"}``.
+
+    Raises:
+        ValueError: Unreadable files or ids that do not match.
+    """
+    from inatcomp.scoring import top_k_hits
+
+    preds = open_predictions(pred_path)
+    label_ids, label_cats = load_labels(val_json)
+    where = index_of(label_ids, preds.image_ids)
+    if (where < 0).any():
+        bad = preds.image_ids[where < 0]
+        raise ValueError(f"{pred_path}: {len(bad)} image id(s) without a label in {val_json} (e.g. {bad[:5].tolist()})")
+    if len(label_ids) != preds.n_images:
+        missing = len(label_ids) - preds.n_images
+        raise ValueError(f"{pred_path}: {missing} labelled image(s) of {val_json} not predicted")
+    expected = index_of(preds.category_ids, label_cats[where])
+    hits1 = hitsk = 0
+    nll = 0.0
+    for start, chunk in preds.iter_chunks(chunk_rows):
+        want = expected[start : start + len(chunk)]
+        ranked = top_k_columns(chunk, max(k, 1))
+        hits1 += int(top_k_hits(ranked, want, 1).sum())
+        hitsk += int(top_k_hits(ranked, want, k).sum())
+        p = np.where(want >= 0, chunk[np.arange(len(chunk)), np.maximum(want, 0)].astype(np.float64), 0.0)
+        nll += float(-np.log(np.maximum(p, 1e-7)).sum())
+    n = preds.n_images
+    return {
+        "predictions": str(pred_path),
+        "labels": str(val_json),
+        "images": n,
+        "top1_error": 1 - hits1 / n,
+        f"top{k}_error": 1 - hitsk / n,
+        "log_loss": nll / n,
+        "outside_head": int((expected < 0).sum()),
+        "failed_images": int(preds.header.get("failed_images", 0)),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Predicting
+
+
+class _ViewDataset:
+    """Decode each image once and cut all its views: items are ``(uint8 [V, s, s, 3], index, failed)``."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        *,
+        mode: TTAMode,
+        crop_size: int,
+        crop_pct: float,
+        interpolation: int,
+        views: Sequence[View] | None,
+    ) -> None:
+        self.paths = paths
+        self.mode = mode
+        self.crop_size = crop_size
+        self.crop_pct = crop_pct
+        self.interpolation = interpolation
+        self.views = list(views) if views else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def reseed(self, seed: int) -> None:
+        """Nothing random here (loader workers call it)."""
+        del seed
+
+    def _decode(self, path: str) -> tuple[np.ndarray, list[View]]:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            width, height = im.size
+            views = view_boxes(self.mode, width, height, self.crop_size, crop_pct=self.crop_pct, views=self.views)
+            if im.format == "JPEG":
+                factor = decode_factor(views, width, height, self.crop_size)
+                if factor >= 2:
+                    im.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+            im.load()
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im), views
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int]:
+        import cv2
+        from PIL import Image
+
+        s = self.crop_size
+        try:
+            image, views = self._decode(self.paths[index])
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+            _logger.warning("unreadable image %s (%s): uniform prediction", self.paths[index], error)
+            return np.zeros((0, s, s, 3), dtype=np.uint8), index, 1
+        height, width = image.shape[:2]
+        out = np.empty((len(views), s, s, 3), dtype=np.uint8)
+        scaled: dict[float, np.ndarray] = {}
+        for v, view in enumerate(views):
+            # One resize of the whole image per scale; the views of that scale are slices of it.
+            if view.scale not in scaled:
+                ratio = view.scale * s / min(width, height)
+                size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+                flag = cv2.INTER_AREA if ratio < 0.5 else self.interpolation
+                scaled[view.scale] = image if size == (width, height) else cv2.resize(image, size, interpolation=flag)
+            resized = scaled[view.scale]
+            x0, y0, x1, y1 = view.pixels(resized.shape[1], resized.shape[0])
+            region = resized[y0:y1, x0:x1]
+            if region.shape[:2] != (s, s):  # custom boxes, or windows clipped to a small image
+                region = cv2.resize(region, (s, s), interpolation=self.interpolation)
+            out[v] = region[:, ::-1] if view.flip else region
+        return out, index, 0
+
+
+def _collate(items: list[tuple[np.ndarray, int, int]]) -> tuple[Any, Any, Any, Any]:
+    import torch
+
+    views = torch.from_numpy(np.concatenate([item[0] for item in items]))
+    counts = torch.tensor([len(item[0]) for item in items], dtype=torch.int64)
+    index = torch.tensor([item[1] for item in items], dtype=torch.int64)
+    failed = torch.tensor([item[2] for item in items], dtype=torch.int64)
+    return views, counts, index, failed
+
+
+def _average(logits: Any, counts: Any, average: AverageMode) -> Any:
+    """Per-image average of the views' logits as probabilities; images without views get a uniform row."""
+    import torch
+
+    n, classes = len(counts), logits.shape[1]
+    out = torch.full((n, classes), 1.0 / classes, dtype=torch.float32)
+    have = counts > 0
+    if not bool(have.any()):
+        return out
+    owner = torch.repeat_interleave(torch.arange(n), counts)
+    values = logits.float().softmax(dim=1) if average is AverageMode.PROB else logits.float()
+    sums = torch.zeros((n, classes), dtype=torch.float32).index_add_(0, owner, values)
+    mean = sums[have] / counts[have, None].float()
+    out[have] = mean if average is AverageMode.PROB else mean.softmax(dim=1)
+    return out
+
+
+def load_model(checkpoint: str | os.PathLike, *, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
+    """The eval-mode model of a checkpoint (file, stem or run folder) and its metadata."""
+    from inatcomp.models import create_model, load_checkpoint
+
+    state_dict, metadata, _ = load_checkpoint(checkpoint)
+    for key in ("model", "num_classes", "category_ids"):
+        if key not in metadata:
+            raise ValueError(f"{checkpoint}: checkpoint metadata lacks {key!r}")
+    model = create_model(metadata["model"], num_classes=int(metadata["num_classes"]))
+    model.load_state_dict(state_dict)
+    return model.to(device).eval(), metadata
+
+
+def predict(
+    *,
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    images: str | os.PathLike | None = None,
+    tta: TTAMode | str = TTAMode.CENTER,
+    out: str | os.PathLike,
+    views: Sequence[View] | str | os.PathLike | None = None,
+    average: AverageMode | str = AverageMode.PROB,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str | None = None,
+    channels_last: bool = True,
+    amp: str | None = None,
+) -> Path:
+    """Predict every image of a competition JSON with test-time augmentation and write a prediction folder.
+
+    Args:
+        checkpoint: A checkpoint file, stem or run folder (its ``best``).
+        data: The competition JSON (test, or val for :func:`score_predictions`).
+        images: Folder the ``file_name`` entries are relative to (``None``: the JSON's folder).
+        tta: The views preset; :attr:`TTAMode.CUSTOM` with ``views``.
+        out: The prediction folder to write.
+        views: Custom views (a list, or a YAML/JSON file for :func:`load_views`); implies custom mode.
+        average: Average the views' probabilities or logits.
+        batch_size: Images per batch (all their views go through the model together).
+        workers: Loader processes decoding images (0: in this process).
+        device: ``cpu``, ``cuda`` …; ``None`` picks CUDA when available.
+        channels_last: Run the model in channels-last memory format.
+        amp: ``bf16`` or ``fp16`` runs the model under ``torch.autocast`` (bf16 also on the CPU); ``None``/``off``
+            in float32. Averaging is always in float32.
+
+    Returns:
+        The prediction folder.
+
+    Raises:
+        ValueError: Bad options, an unreadable checkpoint or JSON.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from inatcomp.data import CompetitionDataset, Interpolation, seed_worker
+
+    if views is not None:
+        views = load_views(views) if isinstance(views, str | os.PathLike) else list(views)
+        tta = TTAMode.CUSTOM
+    tta, average = TTAMode(tta), AverageMode(average)
+    if tta is TTAMode.CUSTOM and not views:
+        raise ValueError("TTA mode custom needs views (--views FILE)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp_dtype = {None: None, "off": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, "bad")
+    if amp_dtype == "bad":
+        raise ValueError(f"amp must be off, bf16 or fp16, got {amp!r}")
+    model, metadata = load_model(checkpoint, device=torch_device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    config = metadata.get("data_config") or {}
+    size = config.get("input_size", [3, 224, 224])
+    crop_size = int(max(size[1], size[2]))
+    crop_pct = float(config.get("crop_pct", 0.875))
+    interpolation = Interpolation(config.get("interpolation", "bicubic"))
+    mean = torch.tensor(config.get("mean", (0.485, 0.456, 0.406)), device=torch_device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(config.get("std", (0.229, 0.224, 0.225)), device=torch_device).view(1, 3, 1, 1) * 255
+    category_ids = np.asarray(metadata["category_ids"], dtype=np.int64)
+
+    base = CompetitionDataset(data, images, category_ids=category_ids)
+    dataset = _ViewDataset(
+        [base.path(i) for i in range(len(base))],
+        mode=tta,
+        crop_size=crop_size,
+        crop_pct=crop_pct,
+        interpolation=interpolation.cv2_flag,
+        views=views,  # type: ignore[arg-type]
+    )
+    loader = DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=seed_worker,
+        pin_memory=torch_device.type == "cuda",
+    )
+    header = {
+        "created_by": "inatcomp predict",
+        "checkpoint": str(checkpoint),
+        "model": metadata["model"],
+        "data": str(data),
+        "tta": tta.value,
+        "views": [dataclasses.asdict(v) for v in views] if views else None,
+        "average": average.value,
+        "crop_size": crop_size,
+        "amp": amp or "off",
+    }
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    failed_ids: list[int] = []
+    start = time.perf_counter()
+    n_views = 0
+    with (
+        PredictionWriter(out, image_ids=base.image_ids, category_ids=category_ids, header=header) as writer,
+        torch.inference_mode(),
+    ):
+        for batch_views, counts, index, failed in loader:
+            logits = torch.empty((0, len(category_ids)))
+            if len(batch_views):
+                x = batch_views.to(torch_device, non_blocking=True).permute(0, 3, 1, 2).float()
+                x = ((x - mean) / std).contiguous(memory_format=memory_format)
+                with torch.autocast(torch_device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    logits = model(x).float().cpu()
+            writer.write(_average(logits, counts, average).numpy())
+            n_views += len(batch_views)
+            failed_ids += base.image_ids[index[failed.bool()].numpy()].tolist()
+        writer.header["failed_images"] = len(failed_ids)
+        writer.header["failed_image_ids"] = failed_ids
+        writer.header["views_total"] = n_views
+    seconds = time.perf_counter() - start
+    if failed_ids:
+        _logger.warning("%d unreadable image(s) got a uniform prediction (listed in the header)", len(failed_ids))
+    rate = len(base) / max(seconds, 1e-9)
+    _logger.info("%s: %d images, %d views (%s), %.1f images/s", out, len(base), n_views, tta.value, rate)
+    return Path(out)

@@ -1,0 +1,319 @@
+"""Tests of test-time augmentation and prediction files: view geometry, the file format, predict, score-pred."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from inatcomp.build import build_dataset
+from inatcomp.cli import main
+from inatcomp.models import create_model, save_checkpoint
+from inatcomp.predict import (
+    AverageMode,
+    PredictionWriter,
+    TTAMode,
+    View,
+    _average,
+    _ViewDataset,
+    decode_factor,
+    load_views,
+    open_predictions,
+    predict,
+    score_predictions,
+    top_k_columns,
+    view_boxes,
+)
+from inatcomp.splits import Preset, rules_for
+from inatcomp.synth import SynthConfig, write_export
+
+CROP = 32
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    write_export(root / "export", SynthConfig(species=12, photos=1500, seed=1, image_size=48))
+    build_dataset(root / "export", root / "release", rules=rules_for(Preset.INAT2018, max_train=60), seed=0)
+    return root / "release"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(release, tmp_path_factory):
+    torch.manual_seed(0)
+    categories = sorted(c["id"] for c in json.loads((release / "train2018.json").read_text())["categories"])
+    model = create_model("resnet10t", num_classes=len(categories))
+    metadata = {
+        "model": "resnet10t",
+        "num_classes": len(categories),
+        "category_ids": categories,
+        "data_config": {
+            "input_size": [3, CROP, CROP],
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "crop_pct": 0.875,
+            "interpolation": "bicubic",
+        },
+    }
+    run = tmp_path_factory.mktemp("run")
+    save_checkpoint(run / "best", model, metadata)
+    return run
+
+
+def _close(view: View, box: tuple[float, float, float, float], flip: bool = False) -> bool:
+    return np.allclose(view.box, box) and view.flip is flip
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Geometry
+
+
+def test_center_and_flip_boxes_on_a_landscape_image():
+    # 400x300, crop 224, crop_pct 0.875: shorter side resized to 256, the image to 341.33 x 256.
+    w, h = 224 / (400 * 256 / 300), 224 / 256
+    center = (0.5 * (1 - w), 0.5 * (1 - h), w, h)
+    (only,) = view_boxes(TTAMode.CENTER, 400, 300, 224)
+    assert only.scale == pytest.approx(1 / 0.875) and _close(only, center)
+    assert only.pixels(400, 300) == (69, 19, 331, 281)
+    plain, mirrored = view_boxes("flip", 400, 300, 224)
+    assert _close(plain, center) and _close(mirrored, center, flip=True)
+
+
+def test_five_and_ten_crop_boxes_are_the_corners_and_centre():
+    w, h = 224 / (400 * 256 / 300), 224 / 256
+    five = view_boxes(TTAMode.FIVE_CROP, 400, 300, 224)
+    expected = [(0, 0), (1 - w, 0), (0, 1 - h), (1 - w, 1 - h), ((1 - w) / 2, (1 - h) / 2)]
+    assert len(five) == 5
+    for view, (x, y) in zip(five, expected):
+        assert _close(view, (x, y, w, h))
+    ten = view_boxes(TTAMode.TEN_CROP, 400, 300, 224)
+    assert [v.box for v in ten[:5]] == [v.box for v in ten[5:]] == [v.box for v in five]
+    assert [v.flip for v in ten] == [False] * 5 + [True] * 5
+
+
+def test_multiscale_grid_per_scale():
+    square = view_boxes(TTAMode.MULTISCALE, 300, 300, 100)
+    assert len(square) == 1 + 9 + 9
+    assert _close(square[0], (0, 0, 1, 1)) and square[0].scale == 1.0
+    side = 1 / 1.5
+    at_15 = [v for v in square if v.scale == 1.5]
+    assert sorted({round(v.box[0], 6) for v in at_15}) == pytest.approx([0, (1 - side) / 2, 1 - side], abs=1e-6)
+    assert all(np.isclose(v.box[2], side) and np.isclose(v.box[3], side) for v in at_15)
+    landscape = view_boxes(TTAMode.MULTISCALE, 400, 300, 100)
+    assert len(landscape) == 3 + 9 + 9  # at scale 1 the crop covers the height: a row of three
+
+
+def test_upper_windows_touch_the_top_edge():
+    views = view_boxes(TTAMode.UPPER, 300, 400, 224)
+    assert len(views) == 6
+    assert views[0].box == views[1].box and views[1].flip
+    assert all(v.box[1] == 0 for v in views[2:])
+    assert [round(v.box[0], 6) for v in views[2:5]] == pytest.approx(
+        [0, (1 - views[2].box[2]) / 2, 1 - views[2].box[2]]
+    )
+    assert views[5].scale == 1.0 and _close(views[5], (0, 0, 1, 0.75))  # the top square of a portrait photo
+
+
+def test_custom_views_from_yaml_and_json(tmp_path):
+    yaml_file = tmp_path / "views.yaml"
+    yaml_file.write_text("views:\n  - {scale: 1.0, box: [0, 0, 0.5, 0.5], flip: true}\n  - {scale: 1.2}\n")
+    views = load_views(yaml_file)
+    assert views == [View(1.0, (0.0, 0.0, 0.5, 0.5), True), View(1.2, None, False)]
+    resolved = view_boxes(TTAMode.CUSTOM, 100, 100, 50, views=views)
+    assert resolved[0] == views[0]
+    assert _close(resolved[1], ((1 - 50 / 60) / 2, (1 - 50 / 60) / 2, 50 / 60, 50 / 60))
+    json_file = tmp_path / "views.json"
+    json_file.write_text(json.dumps([{"scale": 2, "box": [0.5, 0.5, 0.5, 0.5]}]))
+    assert load_views(json_file) == [View(2.0, (0.5, 0.5, 0.5, 0.5), False)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "non-empty list"),
+        ("[{scale: -1}]", "views[0]: scale"),
+        ("[{scale: 1, box: [0.6, 0, 0.5, 0.5]}]", "outside the image"),
+        ("[{scale: 1, box: [0, 0]}]", "views[0]: box"),
+        ("[{scale: 1}, {scale: 1, flip: 3}]", "views[1]: flip"),
+        ("[{scale: 1, crop: 3}]", "unknown key"),
+    ],
+)
+def test_bad_views_are_refused_with_their_index(tmp_path, text, message):
+    path = tmp_path / "views.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_views(path)
+
+
+def test_decode_factor_keeps_crop_pixels():
+    views = view_boxes(TTAMode.TEN_CROP, 800, 600, 224)
+    assert decode_factor(views, 800, 600, 224) == pytest.approx(600 / 256)  # libjpeg can decode at 1/2
+    assert decode_factor(view_boxes(TTAMode.MULTISCALE, 800, 600, 224), 800, 600, 224) == pytest.approx(600 / 336)
+    assert decode_factor(view_boxes(TTAMode.CENTER, 100, 80, 224), 100, 80, 224) == 1.0
+
+
+def test_views_are_cut_from_one_decode_and_flipped(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(60, 80, 3), dtype=np.uint8)
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), image[:, :, ::-1])
+    dataset = _ViewDataset(
+        [str(path)], mode=TTAMode.TEN_CROP, crop_size=16, crop_pct=0.5, interpolation=cv2.INTER_LINEAR, views=None
+    )
+    views, index, failed = dataset[0]
+    assert views.shape == (10, 16, 16, 3) and index == 0 and failed == 0
+    np.testing.assert_array_equal(views[5:], views[:5, :, ::-1])
+    # Shorter side 60 -> 32 (scale 2): the image is resized once to 43x32 and the views are 16 px slices of it.
+    resized = cv2.resize(image, (43, 32), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(views[0], resized[0:16, 0:16])
+    np.testing.assert_array_equal(views[3], resized[16:32, 27:43])
+
+
+def test_views_average_as_probabilities_or_logits():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [5.0, 0.0]])
+    counts = torch.tensor([2, 0, 1])
+    prob = _average(logits, counts, AverageMode.PROB)
+    assert torch.allclose(prob[0], torch.tensor([0.5, 0.5])) and torch.allclose(prob[1], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(prob[2], logits[2].softmax(0))
+    logit = _average(logits, counts, AverageMode.LOGIT)
+    assert torch.allclose(logit[0], torch.tensor([0.5, 0.5])) and torch.allclose(logit.sum(1), torch.ones(3))
+
+
+def test_top_k_columns_orders_by_score_then_column():
+    scores = np.array([[0.1, 0.5, 0.2, 0.2], [0.25, 0.25, 0.25, 0.25]], dtype=np.float16)
+    np.testing.assert_array_equal(top_k_columns(scores, 3), [[1, 2, 3], [0, 1, 2]])
+    np.testing.assert_array_equal(top_k_columns(scores, 9), [[1, 2, 3, 0], [0, 1, 2, 3]])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The file format
+
+
+def test_prediction_folder_round_trip_in_chunks(tmp_path):
+    rng = np.random.default_rng(0)
+    scores = rng.dirichlet(np.ones(7), size=23).astype(np.float16)
+    ids, cats = np.arange(100, 123), np.array([5, 3, 9, 1, 7, 2, 8])
+    out = tmp_path / "a.pred"
+    with PredictionWriter(out, image_ids=ids, category_ids=cats, header={"model": "x"}) as writer:
+        for start in range(0, 23, 5):
+            writer.write(scores[start : start + 5])
+        writer.header["failed_images"] = 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pred"]  # no temporary left
+    preds = open_predictions(out)
+    assert preds.header["model"] == "x" and preds.header["failed_images"] == 1
+    np.testing.assert_array_equal(preds.image_ids, ids)
+    np.testing.assert_array_equal(preds.category_ids, cats)
+    np.testing.assert_array_equal(preds.memmap(), scores)
+    np.testing.assert_array_equal(np.concatenate([c for _, c in preds.iter_chunks(4)]), scores)
+    rows = np.array([5, 0, 6, 7, 22, 1])
+    np.testing.assert_array_equal(preds.take_rows(rows), scores[rows])
+    raw = np.fromfile(out / "scores.f16", dtype="<f2").reshape(23, 7)  # plain little-endian float16
+    np.testing.assert_array_equal(raw, scores)
+
+
+def test_writer_refuses_wrong_rows_and_foreign_folders(tmp_path):
+    writer = PredictionWriter(tmp_path / "b.pred", image_ids=[1, 2], category_ids=[1])
+    writer.write(np.ones((1, 1)))
+    with pytest.raises(ValueError, match="rows written"):
+        writer.close()
+    assert not any(tmp_path.iterdir())
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ValueError, match="not a prediction folder"):
+        PredictionWriter(tmp_path / "mine", image_ids=[1], category_ids=[1])
+    with pytest.raises(ValueError, match="not a prediction folder"):
+        open_predictions(tmp_path / "mine")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Predicting
+
+
+def test_predict_ten_crop_rows_are_probabilities(release, checkpoint, tmp_path):
+    data = release / "val2018.json"
+    out = predict(checkpoint=checkpoint, data=data, images=release, tta=TTAMode.TEN_CROP, out=tmp_path / "p", workers=2)
+    preds = open_predictions(out)
+    val = json.loads((release / "val2018.json").read_text())
+    assert preds.image_ids.tolist() == [im["id"] for im in val["images"]]
+    scores = preds.memmap().astype(np.float32)
+    assert np.allclose(scores.sum(axis=1), 1, atol=5e-3) and (scores >= 0).all()
+    assert preds.header["tta"] == "ten-crop" and preds.header["views_total"] == 10 * len(val["images"])
+    assert preds.header["failed_images"] == 0
+    result = score_predictions(out, release / "val2018.json", k=3)
+    assert result["images"] == len(val["images"]) and 0 <= result["top3_error"] <= result["top1_error"] <= 1
+
+
+def test_logit_average_and_custom_views_through_the_cli(release, checkpoint, tmp_path, capsys):
+    views = tmp_path / "views.yaml"
+    views.write_text("- {scale: 1.0}\n- {scale: 1.0, flip: true}\n")
+    out = tmp_path / "c.pred"
+    args = ["predict", "--checkpoint", str(checkpoint), "--data", str(release / "val2018.json"), "--out", str(out)]
+    assert main([*args, "--views", str(views), "--average", "logit", "--workers", "0", "--batch-size", "7"]) == 0
+    header = open_predictions(out).header
+    assert header["tta"] == "custom" and header["average"] == "logit" and len(header["views"]) == 2
+    assert main(["score-pred", str(out), "--labels", str(release / "val2018.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == header["n_images"]
+
+
+def test_unreadable_images_get_uniform_rows_and_are_counted(release, checkpoint, tmp_path, caplog):
+    test = json.loads((release / "test2018.json").read_text())
+    test["images"] = test["images"][:6]
+    for im in test["images"]:
+        (tmp_path / im["file_name"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(release / im["file_name"], tmp_path / im["file_name"])
+    (tmp_path / test["images"][1]["file_name"]).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / test["images"][4]["file_name"]).unlink()
+    data = tmp_path / "test.json"
+    data.write_text(json.dumps(test))
+    caplog.set_level("WARNING")
+    out = predict(checkpoint=checkpoint, data=data, tta="flip", out=tmp_path / "t.pred", batch_size=4, amp="bf16")
+    preds = open_predictions(out)
+    assert preds.header["failed_images"] == 2
+    assert preds.header["failed_image_ids"] == [test["images"][1]["id"], test["images"][4]["id"]]
+    scores = preds.memmap().astype(np.float32)
+    uniform = np.full(preds.n_classes, 1 / preds.n_classes, dtype=np.float16).astype(np.float32)
+    np.testing.assert_array_equal(scores[[1, 4]], [uniform, uniform])
+    assert not np.allclose(scores[0], uniform)
+    assert "unreadable image" in caplog.text
+
+
+def test_score_predictions_on_a_constructed_file(tmp_path):
+    labels = tmp_path / "val.json"
+    images = [{"id": i, "width": 1, "height": 1, "file_name": f"{i}.jpg"} for i in (10, 11, 12, 13)]
+    annotations = [
+        {"id": i, "image_id": im, "category_id": c} for i, (im, c) in enumerate(zip((10, 11, 12, 13), (1, 2, 3, 9)))
+    ]
+    labels.write_text(json.dumps({"images": images, "annotations": annotations, "categories": []}))
+    scores = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.3, 0.3, 0.4]])
+    with PredictionWriter(tmp_path / "s.pred", image_ids=[13, 12, 11, 10], category_ids=[1, 2, 3]) as writer:
+        writer.write(scores[::-1])
+    result = score_predictions(tmp_path / "s.pred", labels, k=2)
+    # 10: right; 11: second; 12: right; 13: label 9 outside the head.
+    assert result["top1_error"] == 0.5 and result["top2_error"] == 0.25 and result["outside_head"] == 1
+    with pytest.raises(ValueError, match="not predicted"):
+        score_predictions(tmp_path / "s.pred", _more(labels), k=2)
+
+
+def _more(labels):
+    data = json.loads(labels.read_text())
+    data["images"].append({"id": 99, "width": 1, "height": 1, "file_name": "99.jpg"})
+    data["annotations"].append({"id": 99, "image_id": 99, "category_id": 1})
+    path = labels.with_name("more.json")
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_prediction_headers_match_their_schema(release, checkpoint, tmp_path):
+    import jsonschema
+
+    from inatcomp.formats import SCHEMA_DIR
+
+    schema = json.loads((SCHEMA_DIR / "predictions_header.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    views = [View(1.0), View(1.2, (0.0, 0.0, 0.5, 0.5), True)]
+    out = predict(checkpoint=checkpoint, data=release / "val2018.json", tta="custom", views=views, out=tmp_path / "h")
+    jsonschema.validate(open_predictions(out).header, schema)

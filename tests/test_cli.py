@@ -42,3 +42,6 @@ def test_demo_runs_the_stages(tmp_path, caplog):
     assert (tmp_path / "demo" / "release" / "train2018.json").is_file()
     assert "0 problems in the release" in caplog.text
     assert (tmp_path / "demo" / "runs" / "recipe" / "best.safetensors").is_file()
+    assert (tmp_path / "demo" / "submissions" / "recipe.csv").is_file()
+    assert (tmp_path / "demo" / "report" / "score.md").is_file()
+    assert "| recipe |" in (tmp_path / "demo" / "leaderboard" / "leaderboard.md").read_text()

@@ -251,7 +251,9 @@ def _cmd_score_pred(args: argparse.Namespace) -> int:
 
     from inatcomp.predict import score_predictions
 
-    result = score_predictions(args.predictions, args.labels, k=args.k, chunk_rows=args.chunk_rows)
+    result = score_predictions(
+        args.predictions, args.labels, k=args.k, chunk_rows=args.chunk_rows, dataset=args.dataset
+    )
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
@@ -396,6 +398,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     score_pred.add_argument("--labels", required=True, metavar="VAL.json", help="labelled competition JSON")
     score_pred.add_argument("--k", type=int, default=3, help="k of the top-k error (default 3)")
     score_pred.add_argument("--json", action="store_true", help="print JSON")
+    score_pred.add_argument("--dataset", help="the built release folder: adds the per-supercategory analyses")
     score_pred.add_argument("--chunk-rows", type=int, help="rows per chunk (default: about 64 MB)")
     score_pred.set_defaults(func=_cmd_score_pred)
     return parser

@@ -567,16 +567,23 @@ def top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def score_predictions(
-    pred_path: str | os.PathLike, val_json: str | os.PathLike, *, k: int = 3, chunk_rows: int | None = None
+    pred_path: str | os.PathLike,
+    val_json: str | os.PathLike,
+    *,
+    k: int = 3,
+    chunk_rows: int | None = None,
+    dataset: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Top-1 and top-k error (and log loss) of a prediction file against a labelled JSON, streaming.
 
     Every prediction row must have a label; val images missing from the predictions are an error too. A label
-    outside the model's categories counts as a mistake.
+    outside the model's categories counts as a mistake. With ``dataset`` (a built release folder) the result
+    also holds the analyses of :func:`inatcomp.scoring.analyse` (per supercategory, by training count,
+    confused pairs, mistakes within genus and family), as ``inatcomp score --dataset`` gives for submissions.
 
     Returns:
         ``{"predictions", "labels", "images", "top1_error", "top<k>_error", "log_loss", "outside_head",
-        "failed_images"}``.
+        "failed_images"}`` and, with ``dataset``, ``"analysis"``.
 
     Raises:
         ValueError: Unreadable files or ids that do not match.
@@ -595,14 +602,22 @@ def score_predictions(
     expected = index_of(preds.category_ids, label_cats[where])
     hits1 = hitsk = 0
     nll = 0.0
+    top1 = np.empty(preds.n_images, dtype=np.int64)
     for start, chunk in preds.iter_chunks(chunk_rows):
         want = expected[start : start + len(chunk)]
         ranked = top_k_columns(chunk, max(k, 1))
+        top1[start : start + len(chunk)] = ranked[:, 0]
         hits1 += int(top_k_hits(ranked, want, 1).sum())
         hitsk += int(top_k_hits(ranked, want, k).sum())
         p = np.where(want >= 0, chunk[np.arange(len(chunk)), np.maximum(want, 0)].astype(np.float64), 0.0)
         nll += float(-np.log(np.maximum(p, 1e-7)).sum())
     n = preds.n_images
+    analysis = {}
+    if dataset is not None:
+        from inatcomp.scoring import analyse, load_dataset_info
+
+        info = load_dataset_info(dataset)
+        analysis["analysis"] = analyse(preds.category_ids[top1], label_cats[where], info.categories, info.train_counts)
     return {
         "predictions": str(pred_path),
         "labels": str(val_json),
@@ -612,6 +627,7 @@ def score_predictions(
         "log_loss": nll / n,
         "outside_head": int((expected < 0).sum()),
         "failed_images": int(preds.header.get("failed_images", 0)),
+        **analysis,
     }
 
 

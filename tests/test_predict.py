@@ -243,8 +243,17 @@ def test_predict_ten_crop_rows_are_probabilities(release, checkpoint, tmp_path):
     assert np.allclose(scores.sum(axis=1), 1, atol=5e-3) and (scores >= 0).all()
     assert preds.header["tta"] == "ten-crop" and preds.header["views_total"] == 10 * len(val["images"])
     assert preds.header["failed_images"] == 0
-    result = score_predictions(out, release / "val2018.json", k=3)
+    result = score_predictions(out, release / "val2018.json", k=3, dataset=release)
     assert result["images"] == len(val["images"]) and 0 <= result["top3_error"] <= result["top1_error"] <= 1
+    analysis = result["analysis"]
+    assert analysis["images"] == len(val["images"])
+    assert sum(row["classes"] for row in analysis["supercategories"]) == len(
+        {a["category_id"] for a in val["annotations"]}
+    )
+    top1_accuracy = np.mean([row["accuracy"] * row["classes"] for row in analysis["supercategories"]]) / np.mean(
+        [row["classes"] for row in analysis["supercategories"]]
+    )
+    assert top1_accuracy == pytest.approx(1 - result["top1_error"], abs=1e-9)  # val: 3 images in every class
 
 
 def test_logit_average_and_custom_views_through_the_cli(release, checkpoint, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Dataset build at scale: metadata-only build time ≤ 2× the time to parse the columns it uses with pyarrow,
 measured side by side in one run, and peak memory growing linearly with the export (≤ 8 GB at 30 M photos).
 
-Each measurement runs in a child process of its own so that its peak resident memory (``ru_maxrss``) is its
+Each measurement runs in a child process of its own so that its peak resident memory (``VmHWM``) is its
 own. The parse baseline reads exactly the columns the builder reads (``inatcomp.build.BUILD_COLUMNS``), with the
 same pyarrow reader.
 """
@@ -20,23 +20,25 @@ from benchmarks.common import Result
 _logger = logging.getLogger(__name__)
 
 _PARSE = """
-import json, resource, time
+import json, time
+from benchmarks.common import peak_rss_mb
 from inatcomp.build import BUILD_COLUMNS
 from inatcomp.export import find_table, read_columns
 start = time.perf_counter()
 rows = sum(read_columns(find_table({export!r}, name), name, cols).num_rows for name, cols in BUILD_COLUMNS.items())
-rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+rss_mb = peak_rss_mb()
 print(json.dumps({{"seconds": time.perf_counter() - start, "rss_mb": rss_mb}}))
 """
 _BUILD = """
-import json, logging, resource, time
+import json, logging, time
+from benchmarks.common import peak_rss_mb
 from inatcomp.build import build_dataset
 from inatcomp.splits import Preset, rules_for
 logging.basicConfig(level=logging.WARNING)
 start = time.perf_counter()
 result = build_dataset({export!r}, {out!r}, rules=rules_for(Preset.INAT2018), images=False)
 seconds = time.perf_counter() - start
-rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+rss_mb = peak_rss_mb()
 print(json.dumps({{"seconds": seconds, "rss_mb": rss_mb, "classes": result.classes, "images": result.images,
                   "removed": result.audit["removed"]}}))
 """
@@ -56,8 +58,7 @@ def _child(code: str) -> dict:
 def measure(photos: int) -> dict:
     """Synthesise an export of ``photos`` photos, then parse it and build it, each in a child process.
 
-    The export is synthesised in a child too: a child's ``ru_maxrss`` starts from its parent's resident size
-    at the fork, so a parent that had held the export would inflate both measurements.
+    The export is synthesised in a child too, so the parent stays small while the children are measured.
     """
     with tempfile.TemporaryDirectory() as tmp:
         export = f"{tmp}/export"

@@ -41,3 +41,16 @@ def run_script(run: Callable[..., list[Result]], description: str | None) -> Non
     logging.getLogger("inatcomp").setLevel(logging.WARNING)
     for result in run(quick=args.quick):
         result.log()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB, from ``VmHWM`` in ``/proc/self/status``.
+
+    ``ru_maxrss`` is not used: on Linux it survives ``exec``, so a child started by a big parent reports the
+    parent's size as its floor.
+    """
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")

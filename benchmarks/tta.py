@@ -205,8 +205,8 @@ def _write_big(path: Path, image_ids: np.ndarray, category_ids: np.ndarray, seed
 def _peak_rss_mb(args: list[str]) -> tuple[float, float]:
     """Run ``inatcomp ARGS`` in a child process: (peak resident MB, seconds)."""
     code = (
-        "import resource, sys\nfrom inatcomp.cli import main\ncode = main(sys.argv[1:])\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(code)"
+        "import sys\nfrom benchmarks.common import peak_rss_mb\nfrom inatcomp.cli import main\n"
+        "code = main(sys.argv[1:])\nprint(int(peak_rss_mb() * 1024))\nsys.exit(code)"
     )
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)

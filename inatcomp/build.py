@@ -342,8 +342,13 @@ def _resize_one(args: tuple[str, str, int, int]) -> str:
     source, target, width, height = args
     from PIL import Image, UnidentifiedImageError
 
-    if os.path.exists(target):
-        return ""
+    if os.path.exists(target):  # an interrupted build resumes: keep a finished image of the right size
+        try:
+            with Image.open(target) as done:
+                if done.size == (width, height):
+                    return ""
+        except (OSError, UnidentifiedImageError):
+            pass
     try:
         with Image.open(source) as image:
             image.draft("RGB", (width, height))  # JPEG DCT scaling: decode at reduced size when possible
@@ -408,6 +413,7 @@ def build_dataset(
     resample_seed: int | None = None,
     images: bool = True,
     workers: int | None = None,
+    overwrite: bool = False,
 ) -> BuildResult:
     """Build a challenge dataset from an observation export.
 
@@ -419,6 +425,8 @@ def build_dataset(
         resample_seed: Seed of the photo sample within the same category set (default: ``seed``).
         images: Resize the images into the release layout.
         workers: Processes for the images (default one per CPU).
+        overwrite: Replace a finished release in ``out_dir`` (its files and image folders are removed first);
+            without it such a folder is refused. An interrupted build (no release JSON yet) resumes either way.
 
     Returns:
         Classes, images per split and the audit.
@@ -429,6 +437,7 @@ def build_dataset(
     rules.check()
     start = time.perf_counter()
     export_dir, out = Path(export_dir), Path(out_dir)
+    _prepare_out(out, release_names(rules), overwrite=overwrite)
     sample_seed = seed if resample_seed is None else resample_seed
     split_rng = np.random.default_rng([seed, 11])
     sample_rng = np.random.default_rng([sample_seed, 13])
@@ -1142,6 +1151,20 @@ def _long_tail_plot(path: Path, category: np.ndarray, split: np.ndarray, n_class
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     formats.write_atomic(path, buffer.getvalue())
+
+
+def _prepare_out(out: Path, names: dict[str, str], *, overwrite: bool) -> None:
+    """Refuse or clear a folder that already holds a finished release, so no stale file survives a rebuild."""
+    finished = [out / names[key] for key in ("train", "val", "test") if (out / names[key]).exists()]
+    if not finished:
+        return
+    if not overwrite:
+        raise ValueError(f"{out}: already holds a release ({finished[0].name}); pass --overwrite to rebuild it")
+    for key in ("train_dir", "val_dir", "test_dir"):
+        shutil.rmtree(out / names[key], ignore_errors=True)
+    for path in out.iterdir():
+        if path.is_file():
+            path.unlink()
 
 
 def remove_release(out: str | os.PathLike) -> None:

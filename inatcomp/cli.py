@@ -119,6 +119,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         resample_seed=args.resample_seed,
         images=not args.no_images,
         workers=args.workers,
+        overwrite=args.overwrite,
     )
     _logger.info("release in %s: %d classes, images %s", args.out, result.classes, result.images)
     return 0
@@ -189,7 +190,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         flag = f"--{field.name.replace('_', '-')}"
         hint = hints[field.name]
         if hint is bool:
-            parser.add_argument(flag, dest=field.name, action="store_true", default=None)
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
         elif field.name == "taxonomy_weights":
             parser.add_argument(flag, dest=field.name, type=float, nargs=3, metavar=("GENUS", "FAMILY", "UNIFORM"))
         elif field.name == "crop_scale":
@@ -311,6 +312,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="seed of the observers' splits")
     build.add_argument("--resample-seed", type=int, help="another photo sample with the same category set")
     build.add_argument("--no-images", action="store_true", help="write the metadata only")
+    build.add_argument("--overwrite", action="store_true", help="replace a finished release in OUT")
     build.add_argument("--workers", type=int, help="image processes (default one per CPU)")
     build.add_argument("--photo-choice", choices=["first", "random"], help="which photo of an observation")
     build.add_argument("--all-grades", action="store_true", help="keep needs_id and casual observations too")
@@ -415,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         _logger.error("%s", error)
         return 2
+    except RuntimeError as error:  # an internal check failed (a bug, not bad input): say so in one line
+        _logger.error("internal error: %s", error)
+        return 3
     except KeyboardInterrupt:
         _logger.error("interrupted")
         return 130

@@ -53,7 +53,7 @@ def run_demo(
     start = time.perf_counter()
     release = out / "release"
     rules = rules_for(Preset.INAT2018)
-    built = build_dataset(export, release, rules=rules, seed=seed)
+    built = build_dataset(export, release, rules=rules, seed=seed, overwrite=True)
     timings.append(("build", time.perf_counter() - start, f"{release}: {built.classes} classes, {built.images}"))
 
     start = time.perf_counter()

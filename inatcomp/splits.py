@@ -291,7 +291,8 @@ def assign_observers(
                 move(o, Split.VAL)
 
     capped = [min(t, rules.max_train) if rules.max_train else t for t in train_left]
-    test_target = rules.test_fraction * sum(c for c, a in zip(capped, alive) if a)
+    # Test images leave train, so test = f × final train means f / (1 + f) of what train holds now.
+    test_target = rules.test_fraction / (1 + rules.test_fraction) * sum(c for c, a in zip(capped, alive) if a)
     floor = [max(rules.min_train, (t + 1) // 2) for t in train_left]
     test_size = 0
     for o in np.argsort(-tie, kind="stable").tolist():

@@ -140,6 +140,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be ≥ 1 and img_size ≥ 8")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.taxonomy_smoothing and self.label_smoothing <= 0:
+            raise ValueError("taxonomy_smoothing spreads the label-smoothing mass: set label_smoothing > 0 (e.g. 0.1)")
         if len(self.taxonomy_weights) != 3 or min(self.taxonomy_weights) < 0 or sum(self.taxonomy_weights) <= 0:
             raise ValueError(f"taxonomy_weights must be 3 non-negative numbers, got {self.taxonomy_weights}")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -372,10 +374,9 @@ def _loss_for(config: TrainConfig, train_set: Any) -> torch.nn.Module:
         loss_type = LossType.LABEL_SMOOTHING
     else:
         loss_type = LossType.CROSS_ENTROPY
-    smoothing = config.label_smoothing if config.label_smoothing > 0 or not config.taxonomy_smoothing else 0.1
     return create_loss(
         loss_type=loss_type,
-        smoothing=smoothing,
+        smoothing=config.label_smoothing,
         taxonomy=train_set.taxonomy() if config.taxonomy_smoothing else None,
         class_counts=train_set.class_counts(),
         beta=config.class_balanced_beta,
@@ -482,7 +483,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_epochs: int |
     optimizer = _optimizer_for(config, model)
     scaler = torch.amp.GradScaler(device.type, enabled=AmpMode(config.amp) is AmpMode.FP16)
     ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
-    steps_per_epoch = math.ceil(len(sampler) / config.batch_size)
+    # The loader drops the last, incomplete batch whenever there is a full one (see below).
+    steps_per_epoch = len(sampler) // config.batch_size if len(sampler) >= config.batch_size else 1
     if config.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
 

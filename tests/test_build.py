@@ -164,12 +164,14 @@ def test_rules_on_a_hand_made_export(hand, tmp_path):
 
 def test_2017_keeps_subspecies_apart(hand, tmp_path):
     _, folder = hand
-    rules = rules_for(Preset.INAT2017, min_train=2, val_fraction=0.3)
+    rules = rules_for(Preset.INAT2017, min_train=1, val_fraction=0.3)
     build_dataset(folder, tmp_path / "out", rules=rules, images=False)
     prov = _provenance(tmp_path / "out")
-    assert (prov["taxon_id"] == 7).sum() <= 10
     categories = json.loads((tmp_path / "out" / "categories.json").read_text())
     assert set(categories[0]) == {"id", "name", "supercategory"}
+    assert "Quercus alba minor" in {c["name"] for c in categories}  # the subspecies is a class of its own
+    assert 0 < (prov["taxon_id"] == 9).sum() <= 3
+    assert 0 < (prov["taxon_id"] == 7).sum() <= 10  # only the observations of the species itself
 
 
 def test_random_photo_choice_and_caps(hand, tmp_path):
@@ -226,7 +228,7 @@ def test_isolation_quotas_and_retention_on_generated_exports(tmp_path, species, 
     train = prov[prov["split"] == "train"].groupby("taxon_id").size()
     assert train.between(2, 1000).all()
     assert set(train.index) == set(prov["taxon_id"])
-    # Retention: against classes with enough research-grade images spread over at least 3 observers.
+    # Retention: against classes with enough research-grade images spread over at least 5 observers.
     obs = pd.read_csv(folder / "observations.csv", sep="\t", dtype=str, keep_default_na=False)
     taxa = pd.read_csv(folder / "taxa.csv", sep="\t", dtype=str, keep_default_na=False)
     species_rank = taxa.set_index("taxon_id")["rank"]
@@ -244,18 +246,37 @@ def test_isolation_quotas_and_retention_on_generated_exports(tmp_path, species, 
     }  # fmt: skip
 
 
-def test_assign_observers_never_splits_an_observer():
+def test_assign_observers_meets_quotas_and_targets():
     rng = np.random.default_rng(0)
-    observer = rng.integers(0, 200, 5000)
-    category = rng.integers(0, 50, 5000)
+    observer = rng.integers(0, 300, 6000)
+    category = rng.integers(0, 40, 6000)
     rules = rules_for(Preset.INAT2018)
-    result = assign_observers(observer, category, n_observers=200, n_classes=50, rules=rules, rng=rng)
-    assert result.observer_split.shape == (200,)
-    assert set(np.unique(result.observer_split)) <= {0, 1, 2}
-    kept = result.class_kept
+    result = assign_observers(observer, category, n_observers=300, n_classes=40, rules=rules, rng=rng)
     split = result.observer_split[observer]
-    val = np.bincount(category[split == 1], minlength=50)
-    assert (val[kept] >= 3).all()
+    kept = result.class_kept
+    assert kept.mean() > 0.9
+    train = np.bincount(category[split == 0], minlength=40)
+    assert (train[kept] >= rules.min_train).all()
+    # Every val observer serves some class's quota: none is taken for nothing.
+    val_per_class = np.bincount(category[split == 1], minlength=40)
+    for o in np.flatnonzero(result.observer_split == 1):
+        classes = np.unique(category[observer == o])
+        assert (val_per_class[classes] > 0).any()
+    # Test near its share of the (capped) train split, never more than half a class's non-val images.
+    assert 0.25 <= (split == 2).sum() / np.minimum(train, rules.max_train).sum() <= 0.45
+    test = np.bincount(category[split == 2], minlength=40)
+    assert (test[kept] <= (train[kept] + test[kept] + 1) // 2).all()
+
+
+def test_assign_observers_drops_a_class_that_isolation_cannot_place():
+    # Class 1 has 6 images, all from one observer: no val observer apart from its train observer.
+    observer = np.array([0] * 6 + [1, 2, 3, 4, 5, 6, 7])
+    category = np.array([1] * 6 + [0] * 7)
+    result = assign_observers(
+        observer, category, n_observers=8, n_classes=2, rules=rules_for(Preset.INAT2018), rng=np.random.default_rng(0)
+    )
+    assert result.class_kept.tolist() == [True, False]
+    assert result.drop_reason[1] == "too few val images under isolation"
 
 
 @pytest.mark.parametrize("preset", list(Preset))
@@ -316,18 +337,34 @@ def test_builds_are_deterministic_and_resample_keeps_categories(tmp_path):
 def test_missing_and_corrupt_images_are_skipped_and_counted(tmp_path):
     folder = tmp_path / "export"
     write_export(folder, SynthConfig(species=30, photos=2000, seed=6, image_size=48))
-    photos = sorted((folder / "photos").iterdir())
-    (photos[0] / "medium.jpg").unlink()
-    (photos[1] / "medium.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    (photos[2] / "medium.jpg").write_bytes(b"")
-    # Find which of the three the build would use: run once without damage counting.
-    result = build_dataset(folder, tmp_path / "out", rules=rules_for(Preset.INAT2018, photo_choice=PhotoChoice.FIRST))
-    used = set(_provenance(tmp_path / "out")["photo_id"])
-    damaged = {int(p.name) for p in photos[:3]}
-    assert not (used & damaged)
-    removed = result.audit["removed"].get("missing or corrupt source image", {}).get("photos", 0)
-    assert removed <= 3
-    assert check_leakage(tmp_path / "out", release_names(rules_for(Preset.INAT2018)))["observers_in_two_splits"] == 0
+    rules = rules_for(Preset.INAT2018)
+    build_dataset(folder, tmp_path / "clean", rules=rules, images=False)
+    train_photos = _provenance(tmp_path / "clean").query("split == 'train'")["photo_id"].tolist()
+    damaged = train_photos[:3]  # photos the build selects for train: their damage must be noticed
+    (folder / "photos" / str(damaged[0]) / "medium.jpg").unlink()
+    (folder / "photos" / str(damaged[1]) / "medium.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "photos" / str(damaged[2]) / "medium.jpg").write_bytes(b"")
+    result = build_dataset(folder, tmp_path / "out", rules=rules)
+    assert result.audit["removed"]["missing or corrupt source image"] == {"photos": 3}
+    assert not set(_provenance(tmp_path / "out")["photo_id"]) & set(damaged)
+    for name in ("train2018.json", "val2018.json", "test2018.json"):
+        assert validate_file(tmp_path / "out" / name) == []
+    train = json.loads((tmp_path / "out" / "train2018.json").read_text())
+    assert all((tmp_path / "out" / image["file_name"]).is_file() for image in train["images"])
+    assert check_leakage(tmp_path / "out", release_names(rules))["observers_in_two_splits"] == 0
+
+
+def test_a_finished_release_is_refused_unless_overwritten(tmp_path):
+    folder = tmp_path / "export"
+    write_export(folder, SynthConfig(species=20, photos=800, seed=2, image_size=48))
+    out = tmp_path / "out"
+    build_dataset(folder, out, rules=rules_for(Preset.INAT2018, max_image_side=40), seed=0)
+    with pytest.raises(ValueError, match="--overwrite"):
+        build_dataset(folder, out, rules=rules_for(Preset.INAT2018), seed=1)
+    build_dataset(folder, out, rules=rules_for(Preset.INAT2018), seed=1, overwrite=True)
+    fresh = tmp_path / "fresh"
+    build_dataset(folder, fresh, rules=rules_for(Preset.INAT2018), seed=1)
+    assert _digests(out) == _digests(fresh)  # no stale image or file survives the rebuild
 
 
 def test_split_val_isolates_observers(tmp_path):

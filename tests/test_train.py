@@ -97,6 +97,8 @@ def test_config_precedence_and_errors(tmp_path):
         resolve_config(config_file=config_file, overrides={})
     with pytest.raises(ValueError, match="--train is required"):
         resolve_config(overrides={"images": "i", "out": "o"})
+    with pytest.raises(ValueError, match="label_smoothing > 0"):
+        resolve_config(overrides={"train": "t", "images": "i", "out": "o", "taxonomy_smoothing": True})
     with pytest.raises(ValueError, match="amp"):
         resolve_config(overrides={"train": "t", "images": "i", "out": "o", "amp": "fp8"})
 
@@ -141,3 +143,21 @@ def test_cli_train_with_config_and_resume(release, tmp_path):
     assert main(["train", "-c", str(config_file), *common, "--out", str(out), "--epochs", "1"]) == 0
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
     assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [0, 1]
+
+
+def test_command_line_turns_off_a_switch_the_config_file_turns_on(tmp_path):
+    from inatcomp.cli import get_args_parser
+    from inatcomp.train import AmpMode, OptimizerType, ScheduleType
+
+    config_file = tmp_path / "recipe.yaml"
+    config_file.write_text("taxonomy_smoothing: true\nlabel_smoothing: 0.1\n")
+    args = get_args_parser().parse_args(["train", "-c", str(config_file), "--no-taxonomy-smoothing"])
+    overrides = {"train": "t", "images": "i", "out": "o", "taxonomy_smoothing": args.taxonomy_smoothing}
+    assert resolve_config(config_file=config_file, overrides=overrides).taxonomy_smoothing is False
+    assert resolve_config(
+        config_file=config_file, overrides={**overrides, "taxonomy_smoothing": None}
+    ).taxonomy_smoothing
+    # The command line offers exactly the enums' choices.
+    actions = {a.dest: a for a in get_args_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    for name, enum_type in (("optimizer", OptimizerType), ("schedule", ScheduleType), ("amp", AmpMode)):
+        assert actions[name].choices == [e.value for e in enum_type]

@@ -14,11 +14,11 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from inatcomp.formats import write_atomic
 from inatcomp.scoring import (
     ScoreResult,
     Solution,
@@ -73,23 +73,13 @@ def csv_text(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` atomically (:func:`inatcomp.formats.write_atomic`)."""
+    return write_atomic(path, data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` atomically (see :func:`atomic_write_bytes`)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """Write UTF-8 ``text`` atomically (:func:`inatcomp.formats.write_atomic`)."""
+    return write_atomic(path, text)
 
 
 def _fmt(value: float | None, digits: int = 5) -> str | None:

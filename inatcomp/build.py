@@ -765,16 +765,6 @@ def _json_records(fields: list[tuple[str, pa.Array]], rows: pa.Array, *, block: 
         yield memoryview(records.buffers()[2])[offsets[0] : offsets[-1] - last].tobytes()
 
 
-def _write_pieces(path: Path, pieces: Iterable[bytes]) -> None:
-    """Write the concatenated pieces to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        for piece in pieces:
-            handle.write(piece)
-    os.replace(tmp, path)
-
-
 def _write_release(
     *,
     out: Path,
@@ -932,7 +922,7 @@ def _write_release(
         },
     }
     with concurrent.futures.ThreadPoolExecutor(_WRITE_THREADS) as pool:
-        done = [pool.submit(lambda path, make: _write_pieces(path, make()), *w) for w in writes]
+        done = [pool.submit(lambda path, make: formats.write_atomic(path, make()), *w) for w in writes]
         done += [pool.submit(formats.write_csv_columns, out / name, cols) for name, cols in csv_files.items()]
         for future in done:
             future.result()
@@ -1165,11 +1155,6 @@ def _prepare_out(out: Path, names: dict[str, str], *, overwrite: bool) -> None:
     for path in out.iterdir():
         if path.is_file():
             path.unlink()
-
-
-def remove_release(out: str | os.PathLike) -> None:
-    """Delete a release folder (used by tests and the demo before a rebuild)."""
-    shutil.rmtree(out, ignore_errors=True)
 
 
 def split_val(

@@ -1087,10 +1087,11 @@ def _check_labels(column: pd.Series, name: str, labels: int, checks: _Checks) ->
 # Writing: every output goes to a temporary file first and is renamed into place, so nothing is half-written.
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+def write_atomic(path: str | os.PathLike, data: bytes | str | Iterable[bytes]) -> Path:
+    """Write ``data`` (bytes, text, or an iterable of byte pieces streamed in order) to ``path`` atomically.
 
-    The temporary file is removed if writing fails, so nothing half-written is left under either name.
+    The data goes to a temporary file in the same folder, renamed over ``path`` when complete; the temporary
+    file is removed if writing fails, so nothing half-written is left under either name.
     """
     import tempfile
 
@@ -1099,7 +1100,11 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if isinstance(data, str | bytes | bytearray | memoryview):
+                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            else:
+                for piece in data:
+                    handle.write(piece)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -72,16 +72,6 @@ def csv_text(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return buffer.getvalue()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` atomically (:func:`inatcomp.formats.write_atomic`)."""
-    return write_atomic(path, data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` atomically (:func:`inatcomp.formats.write_atomic`)."""
-    return write_atomic(path, text)
-
-
 def _fmt(value: float | None, digits: int = 5) -> str | None:
     return None if value is None else f"{value:.{digits}f}"
 
@@ -206,14 +196,14 @@ def write_score_report(result: ScoreResult, out: str | os.PathLike) -> list[Path
     """
     out = Path(out)
     written = [
-        atomic_write_text(out / "score.json", json.dumps(result.to_dict(), indent=2) + "\n"),
-        atomic_write_text(out / "score.md", score_markdown(result)),
+        write_atomic(out / "score.json", json.dumps(result.to_dict(), indent=2) + "\n"),
+        write_atomic(out / "score.md", score_markdown(result)),
     ]
     analysis = result.analysis
     if analysis:
         bins = analysis["train_count_bins"]
         written.append(
-            atomic_write_bytes(
+            write_atomic(
                 out / "accuracy_by_train_count.png",
                 _bar_png(
                     [b["bin"] for b in bins],
@@ -226,7 +216,7 @@ def write_score_report(result: ScoreResult, out: str | os.PathLike) -> list[Path
         )
         supers = analysis["supercategories"]
         written.append(
-            atomic_write_bytes(
+            write_atomic(
                 out / "accuracy_by_supercategory.png",
                 _bar_png(
                     [f"{s['supercategory']} ({s['classes']})" for s in supers],
@@ -374,8 +364,8 @@ def write_leaderboard(entries: Sequence[LeaderboardEntry], out: str | os.PathLik
     """Write ``leaderboard.csv`` and ``leaderboard.md`` into a folder; returns the files."""
     out = Path(out)
     written = [
-        atomic_write_text(out / "leaderboard.csv", leaderboard_csv(entries)),
-        atomic_write_text(out / "leaderboard.md", leaderboard_markdown(entries)),
+        write_atomic(out / "leaderboard.csv", leaderboard_csv(entries)),
+        write_atomic(out / "leaderboard.md", leaderboard_markdown(entries)),
     ]
     _logger.info("leaderboard in %s", out)
     return written

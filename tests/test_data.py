@@ -196,6 +196,51 @@ def test_reduced_decode_keeps_the_resolution_it_needs(tmp_path):
     assert shape[:2] == (75, 100) and plan.size[1] >= 73
 
 
+@pytest.mark.parametrize("subsampling", [0, 2])  # 4:4:4 and 4:2:0 chroma
+def test_decoding_stops_below_the_crop_with_the_same_pixels(tmp_path, subsampling):
+    """Rows below the crop are not decoded (the frame height is lowered), and the crop's pixels are unchanged."""
+    import dataclasses
+
+    from inatcomp.data import dataset as dataset_module
+    from inatcomp.data.transforms import FULL_CROP
+
+    names = {f"p{i}.jpg": 7 for i in range(12)}
+    rng = np.random.default_rng(0)
+    for name in names:
+        pixels = rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / name, quality=90, subsampling=subsampling)
+    path = _hand_dataset(tmp_path, {name: (800, 600) for name in names}, names)
+    shortened = []
+    real = dataset_module._truncated_jpeg
+
+    def spy(data, rows):
+        out = real(data, rows)
+        shortened.append(out is not None and len(out) == len(data))
+        return out
+
+    dataset_module._truncated_jpeg = spy
+    try:
+        for scale in ((0.08, 0.3), (0.3, 1.0)):
+            ds = CompetitionDataset(path, tmp_path, transform=TrainPreset(img_size=96, scale=scale, seed=3))
+            for i in range(len(ds)):
+                ds.transform.reseed(i)
+                image, plan = ds._read(i)
+                ds.transform.reseed(i)
+                reference_plan = ds.transform.plan(800, 600)
+                with Image.open(ds.path(i)) as im:
+                    im.draft("RGB", reference_plan.size)
+                    full = np.asarray(im.convert("RGB"))
+                x0, y0, x1, y1 = reference_plan.crop.pixels(full.shape[1], full.shape[0])
+                assert plan == dataclasses.replace(reference_plan, crop=FULL_CROP)
+                np.testing.assert_array_equal(image, full[y0:y1, x0:x1])
+    finally:
+        dataset_module._truncated_jpeg = real
+    assert sum(shortened) >= 6  # most crops end well above the bottom row: those decodes were shortened
+    # Progressive JPEGs are decoded whole.
+    Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "prog.jpg", progressive=True)
+    assert real((tmp_path / "prog.jpg").read_bytes(), 20) is None
+
+
 def test_decode_size_bounds():
     preset = TrainPreset(img_size=224, seed=1)
     for _ in range(200):

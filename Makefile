@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
+BASELINE_ARGS ?=
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench ablation clean baseline-inat2017 baseline-inat2018 baseline-inat2021
 
 install: $(STAMP)
 
@@ -27,6 +28,15 @@ demo: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all --write BENCHMARKS.md
+
+ablation: install
+	$(BIN)/python -m benchmarks.ablation --write ABLATION.md
+
+# The iNat baselines on a real downloaded release (a GPU machine): make baseline-inat2018 DATA=/path/to/inat2018
+baseline-inat2017 baseline-inat2018 baseline-inat2021: baseline-inat%: install
+	@test -n "$(DATA)" || { echo "make $@: set DATA to the downloaded iNat$* release folder, e.g. make $@ DATA=/data/inat$*" >&2; exit 2; }
+	@test -d "$(DATA)" || { echo "make $@: DATA=$(DATA) is not a folder (expected the iNat$* release)" >&2; exit 2; }
+	$(BIN)/python kernels/baseline.py --data "$(DATA)" --year $* --out runs/baseline-inat$* $(BASELINE_ARGS)
 
 clean:
 	rm -rf $(VENV) runs *.egg-info .pytest_cache .ruff_cache

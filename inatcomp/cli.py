@@ -153,7 +153,7 @@ _BUILD_OVERRIDES = {
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from inatcomp.train import TrainConfig, resolve_config, train
+    from inatcomp.train import TrainConfig, distributed_context, resolve_config, train
 
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
     if args.resume:
@@ -165,7 +165,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = resolve_config(config_file=args.config, overrides=overrides)
     result = train(config, resume=bool(args.resume))
     last = result.metrics[-1] if result.metrics else {}
-    _logger.info("run in %s; last epoch: %s", result.run_dir, last)
+    if distributed_context().is_main:  # under torchrun: once, from rank 0
+        _logger.info("run in %s; last epoch: %s", result.run_dir, last)
     return 0
 
 
@@ -175,7 +176,23 @@ _TRAIN_CHOICES = {
     "optimizer": ["sgd", "adamw"],
     "schedule": ["step", "cosine"],
     "amp": ["off", "bf16", "fp16"],
+    "transfer_match": ["auto", "id", "name"],
+    "new_taxa_init": ["zero", "mean"],
+    "head": ["avg", "isqrtcov"],
 }
+
+
+def _json_stages(text: str) -> list:
+    """``--progressive`` as JSON (argparse reports the ValueError as a bad option value)."""
+    import json
+
+    try:
+        stages = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(stages, list):
+        raise argparse.ArgumentTypeError("expected a JSON list of stages")
+    return stages
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -196,6 +213,10 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         elif field.name == "crop_scale":
             parser.add_argument(flag, dest=field.name, type=float, nargs=2, metavar=("MIN", "MAX"),
                                 help="area range of the random-resized crop (default 0.08 1.0)")  # fmt: skip
+        elif field.name == "progressive":
+            parser.add_argument(flag, dest=field.name, type=_json_stages, metavar="JSON",
+                                help='stages, e.g. \'[{"epochs": 4, "img_size": 128}, {"epochs": 6}]\' '
+                                "(usually a progressive: block in the config file)")  # fmt: skip
         elif field.name in _TRAIN_CHOICES:
             parser.add_argument(flag, dest=field.name, choices=_TRAIN_CHOICES[field.name], default=None,
                                 help=f"default {field.default!r}")  # fmt: skip
@@ -220,6 +241,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         amp=args.amp,
+        geo_prior=args.geo_prior,
+        locations=args.locations,
     )
     return 0
 
@@ -262,6 +285,102 @@ def _cmd_score_pred(args: argparse.Namespace) -> int:
                        for key, value in result.items())  # fmt: skip
         sys.stdout.write("| metric | value |\n| --- | --- |\n" + rows)
     return 0
+
+
+def _cmd_geoprior_train(args: argparse.Namespace) -> int:
+    from inatcomp.geoprior import PriorConfig, train_prior
+
+    config = PriorConfig(
+        use_dates=not args.no_dates, hidden=args.hidden, layers=args.layers, dropout=args.dropout, epochs=args.epochs,
+        batch_size=args.batch_size, min_steps_per_epoch=args.min_steps_per_epoch, lr=args.lr,
+        pos_weight=args.pos_weight, seed=args.seed, device=args.device, threads=args.threads,
+    )  # fmt: skip
+    prior = train_prior(args.train, locations=args.locations, config=config, out=args.out)
+    _logger.info("geo prior in %s: %s", prior.path, prior.metadata["counts"])
+    return 0
+
+
+def _cmd_geoprior_apply(args: argparse.Namespace) -> int:
+    from inatcomp.geoprior import apply_prior
+
+    result = apply_prior(args.predictions, prior=args.prior, out=args.out, locations=args.locations,
+                         chunk_rows=args.chunk_rows)  # fmt: skip
+    _logger.info("wrote %s: %s", args.out, result)
+    return 0
+
+
+def _cmd_geoprior_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from inatcomp.geoprior import evaluate_prior
+
+    result = evaluate_prior(args.predictions, args.labels, prior=args.prior, locations=args.locations, k=args.k,
+                            chunk_rows=args.chunk_rows)  # fmt: skip
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _cmd_geoprior_map(args: argparse.Namespace) -> int:
+    from inatcomp.geoprior import plot_prior_map
+
+    day = None if args.day is None else (args.day - 1) / 365
+    plot_prior_map(args.prior, out=args.out, category_id=args.category, day=day, resolution=args.resolution)
+    _logger.info("wrote %s", args.out)
+    return 0
+
+
+def _add_geoprior_parser(sub: argparse._SubParsersAction) -> None:
+    """``inatcomp geoprior train|apply|evaluate|map``."""
+    from inatcomp.geoprior import PriorConfig
+
+    d = PriorConfig()
+    geo = sub.add_parser("geoprior", help="a spatio-temporal prior (place, date) combined with image predictions")
+    geo_sub = geo.add_subparsers(dest="geoprior_command", required=True)
+    locations_help = "location file (2017/2018) or 2021 dataset JSON with the images' places"
+
+    train = geo_sub.add_parser("train", help="train a presence-only prior on a train JSON's places and dates")
+    train.add_argument("--train", required=True, help="labelled train JSON")
+    train.add_argument("--locations", help=f"{locations_help} (default: STEM_locations.json beside it, else the JSON)")
+    train.add_argument("--out", required=True, help="prior to write: OUT.safetensors and OUT.json")
+    train.add_argument("--no-dates", action="store_true", help="place only (no day of the year)")
+    train.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    train.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    train.add_argument("--min-steps-per-epoch", type=int, default=d.min_steps_per_epoch,
+                       help=f"default {d.min_steps_per_epoch}")  # fmt: skip
+    train.add_argument("--hidden", type=int, default=d.hidden, help=f"width of the layers (default {d.hidden})")
+    train.add_argument("--layers", type=int, default=d.layers, help=f"residual layers (default {d.layers})")
+    train.add_argument("--dropout", type=float, default=d.dropout, help=f"default {d.dropout}")
+    train.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    train.add_argument("--pos-weight", type=float, help="weight of the positive term (default: number of classes)")
+    train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    train.add_argument("--threads", type=int, default=d.threads, help=f"CPU threads (default {d.threads})")
+    train.set_defaults(func=_cmd_geoprior_train)
+
+    apply = geo_sub.add_parser("apply", help="multiply a prediction file by the prior (images without place unchanged)")
+    apply.add_argument("predictions", help="prediction folder (probabilities)")
+    apply.add_argument("--prior", required=True, help="the prior (PRIOR.safetensors or its stem)")
+    apply.add_argument("--locations", help=f"{locations_help} (default: from the data JSON in the header)")
+    apply.add_argument("--out", required=True, help="prediction folder to write")
+    apply.add_argument("--chunk-rows", type=int, help="rows per chunk (default: about 64 MB)")
+    apply.set_defaults(func=_cmd_geoprior_apply)
+
+    evaluate = geo_sub.add_parser("evaluate", help="val top-1/top-k error with and without the prior (JSON)")
+    evaluate.add_argument("predictions", help="prediction folder of a labelled split")
+    evaluate.add_argument("--labels", required=True, metavar="VAL.json", help="labelled competition JSON")
+    evaluate.add_argument("--prior", required=True)
+    evaluate.add_argument("--locations", help=f"{locations_help} (default: beside the labels, else the labels)")
+    evaluate.add_argument("--k", type=int, default=3, help="k of the top-k error (default 3)")
+    evaluate.add_argument("--chunk-rows", type=int, help="rows per chunk (default: about 64 MB)")
+    evaluate.set_defaults(func=_cmd_geoprior_evaluate)
+
+    map_parser = geo_sub.add_parser("map", help="PNG world map of one category's prior")
+    map_parser.add_argument("--prior", required=True)
+    map_parser.add_argument("--out", required=True, help="PNG to write")
+    map_parser.add_argument("--category", type=int, help="category id (default: the most observed one)")
+    map_parser.add_argument("--day", type=int, help="day of the year 1-366 (default: averaged over the year)")
+    map_parser.add_argument("--resolution", type=float, default=1.0, help="grid step in degrees (default 1)")
+    map_parser.set_defaults(func=_cmd_geoprior_map)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -375,6 +494,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     pred.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     pred.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     pred.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast the model (default off)")
+    pred.add_argument("--geo-prior", metavar="PRIOR", help="multiply by this geo prior (inatcomp geoprior train)")
+    pred.add_argument("--locations", help="the images' places for --geo-prior (default: beside --data, else --data)")
     pred.set_defaults(func=_cmd_predict)
 
     ens = sub.add_parser("ensemble", help="combine prediction folders (streaming)")
@@ -403,6 +524,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     score_pred.add_argument("--dataset", help="the built release folder: adds the per-supercategory analyses")
     score_pred.add_argument("--chunk-rows", type=int, help="rows per chunk (default: about 64 MB)")
     score_pred.set_defaults(func=_cmd_score_pred)
+
+    _add_geoprior_parser(sub)
     return parser
 
 

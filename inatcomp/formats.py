@@ -1087,6 +1087,13 @@ def _check_labels(column: pd.Series, name: str, labels: int, checks: _Checks) ->
 # Writing: every output goes to a temporary file first and is renamed into place, so nothing is half-written.
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str | Iterable[bytes]) -> Path:
     """Write ``data`` (bytes, text, or an iterable of byte pieces streamed in order) to ``path`` atomically.
 
@@ -1105,6 +1112,8 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Iterable[bytes]) -
             else:
                 for piece in data:
                     handle.write(piece)
+            # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 less umask).
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

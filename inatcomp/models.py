@@ -1,17 +1,27 @@
-"""timm models with a head over the competition's categories, and checkpoints as safetensors plus JSON.
+"""timm models with a head over the competition's categories, checkpoints, head transfer and freezing.
 
 A checkpoint is two files side by side: ``NAME.safetensors`` (tensors only, safe to load from strangers)
 and ``NAME.json`` (model name, category ids in head order, data config, training config, metrics).
 Training state for an exact resume (optimizer, scheduler, EMA, RNG states) is stored the same way:
 tensors in safetensors, the rest in JSON. Nothing is ever unpickled.
+
+Transfer between taxon sets (iNaturalist's own practice when its model moves to a new set of taxa, e.g.
+55,000 → 60,000 in 2022): :func:`transfer_classifier` moves the classifier rows of the taxa both heads
+share to their new positions, matched by taxon (:class:`TaxonMatch`: category id or name), never by index;
+new taxa start at zero or at the mean row (:class:`NewTaxaInit`). :func:`freeze_model` freezes the
+backbone or all but its last stages, BatchNorm statistics included.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import logging
 import os
-from collections.abc import Mapping
+import re
+import types
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +30,29 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from inatcomp.formats import write_atomic
+from inatcomp.heads import CovarianceModel, HeadType
 
 __all__ = [
+    "FreezeMode",
+    "FreezeReport",
+    "NewTaxaInit",
+    "TaxonMatch",
+    "TransferReport",
+    "choose_taxon_match",
+    "classifier_names",
+    "freeze_model",
+    "parse_freeze",
+    "taxon_keys",
+    "transfer_classifier",
     "create_model",
+    "head_metadata",
+    "head_options",
     "save_checkpoint",
     "load_checkpoint",
     "resolve_checkpoint",
     "flatten_state",
     "unflatten_state",
+    "set_drop_rate",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -40,9 +65,12 @@ def create_model(
     pretrained: str | os.PathLike | None = None,
     drop_rate: float | None = None,
     channels_last: bool = False,
+    head: HeadType | str = HeadType.AVG,
+    head_dim: int | None = None,
+    head_iterations: int | None = None,
     **kwargs: Any,
 ) -> torch.nn.Module:
-    """A timm model with a ``num_classes`` head.
+    """A timm model with a ``num_classes`` head: timm's own (average pooling) or iSQRT-COV.
 
     Args:
         name: Any timm architecture name.
@@ -51,14 +79,25 @@ def create_model(
             is re-initialised. Nothing is downloaded.
         drop_rate: Dropout before the classifier, or ``None`` for the model's default.
         channels_last: Put the weights in channels-last memory format (faster convolutions).
+        head: :attr:`HeadType.AVG` keeps timm's model as it is; :attr:`HeadType.ISQRTCOV` puts covariance
+            pooling on a CNN's feature map (a :class:`~inatcomp.heads.CovarianceModel`, see
+            :mod:`inatcomp.heads`).
+        head_dim: iSQRT-COV channels after the 1×1 reduction (``None``: 256, a 32,896-dim vector).
+        head_iterations: iSQRT-COV Newton–Schulz steps (``None``: 5).
         **kwargs: Passed to ``timm.create_model``.
 
     Raises:
-        ValueError: An unknown architecture or a missing weights file.
+        ValueError: An unknown architecture or head, a missing weights file, or head options without a head.
     """
     if name not in timm.list_models() and not timm.is_model(name):
         raise ValueError(f"--model {name}: not a timm architecture (see timm.list_models())")
-    if drop_rate is not None:
+    try:
+        head = HeadType(head)
+    except ValueError:
+        raise ValueError(f"--head {head!r}: not one of {', '.join(h.value for h in HeadType)}") from None
+    if head is HeadType.AVG and (head_dim is not None or head_iterations is not None):
+        raise ValueError("head_dim and head_iterations are options of --head isqrtcov")
+    if drop_rate is not None and head is HeadType.AVG:
         kwargs["drop_rate"] = drop_rate
     if pretrained:
         path = Path(pretrained)
@@ -66,9 +105,46 @@ def create_model(
             raise ValueError(f"--pretrained {path}: no such weights file (nothing is downloaded here)")
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path), "num_classes": 0})
     model = timm.create_model(name, num_classes=num_classes, **kwargs)
+    if head is HeadType.ISQRTCOV:
+        model = CovarianceModel(
+            model,
+            num_classes=num_classes,
+            dim=256 if head_dim is None else head_dim,
+            iterations=5 if head_iterations is None else head_iterations,
+            drop_rate=drop_rate or 0.0,
+        )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def head_metadata(model: torch.nn.Module) -> dict[str, Any]:
+    """The head of a model from :func:`create_model` as checkpoint metadata (``{"type": "avg"}`` for timm's)."""
+    module = getattr(model, "module", model)
+    module = getattr(module, "_orig_mod", module)
+    if isinstance(module, CovarianceModel):
+        return module.head_config
+    return {"type": HeadType.AVG.value}
+
+
+def head_options(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`create_model` keyword arguments that rebuild the head recorded in checkpoint metadata.
+
+    Reads the ``head`` entry :func:`save_checkpoint` writes; checkpoints without one have timm's head.
+
+    Raises:
+        ValueError: An unknown head type.
+    """
+    head = metadata.get("head") or {"type": HeadType.AVG.value}
+    if isinstance(head, str):
+        head = {"type": head}
+    try:
+        head_type = HeadType(head.get("type", HeadType.AVG.value))
+    except ValueError:
+        raise ValueError(f"checkpoint head {head!r}: not one of {', '.join(h.value for h in HeadType)}") from None
+    if head_type is HeadType.AVG:
+        return {}
+    return {"head": head_type, "head_dim": int(head["dim"]), "head_iterations": int(head["iterations"])}
 
 
 def flatten_state(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
@@ -138,7 +214,8 @@ def save_checkpoint(
     Args:
         path: Checkpoint path without suffix (a ``.safetensors`` suffix is stripped).
         model: The model (its ``state_dict`` is saved; a DDP/compiled wrapper is unwrapped).
-        metadata: JSON-serialisable facts: model name, category ids in head order, configs, metrics.
+        metadata: JSON-serialisable facts: model name, category ids in head order, configs, metrics. A
+            non-default head (iSQRT-COV) is added as ``head`` unless given (see :func:`head_options`).
         training_state: Optimizer, scheduler, EMA and RNG states for an exact resume.
 
     Returns:
@@ -150,6 +227,8 @@ def save_checkpoint(
     stem.parent.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)
     module = getattr(module, "_orig_mod", module)
+    if isinstance(module, CovarianceModel) and "head" not in metadata:
+        metadata = {**metadata, "head": head_metadata(module)}
     weights = stem.with_name(stem.name + ".safetensors")
     _save_tensors(weights, {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
     if training_state is not None:
@@ -209,3 +288,335 @@ def load_checkpoint(
             json.loads(skeleton_file.read_text(encoding="utf-8")), load_file(str(state_file))
         )
     return state_dict, metadata, training_state
+
+
+# --- transfer between taxon sets -------------------------------------------------------------------------------
+
+
+class TaxonMatch(enum.Enum):
+    """How the taxa of two heads are matched.
+
+    Competition category ids are positions (0..C-1 in each release), so they only match within one
+    category set or where a producer made them taxon ids; names match across releases.
+    """
+
+    AUTO = "auto"  #: names when both sides have a unique name for every category, else category ids
+    ID = "id"  #: category ids (taxon ids in iNaturalist's own training sets)
+    NAME = "name"  #: the categories' ``name`` (the scientific name)
+
+
+class NewTaxaInit(enum.Enum):
+    """Start of the classifier rows of taxa the source head does not have."""
+
+    ZERO = "zero"  #: weight and bias 0: a logit of 0 for every image
+    MEAN = "mean"  #: the mean of all the source head's rows (weight and bias)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferReport:
+    """What :func:`transfer_classifier` did.
+
+    Attributes:
+        match: How taxa were matched (``"id"`` or ``"name"``).
+        init: How new rows started (``"zero"`` or ``"mean"``).
+        carried: Taxa in both heads: their rows copied bit for bit to their new positions.
+        added: Taxa only in the target head, in target head order.
+        dropped: Taxa only in the source head, in source head order.
+    """
+
+    match: str
+    init: str
+    carried: int
+    added: list[Hashable]
+    dropped: list[Hashable]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: counts plus the added and dropped taxa."""
+        return {
+            "match": self.match,
+            "init": self.init,
+            "carried": self.carried,
+            "added": len(self.added),
+            "dropped": len(self.dropped),
+            "added_taxa": list(self.added),
+            "dropped_taxa": list(self.dropped),
+        }
+
+
+def classifier_names(model: torch.nn.Module) -> list[str]:
+    """Module names of a timm model's classifier(s): ``fc``, ``head``, ``head.fc``, ``classifier`` …
+
+    The module ``model.get_classifier()`` returns, plus any further ones ``pretrained_cfg['classifier']``
+    declares (distilled models have two).
+
+    Raises:
+        ValueError: The model names no classifier with weights.
+    """
+    modules = dict(model.named_modules())
+    names: list[str] = []
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        names += [name for name, module in modules.items() if module is head and name]
+    declared = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or []
+    names += [declared] if isinstance(declared, str) else list(declared)
+    names = [n for n in dict.fromkeys(names) if n in modules and any(True for _ in modules[n].parameters())]
+    if not names:
+        raise ValueError(f"{type(model).__name__}: no classifier found (get_classifier / pretrained_cfg['classifier'])")
+    return names
+
+
+def choose_taxon_match(*categories: Sequence[Mapping[str, Any]] | None) -> TaxonMatch:
+    """Resolve :attr:`TaxonMatch.AUTO` for heads with these category records (one list per head).
+
+    Names when every record of every head has a name and names are unique within each head, else ids.
+    """
+    for records in categories:
+        if not records:
+            return TaxonMatch.ID
+        names = [r.get("name") for r in records]
+        if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            return TaxonMatch.ID
+    return TaxonMatch.NAME
+
+
+def taxon_keys(
+    category_ids: Sequence[int],
+    categories: Sequence[Mapping[str, Any]] | None,
+    *,
+    match: TaxonMatch,
+) -> list[Hashable]:
+    """The key of every class of a head, in head order: its category id or its name.
+
+    Args:
+        category_ids: Category ids in head order (checkpoint metadata ``category_ids``).
+        categories: The category records in head order (metadata ``categories``), needed for names.
+        match: :attr:`TaxonMatch.ID` or :attr:`TaxonMatch.NAME` (resolve ``AUTO`` with :func:`choose_taxon_match`).
+
+    Raises:
+        ValueError: Missing or duplicate keys, or records that do not line up with the ids.
+    """
+    if match is TaxonMatch.AUTO:
+        raise ValueError("resolve TaxonMatch.AUTO with choose_taxon_match first")
+    if match is TaxonMatch.ID:
+        keys: list[Hashable] = [int(c) for c in category_ids]
+    else:
+        if categories is None or len(categories) != len(category_ids):
+            raise ValueError("matching taxa by name needs a category record (with a name) for every class")
+        keys = [r.get("name") for r in categories]
+        missing = [int(c) for c, k in zip(category_ids, keys) if not isinstance(k, str) or not k]
+        if missing:
+            raise ValueError(f"matching taxa by name: categories without a name: {missing[:5]}")
+    if len(set(keys)) != len(keys):
+        seen: set[Hashable] = set()
+        duplicates = [k for k in keys if k in seen or seen.add(k)]
+        raise ValueError(f"matching taxa by {match.value}: duplicate keys {duplicates[:5]}")
+    return keys
+
+
+def transfer_classifier(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source_taxa: Sequence[Hashable],
+    target_taxa: Sequence[Hashable],
+    classifier: str | Sequence[str],
+    init: NewTaxaInit = NewTaxaInit.ZERO,
+    match: TaxonMatch | str = TaxonMatch.ID,
+) -> tuple[dict[str, torch.Tensor], TransferReport]:
+    """Map a head over ``source_taxa`` to one over ``target_taxa``, row by taxon.
+
+    Every tensor under a classifier module whose first dimension is the source head size (the weight,
+    the bias; a 1×1 convolution's kernel too) gets one row per target taxon: the source row of the same
+    taxon, copied bit for bit, or for a new taxon zeros or the mean of all source rows. Every other
+    tensor is passed on unchanged.
+
+    Args:
+        state_dict: The source model's weights.
+        source_taxa: Key of each source class in head order (see :func:`taxon_keys`).
+        target_taxa: Key of each target class in head order.
+        classifier: The classifier module name(s) (see :func:`classifier_names`).
+        init: Start of the rows of new taxa.
+        match: How the keys were made, recorded in the report.
+
+    Returns:
+        The new state dict and a :class:`TransferReport`.
+
+    Raises:
+        ValueError: Duplicate keys, no classifier tensor in the state, or one of another head size.
+    """
+    source_taxa, target_taxa = list(source_taxa), list(target_taxa)
+    for side, keys in (("source", source_taxa), ("target", target_taxa)):
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"{side}_taxa has duplicate keys")
+    prefixes = [classifier] if isinstance(classifier, str) else list(classifier)
+    position = {key: i for i, key in enumerate(source_taxa)}
+    src = [position.get(key, -1) for key in target_taxa]
+    carried_to = torch.tensor([i for i, s in enumerate(src) if s >= 0], dtype=torch.long)
+    carried_from = torch.tensor([s for s in src if s >= 0], dtype=torch.long)
+    new_rows = torch.tensor([i for i, s in enumerate(src) if s < 0], dtype=torch.long)
+    out = dict(state_dict)
+    mapped = []
+    for key, tensor in state_dict.items():
+        if not any(key.startswith(prefix + ".") for prefix in prefixes):
+            continue
+        if tensor.ndim == 0 or tensor.shape[0] != len(source_taxa):
+            raise ValueError(
+                f"{key}: shape {tuple(tensor.shape)} does not fit a head of {len(source_taxa)} source taxa"
+            )
+        rows = tensor.new_zeros((len(target_taxa), *tensor.shape[1:]))
+        rows[carried_to] = tensor[carried_from]
+        if init is NewTaxaInit.MEAN and len(new_rows):
+            rows[new_rows] = tensor.double().mean(dim=0).to(tensor.dtype)
+        out[key] = rows
+        mapped.append(key)
+    if not mapped:
+        raise ValueError(f"no classifier tensor under {prefixes} in the state dict")
+    target_set = set(target_taxa)
+    report = TransferReport(
+        match=TaxonMatch(match).value,
+        init=init.value,
+        carried=len(carried_to),
+        added=[key for key, s in zip(target_taxa, src) if s < 0],
+        dropped=[key for key in source_taxa if key not in target_set],
+    )
+    return out, report
+
+
+# --- freezing ----------------------------------------------------------------------------------------------------
+
+
+class FreezeMode(enum.Enum):
+    """Which parts of a model stay fixed during training."""
+
+    NONE = "none"  #: everything trains
+    BACKBONE = "backbone"  #: only the classifier trains
+    ALL_BUT_LAST = "all-but-last"  #: the last N stages train, with everything after them (final norm, head)
+
+
+@dataclasses.dataclass(frozen=True)
+class FreezeReport:
+    """What :func:`freeze_model` froze.
+
+    Attributes:
+        mode: The freeze mode.
+        keep_last: N of ``all-but-last-N`` (0 otherwise).
+        trainable_parameters: Number of parameter elements still trained.
+        frozen_parameters: Number of parameter elements frozen.
+        frozen_norms: Normalisation layers whose running statistics are frozen (kept in eval mode).
+        trainable_modules: The top-most trainable module names (``[""]``: the whole model).
+    """
+
+    mode: FreezeMode
+    keep_last: int
+    trainable_parameters: int
+    frozen_parameters: int
+    frozen_norms: int
+    trainable_modules: list[str]
+
+
+_FREEZE_PATTERN = re.compile(r"all-but-last-(\d+)")
+
+
+def parse_freeze(text: str) -> tuple[FreezeMode, int]:
+    """Parse ``none``, ``backbone`` or ``all-but-last-N`` (N ≥ 1) into a mode and N.
+
+    Raises:
+        ValueError: Anything else.
+    """
+    text = str(text).strip().lower().replace("_", "-")
+    found = _FREEZE_PATTERN.fullmatch(text)
+    if found and int(found.group(1)) >= 1:
+        return FreezeMode.ALL_BUT_LAST, int(found.group(1))
+    if text in (FreezeMode.NONE.value, FreezeMode.BACKBONE.value):
+        return FreezeMode(text), 0
+    raise ValueError(f"freeze: {text!r} is not one of none, backbone, all-but-last-N (N ≥ 1)")
+
+
+def _stay_in_eval(self: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+    """``train()`` of a frozen normalisation layer: it stays in eval mode, so its statistics stay fixed."""
+    return torch.nn.Module.train(self, False)
+
+
+def _has_running_stats(module: torch.nn.Module) -> bool:
+    return bool(getattr(module, "track_running_stats", False)) and getattr(module, "running_mean", None) is not None
+
+
+def freeze_model(model: torch.nn.Module, *, mode: FreezeMode, keep_last: int = 1) -> FreezeReport:
+    """Freeze parts of a timm model in place.
+
+    Frozen parameters get ``requires_grad=False`` (leave them out of the optimizer: ``filter`` on
+    ``requires_grad``); frozen BatchNorm layers (any layer with running statistics) go to eval mode and stay
+    there when ``model.train()`` is called again, so their running mean and variance do not move either.
+
+    Args:
+        model: A timm model (``get_classifier()``; ``feature_info`` for ``ALL_BUT_LAST``).
+        mode: ``NONE`` does nothing; ``BACKBONE`` trains only the classifier; ``ALL_BUT_LAST`` trains the
+            last ``keep_last`` stages of ``model.feature_info`` (ResNet layers, ConvNeXt/EfficientNet stages,
+            ViT blocks) and every module registered after the first of them (final norm, head).
+        keep_last: N of ``ALL_BUT_LAST``, 1 ≤ N ≤ the number of stages.
+
+    Raises:
+        ValueError: No classifier, no ``feature_info``, or N out of range.
+    """
+    named = list(model.named_modules())
+    classifiers = classifier_names(model)
+    if mode is FreezeMode.NONE:
+        trainable = [""]
+    elif mode is FreezeMode.BACKBONE:
+        trainable = classifiers
+    else:
+        stages = [info["module"] for info in getattr(model, "feature_info", None) or []]
+        if not stages:
+            raise ValueError(f"{type(model).__name__}: no feature_info stages, so all-but-last-N is undefined")
+        if not 1 <= keep_last <= len(stages):
+            raise ValueError(f"all-but-last-{keep_last}: this model has {len(stages)} stages ({', '.join(stages)})")
+        names = [name for name, _ in named]
+        first = stages[-keep_last]
+        if first not in names:
+            raise ValueError(f"feature_info names {first!r}, which is not a module of the model")
+        # The top-most modules from the first kept stage on (named_modules lists a module before its children).
+        trainable = []
+        for name in names[names.index(first) :]:
+            if not any(name == t or name.startswith(t + ".") for t in trainable):
+                trainable.append(name)
+        trainable += [c for c in classifiers if not any(c == t or c.startswith(t + ".") for t in trainable)]
+
+    def is_trainable(name: str) -> bool:
+        return any(t == "" or name == t or name.startswith(t + ".") for t in trainable)
+
+    counts = {True: 0, False: 0}
+    frozen_norms = 0
+    for name, module in named:
+        keep = is_trainable(name)
+        for parameter in module.parameters(recurse=False):
+            if not keep:
+                parameter.requires_grad_(False)
+            counts[parameter.requires_grad] += parameter.numel()
+        if not keep and _has_running_stats(module):
+            module.train = types.MethodType(_stay_in_eval, module)
+            module.eval()
+            frozen_norms += 1
+    report = FreezeReport(
+        mode=mode,
+        keep_last=keep_last if mode is FreezeMode.ALL_BUT_LAST else 0,
+        trainable_parameters=counts[True],
+        frozen_parameters=counts[False],
+        frozen_norms=frozen_norms,
+        trainable_modules=trainable,
+    )
+    _logger.debug("freeze %s: %s", mode.value, report)
+    return report
+
+
+def set_drop_rate(model: torch.nn.Module, rate: float) -> None:
+    """Set the dropout before the classifier (per stage of progressive learning).
+
+    timm models keep it as ``drop_rate`` (applied functionally in ``forward_head``) or as an ``nn.Dropout`` in
+    their head; the covariance head has ``head.drop``. Dropout elsewhere (attention, MLP blocks) is left alone.
+    """
+    if not 0 <= rate < 1:
+        raise ValueError(f"drop_rate must be in [0, 1), got {rate}")
+    if hasattr(model, "drop_rate"):
+        model.drop_rate = rate
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and (name in ("drop", "head_drop") or name.startswith("head.")):
+            module.p = rate

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from inatcomp.cli import main
 
 
@@ -36,12 +38,22 @@ def test_validate_never_tracebacks_on_junk(tmp_path, capsys):
 
 def test_demo_runs_the_stages(tmp_path, caplog):
     caplog.set_level("INFO")
-    assert main(["demo", str(tmp_path / "demo"), "--species", "20", "--photos", "600", "--epochs", "1"]) == 0
-    assert (tmp_path / "demo" / "export" / "photos.csv").is_file()
+    demo = tmp_path / "demo"
+    assert main(["demo", str(demo), "--species", "20", "--photos", "600", "--epochs", "1"]) == 0
+    assert (demo / "export" / "photos.csv").is_file()
     assert "0 problems" in caplog.text
-    assert (tmp_path / "demo" / "release" / "train2018.json").is_file()
+    assert (demo / "release" / "train2018.json").is_file()
     assert "0 problems in the release" in caplog.text
-    assert (tmp_path / "demo" / "runs" / "recipe" / "best.safetensors").is_file()
-    assert (tmp_path / "demo" / "submissions" / "recipe.csv").is_file()
-    assert (tmp_path / "demo" / "report" / "score.md").is_file()
-    assert "| recipe |" in (tmp_path / "demo" / "leaderboard" / "leaderboard.md").read_text()
+    for run in ("baseline", "recipe_a", "recipe_a_valft", "recipe_b", "recipe_b_valft"):
+        assert (demo / "runs" / run / "best.safetensors").is_file(), run
+    # The fine-tuned model trained on the rest of val, and kept the head of the run it started from.
+    finetuned = json.loads((demo / "runs" / "recipe_a_valft" / "best.json").read_text())
+    base = json.loads((demo / "runs" / "recipe_a" / "best.json").read_text())
+    assert finetuned["category_ids"] == base["category_ids"]
+    ensemble_header = json.loads((demo / "predictions" / "ensemble" / "test.pred" / "header.json").read_text())
+    assert len(ensemble_header["ensemble"]["members"]) == 2
+    for name in ("baseline", "recipe_a", "recipe_b", "ensemble", "sample_submission"):
+        assert (demo / "submissions" / f"{name}.csv").is_file(), name
+    assert (demo / "report" / "score.md").is_file()
+    board = (demo / "leaderboard" / "leaderboard.md").read_text()
+    assert all(f"| {name} |" in board for name in ("baseline", "recipe_a", "recipe_b", "ensemble"))

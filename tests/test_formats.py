@@ -695,3 +695,27 @@ def test_fast_json_path_matches_jsonschema(tmp_path: Path, year: int) -> None:
     got = sorted(p.where for p in problems if not any(c in p.message for c in cross))
     assert got == expected
     assert "$.images[0].width" not in got and "$.images[1].height" in got
+
+
+def test_write_atomic_replaces_whole_files_with_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from inatcomp.formats import write_atomic
+
+    target = tmp_path / "out.json"
+    write_atomic(target, "first")
+    write_atomic(target, iter([b"sec", b"ond"]))
+    assert target.read_text() == "second"
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask  # as open() would make it, not mkstemp's 0600
+
+    def broken():
+        yield b"partial"
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, broken())
+    assert target.read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temporary file left

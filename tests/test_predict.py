@@ -326,3 +326,27 @@ def test_prediction_headers_match_their_schema(release, checkpoint, tmp_path):
     views = [View(1.0), View(1.2, (0.0, 0.0, 0.5, 0.5), True)]
     out = predict(checkpoint=checkpoint, data=release / "val2018.json", tta="custom", views=views, out=tmp_path / "h")
     jsonschema.validate(open_predictions(out).header, schema)
+
+
+def test_prefetch_keeps_order_raises_and_stops_early():
+    from inatcomp.predict import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(prefetch(broken()))
+    produced = []
+
+    def counting():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    for item in prefetch(counting(), depth=2):
+        if item == 3:
+            break
+    assert len(produced) < 10  # the thread stopped instead of running ahead to the end

@@ -161,3 +161,56 @@ def test_command_line_turns_off_a_switch_the_config_file_turns_on(tmp_path):
     actions = {a.dest: a for a in get_args_parser()._subparsers._group_actions[0].choices["train"]._actions}
     for name, enum_type in (("optimizer", OptimizerType), ("schedule", ScheduleType), ("amp", AmpMode)):
         assert actions[name].choices == [e.value for e in enum_type]
+
+
+def test_progressive_stages_change_size_batch_and_dropout_at_their_boundaries(release, tmp_path, monkeypatch):
+    import inatcomp.train as train_module
+
+    seen: list[tuple[int, int, float]] = []  # (batch, side, dropout) of each training forward pass
+    real_create_model = train_module.create_model
+
+    def spied(*args, **kwargs):
+        model = real_create_model(*args, **kwargs)
+        model.register_forward_pre_hook(
+            lambda m, inputs: (
+                seen.append((inputs[0].shape[0], inputs[0].shape[-1], m.drop_rate)) if m.training else None
+            )
+        )
+        return model
+
+    monkeypatch.setattr(train_module, "create_model", spied)
+    stages = [
+        {"epochs": 1, "img_size": 32, "batch_size": 32, "magnitude": 0.0, "drop_rate": 0.0},
+        {"epochs": 2, "img_size": 48, "batch_size": 16, "drop_rate": 0.3, "lr_scale": 0.5},
+    ]
+    config = _config(release, tmp_path / "run", epochs=3, progressive=stages, max_steps_per_epoch=3)
+    result = train(config)
+    assert [(r["img_size"], r["batch_size"]) for r in result.metrics] == [(32, 32), (48, 16), (48, 16)]
+    assert seen[:3] == [(32, 32, 0.0)] * 3 and seen[3:] == [(16, 48, 0.3)] * 6
+    # The stage's lr scale multiplies the cosine schedule; the checkpoint's data config is the last stage's.
+    assert result.metrics[1]["lr"] == pytest.approx(0.5 * lr_at(config, 2 * 3 - 1, 3))
+    assert load_checkpoint(tmp_path / "run")[1]["data_config"]["input_size"] == [3, 48, 48]
+    # Resuming mid-run enters the right stage.
+    train(
+        _config(release, tmp_path / "split", epochs=3, progressive=stages, max_steps_per_epoch=3), stop_after_epochs=1
+    )
+    seen.clear()
+    train(_config(release, tmp_path / "split", epochs=3, progressive=stages, max_steps_per_epoch=3), resume=True)
+    assert seen == [(16, 48, 0.3)] * 6
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ([{"epochs": 1}], "the stages last 1 epochs but epochs is 2"),
+        ([{"epochs": 1, "size": 32}, {"epochs": 1}], r"progressive\[0\]: unknown key\(s\) size"),
+        ([{"img_size": 32}, {"epochs": 2}], r"progressive\[0\]: epochs is required"),
+        ([{"epochs": 1}, {"epochs": 1, "batch_size": 0}], r"progressive\[1\]: epochs, batch_size ≥ 1"),
+        ([{"epochs": 1}, 5], r"progressive\[1\]: expected a mapping"),
+    ],
+)
+def test_progressive_stage_errors_name_the_stage(tmp_path, stages, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config(
+            overrides={"train": "t.json", "images": ".", "out": str(tmp_path), "epochs": 2, "progressive": stages}
+        )

@@ -5,6 +5,12 @@ the world size by wrapping around, and gives rank ``r`` the positions ``r, r + w
 the ranks' slices are disjoint and together cover the epoch. The sampler remembers its epoch and its
 position in its slice, so ``state_dict()`` / ``load_state_dict()`` resume the same sequence mid-epoch.
 
+Under ``torchrun`` every rank builds the sampler with the same seed and its own ``rank``: with a batch of B
+per rank, step k of rank r takes the global positions ``r + W·(kB + j)``, so the W ranks together take
+exactly positions ``kBW … (k+1)BW - 1``, the k-th batch a single process with batch ``B·W`` would take.
+:class:`DrawSampler` yields each draw as a :class:`Draw` (index, epoch, global position), so a dataset can
+seed a sample's augmentation by its draw and augment it alike whatever the number of ranks or workers.
+
 * ``RANDOM``: a permutation of the images (repeated permutations when ``num_samples`` exceeds them).
 * ``CLASS_BALANCED``: every class equally often (the 2018 runner-up's balanced batches), then, within a
   class, its images in a fresh random order, cycling when the class is drawn more often than it has images.
@@ -21,12 +27,21 @@ import enum
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["SamplerType", "EpochSampler", "RandomSampler", "ClassBalancedSampler", "SqrtSampler", "create_sampler"]
+__all__ = [
+    "SamplerType",
+    "Draw",
+    "DrawSampler",
+    "EpochSampler",
+    "RandomSampler",
+    "ClassBalancedSampler",
+    "SqrtSampler",
+    "create_sampler",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -37,6 +52,20 @@ class SamplerType(enum.Enum):
     RANDOM = "random"
     CLASS_BALANCED = "class_balanced"
     SQRT = "sqrt"
+
+
+class Draw(NamedTuple):
+    """One draw of an epoch.
+
+    Attributes:
+        index: The image's index in the dataset.
+        epoch: The epoch.
+        position: The draw's place in the epoch's global order (the same whatever the number of ranks).
+    """
+
+    index: int
+    epoch: int
+    position: int
 
 
 class EpochSampler(Sampler[int]):
@@ -97,13 +126,17 @@ class EpochSampler(Sampler[int]):
             self.epoch = int(epoch)
             self.position = 0
 
-    def __iter__(self) -> Iterator[int]:
+    def draws(self) -> Iterator[Draw]:
+        """This rank's draws from the current position on, as :class:`Draw` records (advancing the position)."""
         mine = self.indices()
         start = self.position
         for i in range(start, len(mine)):
             self.position = i + 1
-            yield int(mine[i])
+            yield Draw(int(mine[i]), self.epoch, self.rank + i * self.world_size)
         self.position = 0  # a completed pass: iterating again replays the epoch unless set_epoch moves on
+
+    def __iter__(self) -> Iterator[int]:
+        return (draw.index for draw in self.draws())
 
     def __len__(self) -> int:
         return self.per_rank
@@ -138,6 +171,24 @@ class EpochSampler(Sampler[int]):
         self.position = int(state["position"])
         if not 0 <= self.position <= self.per_rank:
             raise ValueError(f"sampler position {self.position} outside 0..{self.per_rank}")
+
+
+class DrawSampler(Sampler[Draw]):
+    """An :class:`EpochSampler` that yields :class:`Draw` records instead of indices (the same sequence).
+
+    Give the loader a dataset that takes a :class:`Draw` as its key (the trainer seeds each sample's
+    augmentation by ``(seed, draw.epoch, draw.position)``); ``set_epoch`` and the state stay on ``sampler``.
+    """
+
+    def __init__(self, sampler: EpochSampler) -> None:
+        super().__init__()
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[Draw]:
+        return self.sampler.draws()
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 class RandomSampler(EpochSampler):

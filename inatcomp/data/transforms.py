@@ -388,6 +388,7 @@ def create_transform(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
     color_jitter: float = 0.4,
+    hue: float = 0.0,
     magnitude: float = 1.0,
     seed: int | None = None,
 ) -> TrainPreset | EvalPreset:
@@ -400,6 +401,7 @@ def create_transform(
         ratio: Train crop aspect range.
         hflip: Train flip probability.
         color_jitter: Train colour jitter at magnitude 1.
+        hue: Train hue jitter at magnitude 1 (0: colour is a species trait).
         magnitude: Augmentation-magnitude knob.
         seed: Seed of the train preset's random state.
     """
@@ -410,6 +412,7 @@ def create_transform(
             ratio=ratio,
             hflip=hflip,
             color_jitter=color_jitter,
+            hue=hue,
             magnitude=magnitude,
             mean=config.mean,
             std=config.std,

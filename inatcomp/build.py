@@ -22,9 +22,9 @@ import dataclasses
 import functools
 import io
 import logging
+import mmap
 import multiprocessing
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -107,17 +107,20 @@ class _Audit:
 
 
 class _Laps:
-    """Seconds spent in each stage of a build, logged at debug level (where the time goes at scale)."""
+    """Wall and CPU seconds (all threads) spent in each stage of a build, logged at debug level."""
 
     def __init__(self) -> None:
         self.last = time.perf_counter()
+        self.last_cpu = time.process_time()
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
         self.peak_mb: dict[str, float] = {}
 
     def lap(self, stage: str) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self.last
-        self.last = now
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + cpu - self.last_cpu
+        self.last, self.last_cpu = now, cpu
         if _logger.isEnabledFor(logging.DEBUG):
             import resource
 
@@ -125,17 +128,18 @@ class _Laps:
 
     def log(self) -> None:
         _logger.debug(
-            "build stages (seconds, peak MB so far): %s",
-            ", ".join(f"{k} {v:.2f}s {self.peak_mb.get(k, 0):.0f}" for k, v in self.seconds.items()),
+            "build stages (wall seconds, CPU seconds, peak MB so far):\n%s",
+            "\n".join(
+                f"{k:32s} {v:6.3f} {self.cpu[k]:6.3f} {self.peak_mb.get(k, 0):6.0f}" for k, v in self.seconds.items()
+            ),
         )
 
 
 _UUID_HASH = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _uuid_words(values: pa.ChunkedArray | pa.Array) -> list[np.ndarray] | None:
-    """Zero-copy views of the bytes of 36-character strings as 4 uint64 and 1 uint32 columns (None if not all 36)."""
-    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+def _uuid_layout(array: pa.Array) -> tuple[int, int, pa.Buffer] | None:
+    """(rows, first byte, data buffer) of a string array whose values all have 36 bytes (a uuid), else None."""
     if array.type != pa.string() or array.null_count or len(array) == 0:
         return None
     n = len(array)
@@ -144,6 +148,16 @@ def _uuid_words(values: pa.ChunkedArray | pa.Array) -> list[np.ndarray] | None:
     first = int(offsets[0])
     if int(offsets[-1]) - first != 36 * n or not (np.diff(offsets) == 36).all():
         return None
+    return n, first, data
+
+
+def _uuid_words(values: pa.ChunkedArray | pa.Array) -> list[np.ndarray] | None:
+    """Zero-copy views of the bytes of 36-character strings as 4 uint64 and 1 uint32 columns (None if not all 36)."""
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    layout = _uuid_layout(array)
+    if layout is None:
+        return None
+    n, first, data = layout
 
     def column(at: int, dtype: str) -> np.ndarray:
         return np.ndarray(shape=(n,), dtype=dtype, buffer=data, offset=first + at, strides=(36,))
@@ -151,51 +165,83 @@ def _uuid_words(values: pa.ChunkedArray | pa.Array) -> list[np.ndarray] | None:
     return [column(0, "<u8"), column(8, "<u8"), column(16, "<u8"), column(24, "<u8"), column(32, "<u4")]
 
 
+def _uuid_bytes(array: pa.Array) -> np.ndarray:
+    """Zero-copy view of the values of a 36-byte string array (see :func:`_uuid_layout`), one 36-byte item a row."""
+    n, first, data = _uuid_layout(array)
+    return np.ndarray(shape=(n,), dtype="V36", buffer=data, offset=first)
+
+
+def _chunks(values: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    return [c for c in (values.chunks if isinstance(values, pa.ChunkedArray) else [values]) if len(c)]
+
+
+def _uuid_key(words: list[np.ndarray]) -> np.ndarray:
+    """A 64-bit hash of each uuid from its words (:func:`_uuid_words`)."""
+    return words[0] ^ (words[3] * _UUID_HASH) ^ (words[1] + words[2])
+
+
 def _index_in(values: pa.ChunkedArray, value_set: pa.ChunkedArray) -> np.ndarray:
     """Row of each value in ``value_set`` (its first occurrence), -1 where absent: ``pc.index_in``, faster for uuids.
 
-    When every string has 36 bytes (a uuid), the rows are found through a 64-bit hash of the bytes in a
-    hash table of integers and then confirmed byte for byte; other strings, or a hash shared by two
-    different entries of ``value_set``, take Arrow's string hash table. ``values`` is read chunk by chunk,
-    in place.
+    When every string has 36 bytes (a uuid), rows repeating the value before them (an observation's photos
+    are usually adjacent) are looked up once; when the values list the value set's uuids in its order, that
+    is confirmed byte for byte and nothing is looked up; else the rows are found through a 64-bit hash of
+    the bytes in a hash table of integers and then confirmed byte for byte. Other strings, or a hash shared
+    by two entries of ``value_set``, take Arrow's string hash table. Both are read chunk by chunk, in place.
     """
-    set_words = _uuid_words(value_set)
-    chunks = [c for c in (values.chunks if isinstance(values, pa.ChunkedArray) else [values]) if len(c)]
-    chunk_words = [_uuid_words(c) for c in chunks]
-    if set_words is None or not chunks or any(w is None for w in chunk_words):
+    set_chunks, chunks = _chunks(value_set), _chunks(values)
+    set_words, chunk_words = [_uuid_words(c) for c in set_chunks], [_uuid_words(c) for c in chunks]
+    if not set_chunks or not chunks or any(w is None for w in [*set_words, *chunk_words]):
         return pc.index_in(values, value_set=value_set).fill_null(-1).to_numpy()
-    set_key = set_words[0] ^ (set_words[3] * _UUID_HASH) ^ (set_words[1] + set_words[2])
+    set_key = np.concatenate([_uuid_key(w) for w in set_words])
     sorted_key = np.sort(set_key)
     if (sorted_key[1:] == sorted_key[:-1]).any():  # possibly a value twice: Arrow finds the first
         return pc.index_in(values, value_set=value_set).fill_null(-1).to_numpy()
     del sorted_key
-    # Rows repeating the value before them (an observation's photos are usually adjacent) are looked up once;
-    # chunk by chunk, so that the values' bytes are never copied whole.
-    heads, previous, in_order = [], None, 0
-    for words in chunk_words:
+    set_rows = [_uuid_bytes(c) for c in set_chunks]
+    set_starts = np.cumsum([0] + [len(r) for r in set_rows])
+
+    def same_as_set(mine: np.ndarray, first: int) -> bool:
+        """Whether uuids ``mine`` are the value set's from row ``first`` on, byte for byte."""
+        done = 0
+        while done < len(mine):
+            k = int(np.searchsorted(set_starts, first + done, side="right")) - 1
+            at = first + done - int(set_starts[k])
+            n = min(len(mine) - done, len(set_rows[k]) - at)
+            if not (mine[done : done + n].view(np.uint32) == set_rows[k][at : at + n].view(np.uint32)).all():
+                return False
+            done += n
+        return True
+
+    heads, previous, in_order, offset = [], None, 0, 0
+    for chunk, words in zip(chunks, chunk_words):
         repeat = np.ones(len(words[0]), dtype=bool)
         for k, w in enumerate(words):
             repeat[1:] &= w[1:] == w[:-1]
             repeat[0] &= previous is not None and w[0] == previous[k]
-        heads.append(np.flatnonzero(~repeat))
+        chunk_heads = np.flatnonzero(~repeat)
         previous = [w[-1] for w in words]
-        if in_order >= 0:  # so far the heads are the value set's rows in order
-            end = in_order + len(heads[-1])
-            fits = end <= len(set_key)
-            fits = fits and all((w[heads[-1]] == v[in_order:end]).all() for w, v in zip(words, set_words))
+        if in_order >= 0:  # so far the heads are the value set's rows in order: compare their bytes
+            end = in_order + len(chunk_heads)
+            fits = end <= len(set_key) and same_as_set(_uuid_bytes(chunk)[chunk_heads], in_order)
             in_order = end if fits else -1
-    run_of_row = np.cumsum(np.concatenate([np.bincount(h, minlength=len(w[0])) for h, w in zip(heads, chunk_words)]))
+        heads.append(chunk_heads + offset)
+        offset += len(words[0])
+    run_of_row = np.zeros(offset, dtype=np.int64)
+    run_of_row[np.concatenate(heads)] = 1
+    np.cumsum(run_of_row, out=run_of_row)
     run_of_row -= 1
     if in_order == len(set_key):
         return run_of_row  # the photos list the observations' uuids in the observations' order
     table = pd.Index(set_key)
+    set_columns = [np.concatenate([w[k] for w in set_words]) for k in range(5)]
     head_rows = []
-    for words, chunk_heads in zip(chunk_words, heads):
-        words = [w[chunk_heads] for w in words]
-        rows = table.get_indexer(words[0] ^ (words[3] * _UUID_HASH) ^ (words[1] + words[2]))
+    for words, chunk_heads, start in zip(chunk_words, heads, np.cumsum([0] + [len(w[0]) for w in chunk_words])):
+        words = [w[chunk_heads - start] for w in words]
+        rows = table.get_indexer(_uuid_key(words))
         safe = np.maximum(rows, 0)
         same = rows >= 0
-        for a, b in zip(words, set_words):
+        for a, b in zip(words, set_columns):
             same &= a == b[safe]
         head_rows.append(np.where(same, rows, -1))
     return np.concatenate(head_rows)[run_of_row]
@@ -446,31 +492,32 @@ def build_dataset(
     tables = read_export(export_dir, columns=BUILD_COLUMNS)
     laps.lap("read")
 
-    t = tables.taxa
-    taxa = TaxonIndex(
-        taxon_ids=t["taxon_id"].to_numpy(),
-        parent_ids=ancestry_parents(t["ancestry"]),
-        ranks=np.asarray(pc.utf8_lower(t["rank"]).to_numpy(zero_copy_only=False), dtype=object),
-        rank_levels=t["rank_level"].fill_null(0).to_numpy(),
-        names=t["name"].to_numpy(zero_copy_only=False),
-        active=t["active"].fill_null(True).to_numpy(zero_copy_only=False),
-    )
-
-    # Observations: a class or a reason each.
-    o = tables.observations
-    obs_taxon = o["taxon_id"].fill_null(-1).to_numpy()
-    obs_class, obs_reason = _observation_classes(taxa, obs_taxon, o["taxon_id"].is_valid().to_numpy(False), rules)
-    known_observers = tables.observers["observer_id"].to_numpy()
-    obs_observer = o["observer_id"].fill_null(-1).to_numpy()
-    unknown_observer = ~_is_in(obs_observer, known_observers)
-    obs_reason[(obs_reason == 0) & unknown_observer] = _REASONS.index("unknown observer")
-    obs_class[obs_reason != 0] = -1
-    research = pc.equal(o["quality_grade"], "research").fill_null(False).to_numpy(zero_copy_only=False)
-
-    laps.lap("observations")
-    # Photos: join to their observation by uuid.
+    # The photos' join to their observations (by uuid) runs in a second thread beside the observations' classes.
+    with concurrent.futures.ThreadPoolExecutor(1) as helper:
+        joined = helper.submit(_index_in, tables.photos["observation_uuid"], tables.observations["observation_uuid"])
+        t = tables.taxa
+        taxa = TaxonIndex(
+            taxon_ids=t["taxon_id"].to_numpy(),
+            parent_ids=ancestry_parents(t["ancestry"]),
+            ranks=np.asarray(pc.utf8_lower(t["rank"]).to_numpy(zero_copy_only=False), dtype=object),
+            rank_levels=t["rank_level"].fill_null(0).to_numpy(),
+            names=t["name"].to_numpy(zero_copy_only=False),
+            active=t["active"].fill_null(True).to_numpy(zero_copy_only=False),
+        )
+        # Observations: a class or a reason each.
+        o = tables.observations
+        obs_taxon = o["taxon_id"].fill_null(-1).to_numpy()
+        obs_class, obs_reason = _observation_classes(taxa, obs_taxon, o["taxon_id"].is_valid().to_numpy(False), rules)
+        known_observers = tables.observers["observer_id"].to_numpy()
+        obs_observer = o["observer_id"].fill_null(-1).to_numpy()
+        unknown_observer = ~_is_in(obs_observer, known_observers)
+        obs_reason[(obs_reason == 0) & unknown_observer] = _REASONS.index("unknown observer")
+        obs_class[obs_reason != 0] = -1
+        research = pc.equal(o["quality_grade"], "research").fill_null(False).to_numpy(zero_copy_only=False)
+        laps.lap("observations")
+        photo_obs = joined.result()
     p = tables.photos
-    photo_obs = _index_in(p["observation_uuid"], o["observation_uuid"])
+    laps.lap("join by uuid")
     tables.photos = p = p.drop_columns(["observation_uuid"])  # not needed again: free it
     pa.default_memory_pool().release_unused()
     orphan = photo_obs < 0
@@ -490,11 +537,10 @@ def build_dataset(
     # Photos per observation: the first (or a random one), or up to N spread over observations.
     keep_photo = ~orphan & (obs_class[np.maximum(photo_obs, 0)] >= 0)
     cand = np.flatnonzero(keep_photo)
-    position = p["position"].fill_null(0).to_numpy()[cand]
     if rules.photo_choice is PhotoChoice.RANDOM:
         order_key = sample_rng.random(len(cand))
-    else:
-        order_key = position.astype(np.float64) + np.arange(len(cand)) * 1e-12
+    else:  # by position, ties in the table's order
+        order_key = _take_numbers(p["position"], cand, 0)
     rank_in_obs = rank_within_groups(photo_obs[cand], order_key)
     extra = rank_in_obs >= rules.photos_per_observation
     audit.add("photos per observation", photos=int(extra.sum()))
@@ -533,25 +579,22 @@ def build_dataset(
 
     # Quotas: val exactly val_per_class, train capped (spread over observations), test whole.
     key = sample_rng.random(len(cand))
-    chosen = np.zeros(len(cand), dtype=bool)
     is_val = in_kept & (image_split == Split.VAL)
     is_train = in_kept & (image_split == Split.TRAIN)
-    is_test = in_kept & (image_split == Split.TEST)
+    chosen = in_kept & (image_split == Split.TEST)
     if rules.val_per_class is not None:
-        val_rank = np.full(len(cand), 1 << 40)
-        val_rank[is_val] = rank_within_groups(cand_class[is_val], key[is_val])
-        chosen |= is_val & (val_rank < rules.val_per_class)
-        audit.add("val images beyond the per-class quota", photos=int((is_val & ~chosen).sum()))
+        val_pick = _within_quota(cand_class, is_val, key, rules.val_per_class, len(class_rows))
+        chosen |= val_pick
+        audit.add("val images beyond the per-class quota", photos=int(is_val.sum() - val_pick.sum()))
     else:
         chosen |= is_val
-    train_rank = np.full(len(cand), 1 << 40)
-    train_rank[is_train] = rank_within_groups(cand_class[is_train], rank_in_obs[is_train] + key[is_train])
     if rules.max_train is not None:
-        chosen |= is_train & (train_rank < rules.max_train)
-        audit.add("train images above max_train", photos=int((is_train & (train_rank >= rules.max_train)).sum()))
+        train_pick = _within_quota(cand_class, is_train, rank_in_obs + key, rules.max_train, len(class_rows))
+        chosen |= train_pick
+        audit.add("train images above max_train", photos=int(is_train.sum() - train_pick.sum()))
     else:
         chosen |= is_train
-    chosen |= is_test
+    del key, is_val, is_train, in_kept
 
     laps.lap("quotas")
     # Category ids in taxonomic order, so that they do not depend on the export's row order.
@@ -570,25 +613,38 @@ def build_dataset(
     photo_rows = cand[sel]
     sel_split = image_split[sel].astype(np.int64)
     sel_category = category_of_compact[cand_class[sel]]
-    photo_id = p["photo_id"].to_numpy()[photo_rows]
-    src_w = p["width"].fill_null(0).to_numpy()[photo_rows]
-    src_h = p["height"].fill_null(0).to_numpy()[photo_rows]
-    width, height = _fit(src_w, src_h, rules.max_image_side)
-    photo_uuid_col = "photo_uuid" if "photo_uuid" in p.column_names else None
-    extension = np.asarray(pc.utf8_lower(p["extension"]).take(pa.array(photo_rows)).to_numpy(zero_copy_only=False))
-
+    # Taken in row order (several times faster than in a random order), then put in the release order.
+    photo_id = _take_numbers(p["photo_id"], photo_rows)
+    width, height = _fit(
+        _take_numbers(p["width"], photo_rows, 0), _take_numbers(p["height"], photo_rows, 0), rules.max_image_side
+    )
+    extensions = p["extension"].take(pa.array(photo_rows)) if images else None
     names = release_names(rules)
     out.mkdir(parents=True, exist_ok=True)
-    laps.lap("categories")
-    # Image ids: train by category, then val by category, then test in a random order (ids leak no label).
-    test_shuffle = sample_rng.random(len(sel))
-    order = np.lexsort((photo_id, np.where(sel_split == Split.TEST, test_shuffle, sel_category), sel_split))
-    sel, photo_rows, sel_split, sel_category, photo_id, width, height, extension = (
-        a[order] for a in (sel, photo_rows, sel_split, sel_category, photo_id, width, height, extension)
-    )
-    file_names = _file_names(rules, names, cat_frame, sel_split, sel_category, photo_id)
+    # What the release files need from the export is taken in a second thread, beside the image order.
+    with concurrent.futures.ThreadPoolExecutor(1) as helper:
+        gathered = helper.submit(_ImageColumns.gather, p, o, photo_rows, photo_obs[photo_rows])
+        # Image ids: train by category, then val by category, then test in a random order (ids leak no label).
+        test_shuffle = sample_rng.random(len(sel))
+        order = _release_order(sel_split, sel_category, test_shuffle, photo_id)
+        del sel, test_shuffle
+        sel_split, sel_category, photo_id, width, height = (
+            a[order] for a in (sel_split, sel_category, photo_id, width, height)
+        )
+        columns = gathered.result()
+    # Everything the release needs from the export's photos and observations is taken: let their memory go.
+    tables.photos, tables.observations = p.slice(0, 0), o.slice(0, 0)
+    del p, o, t, photo_obs
+    pa.default_memory_pool().release_unused()
+    columns = columns[order]
+    name_args = (rules, names, cat_frame, sel_split, sel_category, photo_id)
+    # Without images the names are only needed as JSON text: made so at once when nothing needs escaping.
+    name_text = None if images else _file_names(*name_args, quoted=True)
+    file_names = _file_names(*name_args) if name_text is None else None
+    laps.lap("categories, order and file names")
 
     if images:
+        extension = np.asarray(pc.utf8_lower(extensions.take(pa.array(order))).to_numpy(zero_copy_only=False))
         file_names = file_names.to_pylist()
         jobs = [
             (_source_path(export_dir, int(pid), ext), str(out / fname), int(w), int(h))
@@ -617,9 +673,8 @@ def build_dataset(
                     os.remove(job[1])
             remap = np.cumsum(~broken) - 1
             cat_frame = cat_frame[~broken].reset_index(drop=True)
-            sel, photo_rows, sel_split, photo_id, width, height = (
-                a[ok] for a in (sel, photo_rows, sel_split, photo_id, width, height)
-            )
+            sel_split, photo_id, width, height = (a[ok] for a in (sel_split, photo_id, width, height))
+            columns = columns[ok]
             sel_category = remap[sel_category[ok]]
             if broken.any():  # file names carry category ids in some layouts: move the files
                 new_names = _file_names(rules, names, cat_frame, sel_split, sel_category, photo_id).to_pylist()
@@ -632,30 +687,173 @@ def build_dataset(
                 file_names = list(np.asarray(file_names, dtype=object)[ok])
         file_names = pa.array(file_names, pa.string())
 
-    laps.lap("file names and images")
-    del p, o, t  # _write_release lets the export's big tables go once it has taken what it needs
+    laps.lap("images")
     result = _write_release(
         out=out,
         rules=rules,
         names=names,
-        taxa=taxa,
         cat_frame=cat_frame,
-        tables=tables,
-        photo_rows=photo_rows,
-        obs_rows=photo_obs[photo_rows],
+        observers=tables.observers,
+        columns=columns,
+        photo_id=photo_id,
         split=sel_split,
         category=sel_category,
         width=width,
         height=height,
         file_names=file_names,
+        file_name_text=name_text,
         seed=sample_seed,
         audit=audit,
-        photo_uuid_col=photo_uuid_col,
         laps=laps,
     )
     laps.log()
     _logger.info("built %s in %.1fs: %d classes, %s", out, time.perf_counter() - start, result.classes, result.images)
     return result
+
+
+def _within_quota(groups: np.ndarray, mask: np.ndarray, keys: np.ndarray, quota: int, n_groups: int) -> np.ndarray:
+    """The items of ``mask`` ranked below ``quota`` in their group by ``keys`` (ties by position).
+
+    Only groups holding more than ``quota`` items are ranked: in the others every item is within it.
+    """
+    over = np.bincount(groups[mask], minlength=n_groups) > quota
+    pick = mask.copy()
+    ranked = np.flatnonzero(mask & over[groups])
+    pick[ranked] = rank_within_groups(groups[ranked], keys[ranked]) < quota
+    return pick
+
+
+def _take_numbers(column: pa.ChunkedArray, rows: np.ndarray, fill: float | None = None) -> np.ndarray:
+    """``column[rows]`` as NumPy, nulls replaced by ``fill`` (without one, as ``to_numpy`` gives them: NaN)."""
+    taken = column.take(pa.array(rows))
+    return (taken if fill is None else taken.fill_null(fill)).to_numpy()
+
+
+class _Gather:
+    """Values of export columns at given rows, in the rows' order, read in ascending row order.
+
+    Arrow's take and NumPy's indexing are several times faster on ascending rows (the column is read front
+    to back) than on rows in a random order: so the rows are sorted, taken, and the small result put back
+    in their order.
+    """
+
+    def __init__(self, rows: np.ndarray) -> None:
+        if len(rows) < 2 or (rows[1:] >= rows[:-1]).all():
+            self.rows, self.back = rows, None
+        else:
+            ascending = np.argsort(rows)
+            self.rows = rows[ascending]
+            self.back = np.empty_like(ascending)
+            self.back[ascending] = np.arange(len(rows))
+
+    def numbers(self, column: pa.ChunkedArray, fill: float | None = None) -> np.ndarray:
+        values = _take_numbers(column, self.rows, fill)
+        return values if self.back is None else values[self.back]
+
+    def strings(self, column: pa.ChunkedArray) -> pa.Array:
+        values = column.take(pa.array(self.rows)).combine_chunks()
+        return values if self.back is None else _take_strings(values, self.back)
+
+    def encoded(self, column: pa.ChunkedArray, fill: str | None = None) -> tuple[pa.Array, np.ndarray]:
+        """The distinct values and each row's index into them (a null: one past the last, unless ``fill``)."""
+        values = column.take(pa.array(self.rows)).combine_chunks()
+        encoded = pc.dictionary_encode(values if fill is None else values.fill_null(fill))
+        indices = encoded.indices.fill_null(len(encoded.dictionary)).to_numpy().astype(np.int64)
+        return encoded.dictionary, indices if self.back is None else indices[self.back]
+
+
+def _take_strings(values: pa.Array, rows: np.ndarray) -> pa.Array:
+    """``values.take(rows)``; for uuids (36 bytes each) as NumPy copies of fixed-width items, several times faster."""
+    layout = _uuid_layout(values)
+    if layout is None:
+        return values.take(pa.array(rows))
+    n, first, buffer = layout
+    data = np.take(np.ndarray(shape=(n, 9), dtype=np.uint32, buffer=buffer, offset=first), rows, axis=0)
+    offsets = np.arange(0, 36 * len(rows) + 1, 36, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(rows), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+@dataclasses.dataclass
+class _ImageColumns:
+    """What the release files need from the export about each selected image; indexing selects and reorders.
+
+    Text with few distinct values (licenses, dates) is held as the distinct values and an index into them
+    (one past the last for a null).
+    """
+
+    license_values: pa.Array
+    license: np.ndarray
+    observer_id: np.ndarray
+    date_values: pa.Array
+    date: np.ndarray
+    observation_uuid: pa.Array
+    latitude: np.ndarray
+    longitude: np.ndarray
+    accuracy: np.ndarray
+
+    @classmethod
+    def gather(
+        cls, photos: pa.Table, observations: pa.Table, photo_rows: np.ndarray, obs_rows: np.ndarray
+    ) -> _ImageColumns:
+        by_photo, by_obs = _Gather(photo_rows), _Gather(obs_rows)
+        license_values, license_index = by_photo.encoded(photos["license"], fill="")
+        date_values, date_index = by_obs.encoded(observations["observed_on"])
+        return cls(
+            license_values=license_values,
+            license=license_index,
+            observer_id=by_obs.numbers(observations["observer_id"]),
+            date_values=date_values,
+            date=date_index,
+            observation_uuid=by_obs.strings(observations["observation_uuid"]),
+            latitude=by_obs.numbers(observations["latitude"]),
+            longitude=by_obs.numbers(observations["longitude"]),
+            accuracy=by_obs.numbers(observations["positional_accuracy"]),
+        )
+
+    def __getitem__(self, rows: np.ndarray) -> _ImageColumns:
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows
+        return dataclasses.replace(
+            self,
+            license=self.license[rows],
+            observer_id=self.observer_id[rows],
+            date=self.date[rows],
+            observation_uuid=_take_strings(self.observation_uuid, rows),
+            latitude=self.latitude[rows],
+            longitude=self.longitude[rows],
+            accuracy=self.accuracy[rows],
+        )
+
+
+def _release_order(split: np.ndarray, category: np.ndarray, shuffle: np.ndarray, photo_id: np.ndarray) -> np.ndarray:
+    """``np.lexsort((photo_id, np.where(split == TEST, shuffle, category), split))``, faster.
+
+    Train and val are sorted on one integer key (split, category, photo id) when it fits in 62 bits, test on
+    its shuffle key; when two keys tie (or do not fit), that part takes ``np.lexsort``.
+    """
+    test = split == Split.TEST
+    rest, tested = np.flatnonzero(~test), np.flatnonzero(test)
+    order_rest = order_test = None
+    if len(rest):
+        ids, cats, splits = photo_id[rest], category[rest], split[rest]
+        span_id, span_cat = int(np.max(ids, initial=0)) + 1, int(cats.max()) + 1
+        if ids.dtype.kind == "i" and ids.min() >= 0 and cats.min() >= 0 and span_id * span_cat * 3 < 1 << 62:
+            order_rest = _order_if_unique((splits * span_cat + cats) * span_id + ids)
+        if order_rest is None:
+            order_rest = np.lexsort((ids, cats, splits))
+    if len(tested):
+        order_test = _order_if_unique(shuffle[tested])
+        if order_test is None:
+            order_test = np.lexsort((photo_id[tested], shuffle[tested]))
+    return np.concatenate([rest[order_rest] if len(rest) else rest, tested[order_test] if len(tested) else tested])
+
+
+def _order_if_unique(keys: np.ndarray) -> np.ndarray | None:
+    """``np.argsort(keys)`` (NumPy's fast quicksort) when no two keys are equal, so that it is the stable order."""
+    order = np.argsort(keys)
+    ordered = keys[order]
+    if (ordered[1:] == ordered[:-1]).any() or (ordered.dtype.kind == "f" and np.isnan(ordered[-1])):
+        return None
+    return order
 
 
 def _file_names(
@@ -665,28 +863,40 @@ def _file_names(
     split: np.ndarray,
     category: np.ndarray,
     photo_id: np.ndarray,
-) -> pa.Array:
-    """Release-layout file names of the selected images (image files are named by photo id)."""
+    *,
+    quoted: bool = False,
+) -> pa.Array | None:
+    """Release-layout file names of the selected images (image files are named by photo id).
+
+    With ``quoted``, the names as JSON string literals, or None when some part of them would need escaping.
+    """
     if rules.preset is Preset.INAT2021:
-        class_dir = np.asarray(_dir_names(cat_frame), dtype=object)
+        class_dir = _dir_names(cat_frame)
     elif rules.preset is Preset.INAT2017:
-        class_dir = (cat_frame["supercategory"] + "/" + cat_frame["name"].str.replace(" ", "_")).to_numpy(object)
+        class_dir = (cat_frame["supercategory"] + "/" + cat_frame["name"].str.replace(" ", "_")).tolist()
     else:
-        class_dir = (cat_frame["supercategory"] + "/" + pd.Series(np.arange(len(cat_frame))).astype(str)).to_numpy(
-            object
-        )
-    if len(split) == 0:
-        return pa.array([], pa.string())
-    folders = pa.array([names["train_dir"], names["val_dir"], names["test_dir"]], pa.string())
+        class_dir = (cat_frame["supercategory"] + "/" + pd.Series(np.arange(len(cat_frame))).astype(str)).tolist()
+    folders = [names["train_dir"], names["val_dir"], names["test_dir"]]
+    class_text = pa.array(class_dir, pa.string())
+    if quoted and (_needs_escape(pa.array(folders)) or _needs_escape(class_text)):
+        return None
+    quote = '"' if quoted else ""
     stem = pc.cast(pa.array(photo_id, pa.int64()), pa.string())
-    is_test = pa.array(split == Split.TEST)
-    # Test rows may carry any category; point them at category 0 so the take stays in range.
-    safe_category = np.where(split == Split.TEST, 0, category) if len(class_dir) else np.zeros(len(split), np.int64)
-    class_text = pa.array(class_dir.tolist() or [""], pa.string()).take(pa.array(safe_category))
-    folder = folders.take(pa.array(split.astype(np.int64)))
-    in_class = pc.binary_join_element_wise(folder, "/", class_text, "/", stem, ".jpg", "")
-    in_test = pc.binary_join_element_wise(folder, "/", stem, ".jpg", "")
-    return pc.if_else(is_test, in_test, in_class)
+    # Joined run by run of one split (one run each in the release order): the folder is the same along a run.
+    starts = np.flatnonzero(np.r_[True, split[1:] != split[:-1]]) if len(split) else np.zeros(0, np.int64)
+    parts = []
+    for start, end in zip(starts, [*starts[1:], len(split)]):
+        folder = folders[int(split[start])]
+        if split[start] == Split.TEST:
+            parts.append(pc.binary_join_element_wise(f"{quote}{folder}/", stem[start:end], f".jpg{quote}", ""))
+        else:
+            prefix = pc.binary_join_element_wise(f"{quote}{folder}/", class_text, "/", "")
+            parts.append(
+                pc.binary_join_element_wise(
+                    prefix.take(pa.array(category[start:end])), stem[start:end], f".jpg{quote}", ""
+                )
+            )
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
 
 
 def _dir_names(cat_frame: pd.DataFrame) -> list[str]:
@@ -699,17 +909,19 @@ def _dir_names(cat_frame: pd.DataFrame) -> list[str]:
 
 
 def _category_records(rules: BuildRules, cat_frame: pd.DataFrame) -> list[dict]:
-    records = []
+    columns = {c: cat_frame[c].tolist() for c in ("name", "supercategory", *_RANKS)}
     dir_names = _dir_names(cat_frame) if rules.preset is Preset.INAT2021 else None
-    for i, row in enumerate(cat_frame.to_dict("records")):
-        record: dict = {"id": i, "name": row["name"]}
+    records = []
+    for i in range(len(cat_frame)):
+        name = columns["name"][i]
+        record: dict = {"id": i, "name": name}
         if rules.preset is Preset.INAT2021:
-            record["common_name"] = row["name"]
-        record["supercategory"] = row["supercategory"]
+            record["common_name"] = name
+        record["supercategory"] = columns["supercategory"][i]
         if rules.preset is not Preset.INAT2017:
-            record.update({rank: row[rank] for rank in _RANKS})
+            record.update({rank: columns[rank][i] for rank in _RANKS})
         if dir_names is not None:
-            record["specific_epithet"] = row["name"].split(" ", 1)[1] if " " in row["name"] else ""
+            record["specific_epithet"] = name.split(" ", 1)[1] if " " in name else ""
             record["image_dir_name"] = dir_names[i]
         records.append(record)
     return records
@@ -722,17 +934,47 @@ def _compact_json(obj: object) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _json_numbers(values: np.ndarray | pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Numbers as JSON text (shortest round-trip form for floats); null, NaN and ±inf as ``null``."""
+def _json_numbers(values: np.ndarray | pa.Array | pa.ChunkedArray, before: str = "") -> pa.Array:
+    """Numbers as JSON text (shortest round-trip form for floats), each after ``before``; null, NaN, ±inf: ``null``."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu" and len(values) > 1 << 12:
+        low, high = int(values.min()), int(values.max())
+        if low >= 0 and high < 1 << 16:  # few distinct values: each written once, then looked up
+            table = pc.cast(pa.array(np.arange(high + 1)), pa.string())
+            return (pc.binary_join_element_wise(before, table, "") if before else table).take(pa.array(values))
     array = pa.array(values) if isinstance(values, np.ndarray) else values
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     if pa.types.is_floating(array.type):
         array = pc.if_else(pc.is_finite(array), array, pa.scalar(None, array.type))
-    return pc.cast(array, pa.string()).fill_null("null")
+    text = pc.cast(array, pa.string()).fill_null("null")
+    return pc.binary_join_element_wise(before, text, "") if before else text
 
 
-_NEEDS_ESCAPE = r'["\\\x00-\x1f\x7f]'
+def _json_pairs(first: np.ndarray, second: np.ndarray, template: tuple[str, str, str]) -> pa.Array:
+    """``template[0] + first + template[1] + second + template[2]`` per row, small non-negative integers."""
+    span = int(second.max(initial=0)) + 1
+    code = first.astype(np.int64) * span + second
+    if len(code) and (first.min() < 0 or second.min() < 0 or code.max() >= _DENSE_IDS):
+        return pc.binary_join_element_wise(
+            template[0], _json_numbers(first), template[1], _json_numbers(second), template[2], ""
+        )
+    distinct, inverse = _unique_inverse(code)
+    table = pc.binary_join_element_wise(
+        template[0], _json_numbers(distinct // span), template[1], _json_numbers(distinct % span), template[2], ""
+    )
+    return table.take(pa.array(inverse))
+
+
+def _needs_escape(array: pa.Array) -> bool:
+    """Whether some value of a string array holds a character JSON escapes (``"``, ``\\``, control characters)."""
+    if len(array) == 0:
+        return False
+    _, offset_buffer, data = array.buffers()
+    if data is None:
+        return False
+    offsets = np.frombuffer(offset_buffer, dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+    text = np.frombuffer(data, dtype=np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0]))
+    return bool(((text < 0x20) | (text == 0x22) | (text == 0x5C) | (text == 0x7F)).any())
 
 
 def _json_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -740,7 +982,7 @@ def _json_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     import orjson
 
     array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    if pc.any(pc.match_substring_regex(array, _NEEDS_ESCAPE)).as_py():
+    if _needs_escape(array):
         encoded = pc.dictionary_encode(array)
         dictionary = [orjson.dumps(v).decode("utf-8") for v in encoded.dictionary.to_pylist()]
         quoted = pa.array(dictionary, pa.string()).take(encoded.indices)
@@ -749,20 +991,36 @@ def _json_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return quoted.fill_null("null")
 
 
-def _json_records(fields: list[tuple[str, pa.Array]], rows: pa.Array, *, block: int = 1 << 16) -> Iterator[bytes]:
-    """The JSON objects ``{"key":value,…}`` of the given rows, comma-separated, from per-field JSON texts.
+def _json_records(pieces: list[str | pa.Array], rows: np.ndarray, *, block: int = 1 << 16) -> Iterator[bytes]:
+    """The given rows' records, comma-separated: each the concatenation of ``pieces`` (text, or per-row text).
 
-    Yielded a block of rows at a time, so that a file can be written without holding all its text.
+    Yielded a block of rows at a time, so that a file can be written without holding all its text; rows in
+    one run (a split, in the release order) are sliced from the texts rather than copied.
     """
+    run = len(rows) > 0 and int(rows[-1]) - int(rows[0]) == len(rows) - 1
     for first in range(0, len(rows), block):
-        take = rows.slice(first, block)
-        pieces: list = []
-        for k, (key, text) in enumerate(fields):
-            pieces += [("{" if k == 0 else ",") + f'"{key}":', text.take(take)]
-        records = pc.binary_join_element_wise(*pieces, "},", "")
+        take = None if run else pa.array(rows[first : first + block])
+        count = min(block, len(rows) - first)
+        columns = [
+            piece if isinstance(piece, str) else (piece.slice(int(rows[0]) + first, count) if run else piece.take(take))
+            for piece in pieces
+        ]
+        records = pc.binary_join_element_wise(*columns, ",", "")
         offsets = np.frombuffer(records.buffers()[1], dtype=np.int32, count=len(records) + 1, offset=records.offset * 4)
         last = first + block >= len(rows)  # no comma after the last record
-        yield memoryview(records.buffers()[2])[offsets[0] : offsets[-1] - last].tobytes()
+        yield memoryview(records.buffers()[2])[offsets[0] : offsets[-1] - last]
+
+
+def _rights_holders(observers: pa.Table, keys: np.ndarray) -> pa.Array:
+    """Each observer's name, or its login when the name is empty; '' when unknown, the last row for a repeated id."""
+    ids = observers["observer_id"].to_numpy()
+    name = observers["name"].fill_null("")
+    holder = pc.if_else(pc.equal(name, ""), observers["login"], name).combine_chunks()
+    known, last_reversed = np.unique(ids[::-1], return_index=True)
+    at = np.searchsorted(known, keys).clip(0, max(len(known) - 1, 0))
+    found = known[at] == keys if len(known) else np.zeros(len(keys), bool)
+    rows = np.where(found, len(ids) - 1 - last_reversed[at] if len(known) else 0, 0)
+    return pc.if_else(pa.array(found), holder.take(pa.array(rows)) if len(ids) else "", "")
 
 
 def _write_release(
@@ -770,46 +1028,33 @@ def _write_release(
     out: Path,
     rules: BuildRules,
     names: dict[str, str],
-    taxa: TaxonIndex,
     cat_frame: pd.DataFrame,
-    tables,
-    photo_rows: np.ndarray,
-    obs_rows: np.ndarray,
+    observers: pa.Table,
+    columns: _ImageColumns,
+    photo_id: np.ndarray,
     split: np.ndarray,
     category: np.ndarray,
     width: np.ndarray,
     height: np.ndarray,
-    file_names: pa.Array,
+    file_names: pa.Array | None,
+    file_name_text: pa.Array | None,
     seed: int,
     audit: _Audit,
-    photo_uuid_col: str | None,
     laps: _Laps,
 ) -> BuildResult:
-    """Write every release file, the organizer's files, the audit and the statistics."""
-    p, o = tables.photos, tables.observations
-    n = len(photo_rows)
+    """Write every release file, the organizer's files, the audit and the statistics.
+
+    The files are written by two threads (Arrow's kernels, NumPy and file writes release the GIL for long
+    stretches), which also re-read what they wrote for the leakage check: first the organizer's files and
+    the statistics, while this thread makes the JSON texts, then the JSON files.
+    """
+    n = len(photo_id)
     image_ids = np.arange(n, dtype=np.int64)
-    licenses_text = p["license"].take(pa.array(photo_rows)).fill_null("")
-    license_names = sorted(pc.unique(licenses_text).to_pylist())
+    license_names = sorted(columns.license_values.to_pylist())
     license_id = {name: i + 1 for i, name in enumerate(license_names)}
     licenses = [{"id": license_id[nm], "name": nm, "url": _LICENSE_URLS.get(nm, "")} for nm in license_names]
-    observer_ids = o["observer_id"].to_numpy()[obs_rows]
-    obs_table = tables.observers
-    login = dict(
-        zip(
-            obs_table["observer_id"].to_pylist(),
-            [nm or lg for nm, lg in zip(obs_table["name"].fill_null("").to_pylist(), obs_table["login"].to_pylist())],
-        )
-    )
-    obs_take = pa.array(obs_rows)
-    dates = o["observed_on"].take(obs_take)
-    obs_uuid = o["observation_uuid"].take(obs_take)
-    photo_id = p["photo_id"].to_numpy()[photo_rows]
-    latitude, longitude, accuracy = (o[c].take(obs_take) for c in ("latitude", "longitude", "positional_accuracy"))
-    # Everything needed from the export's photos and observations is taken: let their memory go.
-    tables.photos, tables.observations = p.slice(0, 0), o.slice(0, 0)
-    del p, o
-    pa.default_memory_pool().release_unused()
+    license_of_image = np.array([license_id[nm] for nm in columns.license_values.to_pylist()] or [0])[columns.license]
+    observer_ids = columns.observer_id
     info = {
         "year": rules.year,
         "version": "1.0",
@@ -821,80 +1066,7 @@ def _write_release(
     categories = _category_records(rules, cat_frame)
     is_2021 = rules.preset is Preset.INAT2021
 
-    laps.lap("release columns")
-    # Every field as JSON text once; the records of a split are joined from them with Arrow.
-    observer_keys, observer_of_image = _unique_inverse(observer_ids)
-    holder_text = _json_strings(pa.array([login.get(k, "") for k in observer_keys.tolist()], pa.string()))
-    license_of_image = pc.add(pc.index_in(licenses_text, value_set=pa.array(license_names, pa.string())), 1)
-    id_text = _json_numbers(image_ids)
-    image_fields = [
-        ("id", id_text),
-        ("width", _json_numbers(width)),
-        ("height", _json_numbers(height)),
-        ("file_name", _json_strings(file_names)),
-        ("license", _json_numbers(license_of_image)),
-        ("rights_holder", holder_text.take(pa.array(observer_of_image))),
-    ]
-    need_locations = is_2021 or "train_locations" in names
-    if need_locations:
-        lat_text = _json_numbers(latitude)
-        lon_text = _json_numbers(longitude)
-        date_text = _json_strings(pc.if_else(pc.equal(dates, ""), pa.scalar(None, pa.string()), dates))
-    if is_2021:
-        acc = accuracy.combine_chunks()
-        finite = pc.is_finite(acc)
-        acc_int = pc.if_else(finite, pc.trunc(pc.if_else(finite, acc, 0.0)), pa.scalar(None, pa.float64()))
-        image_fields += [
-            ("date", date_text),
-            ("latitude", lat_text),
-            ("longitude", lon_text),
-            ("location_uncertainty", _json_numbers(acc_int.cast(pa.int64(), safe=False))),
-        ]
-    annotation_fields = [("id", id_text), ("image_id", id_text), ("category_id", _json_numbers(category))]
-    if "train_locations" in names:
-        location_fields = [
-            ("id", id_text),
-            ("lat", lat_text),
-            ("lon", lon_text),
-            ("user_id", _json_numbers(observer_ids)),
-            ("date", date_text),
-        ]
-    info_text, licenses_text_json, categories_text = (_compact_json(x) for x in (info, licenses, categories))
-
-    def locations_json(idx: np.ndarray) -> Iterator[bytes]:
-        yield b"["
-        yield from _json_records(location_fields, pa.array(idx))
-        yield b"]"
-
-    def dataset_json(idx: np.ndarray, test: bool) -> Iterator[bytes]:
-        take = pa.array(idx)
-        yield from (b'{"info":', info_text, b',"images":[')
-        yield from _json_records(image_fields, take)
-        yield from (b'],"licenses":', licenses_text_json, b',"categories":', categories_text)
-        if not test:
-            yield b',"annotations":['
-            yield from _json_records(annotation_fields, take)
-            yield b"]"
-        yield b"}"
-
-    # The files are independent: written by two threads (Arrow's kernels and file writes release the GIL).
-    writes: list[tuple[Path, Callable[[], Iterable[bytes]]]] = []
-    sizes = {}
     parts = {"train": Split.TRAIN, "val": Split.VAL, "test": Split.TEST}
-    for part, code in parts.items():
-        idx = np.flatnonzero(split == code)
-        sizes[part] = len(idx)
-        writes.append((out / names[part], functools.partial(dataset_json, idx, code == Split.TEST)))
-        if f"{part}_locations" in names:
-            writes.append((out / names[f"{part}_locations"], functools.partial(locations_json, idx)))
-        if part == "train" and rules.train_mini_per_class:
-            rng = np.random.default_rng([seed, 17])
-            mini_rank = rank_within_groups(category[idx], rng.random(len(idx)))
-            mini = idx[mini_rank < rules.train_mini_per_class]
-            sizes["train_mini"] = len(mini)
-            writes.append((out / names["train_mini"], functools.partial(dataset_json, mini, False)))
-    writes.append((out / "categories.json", lambda: [categories_text]))
-
     # Organizer's files: the hidden solution, a sample submission, the provenance of every image.
     test_idx = np.flatnonzero(split == Split.TEST)
     rng = np.random.default_rng([seed, 19])
@@ -912,43 +1084,186 @@ def _write_release(
             header[0]: image_ids[test_idx],
             header[1]: pa.array([sample_labels]).take(pa.array(np.zeros(len(test_idx), np.int8))),
         },
-        "provenance.csv": {
-            "image_id": image_ids,
-            "split": pa.array(["train", "val", "test"]).take(pa.array(split)),
-            "photo_id": photo_id,
-            "observation_uuid": obs_uuid.combine_chunks() if isinstance(obs_uuid, pa.ChunkedArray) else obs_uuid,
-            "observer_id": observer_ids,
-            "taxon_id": cat_frame["taxon_id"].to_numpy()[category],
-        },
     }
-    with concurrent.futures.ThreadPoolExecutor(_WRITE_THREADS) as pool:
-        done = [pool.submit(lambda path, make: formats.write_atomic(path, make()), *w) for w in writes]
-        done += [pool.submit(formats.write_csv_columns, out / name, cols) for name, cols in csv_files.items()]
-        for future in done:
-            future.result()
-    del photo_uuid_col
+    provenance = {
+        "image_id": image_ids,
+        "split": pa.array(["train", "val", "test"]).take(pa.array(split)),
+        "photo_id": photo_id,
+        "observation_uuid": columns.observation_uuid,
+        "observer_id": observer_ids,
+        "taxon_id": cat_frame["taxon_id"].to_numpy()[category],
+    }
 
-    laps.lap("release files")
-    leakage = check_leakage(out, names)
-    laps.lap("leakage check")
-    stats = _stats(cat_frame, category, split, sizes)
+    def write_provenance() -> tuple[dict[str, int], np.ndarray]:
+        formats.write_csv_columns(out / "provenance.csv", provenance)
+        return _provenance_leakage(out / "provenance.csv")
+
+    def stats_and_plot() -> tuple[dict, dict]:
+        per_split = {s: len(_sorted_unique(observer_ids[split == c])) for s, c in parts.items()}
+        stats = _stats(cat_frame, category, split, sizes)
+        _long_tail_plot(out / "long_tail.png", category, split, len(categories))
+        return stats, per_split
+
+    sizes, mini = {}, None
+    for part, code in parts.items():
+        sizes[part] = int((split == code).sum())
+        if part == "train" and rules.train_mini_per_class:
+            idx = np.flatnonzero(split == code)
+            rng = np.random.default_rng([seed, 17])
+            mini = idx[rank_within_groups(category[idx], rng.random(len(idx))) < rules.train_mini_per_class]
+            sizes["train_mini"] = len(mini)
+    pool = concurrent.futures.ThreadPoolExecutor(_WRITE_THREADS)
+    try:
+        # The organizer's files need no JSON text: written (the provenance re-read) while the texts are made.
+        provenance_done = pool.submit(write_provenance)
+        csv_done = [pool.submit(formats.write_csv_columns, out / name, cols) for name, cols in csv_files.items()]
+        stats_done = pool.submit(stats_and_plot)
+        result = _write_json_files(
+            pool=pool, out=out, rules=rules, names=names, columns=columns, observers=observers, info=info,
+            licenses=licenses, license_of_image=license_of_image, categories=categories, image_ids=image_ids,
+            split=split, category=category, width=width, height=height, mini=mini,
+            file_name_text=_json_strings(file_names) if file_name_text is None else file_name_text,
+            laps=laps,
+        )  # fmt: skip
+        leakage, split_of = provenance_done.result()
+        for future in csv_done:
+            future.result()
+        stats, observers_per_split = stats_done.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+    leakage["json_images_not_in_provenance_split"] = _json_mismatches(result, split_of)
+    laps.lap("release files and leakage check")
     audit_dict = {
         "rules": {k: (v.value if hasattr(v, "value") else v) for k, v in dataclasses.asdict(rules).items()},
         "removed": audit.as_dict(),
         "classes": len(categories),
         "images": sizes,
-        "observers": {s: len(_sorted_unique(observer_ids[split == c])) for s, c in parts.items()},
+        "observers": observers_per_split,
         "leakage": leakage,
     }
     formats.write_json(out / "audit.json", audit_dict, indent=2)
     formats.write_atomic(out / "audit.md", _audit_markdown(audit_dict))
     formats.write_json(out / "stats.json", stats, indent=2)
     formats.write_atomic(out / "stats.md", _stats_markdown(stats))
-    _long_tail_plot(out / "long_tail.png", category, split, len(categories))
     laps.lap("stats and audit")
-    if leakage["observers_in_two_splits"] or leakage["observations_in_two_splits"] or leakage["photos_in_two_splits"]:
+    if any(leakage.values()):
         raise RuntimeError(f"leakage found in the written files: {leakage}")  # a bug, never an input problem
     return BuildResult(classes=len(categories), images=sizes, audit=audit_dict, out=out)
+
+
+def _write_json_files(
+    *,
+    pool: concurrent.futures.Executor,
+    out: Path,
+    rules: BuildRules,
+    names: dict[str, str],
+    columns: _ImageColumns,
+    observers: pa.Table,
+    info: dict,
+    licenses: list[dict],
+    license_of_image: np.ndarray,
+    categories: list[dict],
+    image_ids: np.ndarray,
+    split: np.ndarray,
+    category: np.ndarray,
+    width: np.ndarray,
+    height: np.ndarray,
+    file_name_text: pa.Array,
+    mini: np.ndarray | None,
+    laps: _Laps,
+) -> dict[str, np.ndarray]:
+    """Write the dataset JSON files (and locations, categories) through ``pool``; re-read the split files' image ids.
+
+    Every field is made JSON text once; the records of a file are joined from them with Arrow, in blocks.
+
+    Returns:
+        The image ids read back from the train, val and test files.
+    """
+    is_2021 = rules.preset is Preset.INAT2021
+    observer_ids = columns.observer_id
+    # Each piece of a record carries the key before its value (keys are joined to a few distinct values once).
+    observer_keys, observer_of_image = _unique_inverse(observer_ids)
+    holder_text = _json_strings(_rights_holders(observers, observer_keys))
+    by_observer = pa.array(observer_of_image)
+    id_text = _json_numbers(image_ids)
+    image_pieces = [
+        '{"id":',
+        id_text,
+        _json_pairs(width, height, (',"width":', ',"height":', ',"file_name":')),
+        file_name_text,
+        _json_numbers(license_of_image, ',"license":'),
+        pc.binary_join_element_wise(',"rights_holder":', holder_text, "").take(by_observer),
+    ]
+    need_locations = is_2021 or "train_locations" in names
+    if need_locations:
+        lat_text = _json_numbers(columns.latitude)
+        lon_text = _json_numbers(columns.longitude)
+        dates = columns.date_values
+        date_text = _json_strings(pc.if_else(pc.equal(dates, ""), pa.scalar(None, pa.string()), dates))
+        date_text = pa.concat_arrays([date_text, pa.array(["null"])])
+        date_index = pa.array(columns.date)
+    if is_2021:
+        acc = pa.array(columns.accuracy)
+        finite = pc.is_finite(acc)
+        acc_int = pc.if_else(finite, pc.trunc(pc.if_else(finite, acc, 0.0)), pa.scalar(None, pa.float64()))
+        image_pieces += [
+            pc.binary_join_element_wise(',"date":', date_text, "").take(date_index),
+            ',"latitude":',
+            lat_text,
+            ',"longitude":',
+            lon_text,
+            _json_numbers(acc_int.cast(pa.int64(), safe=False), ',"location_uncertainty":'),
+        ]
+    image_pieces.append("}")
+    annotation_pieces = ['{"id":', id_text, ',"image_id":', id_text, _json_numbers(category, ',"category_id":'), "}"]
+    if "train_locations" in names:
+        location_pieces = [
+            '{"id":',
+            id_text,
+            ',"lat":',
+            lat_text,
+            ',"lon":',
+            lon_text,
+            _json_numbers(observer_keys, ',"user_id":').take(by_observer),
+            pc.binary_join_element_wise(',"date":', date_text, "}", "").take(date_index),
+        ]
+    info_text, licenses_text_json, categories_text = (_compact_json(x) for x in (info, licenses, categories))
+
+    def locations_json(idx: np.ndarray) -> Iterator[bytes]:
+        yield b"["
+        yield from _json_records(location_pieces, idx)
+        yield b"]"
+
+    def dataset_json(idx: np.ndarray, test: bool) -> Iterator[bytes]:
+        yield from (b'{"info":', info_text, b',"images":[')
+        yield from _json_records(image_pieces, idx)
+        yield from (b'],"licenses":', licenses_text_json, b',"categories":', categories_text)
+        if not test:
+            yield b',"annotations":['
+            yield from _json_records(annotation_pieces, idx)
+            yield b"]"
+        yield b"}"
+
+    # What the threads write: each a path and its content; the split files are re-read for their image ids.
+    writes: list[tuple[Path, Callable[[], Iterable[bytes] | bytes], bool]] = []
+    parts = {"train": Split.TRAIN, "val": Split.VAL, "test": Split.TEST}
+    for part, code in parts.items():
+        idx = np.flatnonzero(split == code)
+        writes.append((out / names[part], functools.partial(dataset_json, idx, code == Split.TEST), True))
+        if f"{part}_locations" in names:
+            writes.append((out / names[f"{part}_locations"], functools.partial(locations_json, idx), False))
+        if part == "train" and mini is not None:
+            writes.append((out / names["train_mini"], functools.partial(dataset_json, mini, False), False))
+    writes.append((out / "categories.json", lambda: categories_text, False))
+
+    def write(path: Path, make: Callable[[], Iterable[bytes] | bytes], reread: bool) -> np.ndarray | None:
+        formats.write_atomic(path, make())
+        return _json_image_ids(path) if reread else None
+
+    laps.lap("release texts")
+    done = {path.name: pool.submit(write, path, make, reread) for path, make, reread in writes}  # the biggest first
+    read_back = {name: future.result() for name, future in done.items()}
+    return {part: read_back[names[part]] for part in parts}
 
 
 def check_leakage(out: str | os.PathLike, names: dict[str, str] | None = None) -> dict[str, int]:
@@ -958,45 +1273,86 @@ def check_leakage(out: str | os.PathLike, names: dict[str, str] | None = None) -
     files are scanned for their image ids directly in the text when they have the builder's compact layout
     (every image record starting with its ``id``), else parsed whole.
     """
+    out = Path(out)
+    result, split_of = _provenance_leakage(out / "provenance.csv")
+    json_ids = {part: _json_image_ids(out / names[part]) for part in ("train", "val", "test")} if names else {}
+    result["json_images_not_in_provenance_split"] = _json_mismatches(json_ids, split_of)
+    return result
+
+
+def _provenance_leakage(path: Path) -> tuple[dict[str, int], np.ndarray]:
+    """Observers, observations and photos in two splits, read from a written ``provenance.csv``.
+
+    Returns:
+        The three counts, and the split code (0 train, 1 val, 2 test, 3 other) of every image id, -1 for
+        ids that are not there.
+    """
     import pyarrow.csv as pacsv
 
-    out = Path(out)
-    types = {"image_id": pa.int64(), "split": pa.string(), "photo_id": pa.int64(), "observer_id": pa.int64()}
+    types = {"image_id": pa.int64(), "photo_id": pa.int64(), "observer_id": pa.int64()}
     prov = pacsv.read_csv(
-        out / "provenance.csv",
+        path,
         convert_options=pacsv.ConvertOptions(
-            column_types={**types, "observation_uuid": pa.string()},
-            include_columns=[*types, "observation_uuid"],
+            column_types={**types, "observation_uuid": pa.string(), "split": pa.dictionary(pa.int32(), pa.string())},
+            include_columns=[*types, "split", "observation_uuid"],
             strings_can_be_null=False,
         ),
     )
-    split_code = pc.index_in(prov["split"], value_set=pa.array(["train", "val", "test"])).fill_null(3).to_numpy()
+    codes = []
+    for chunk in prov["split"].chunks:
+        lookup = {"train": 0, "val": 1, "test": 2}
+        table = np.array([lookup.get(v, 3) for v in chunk.dictionary.to_pylist()] or [3], dtype=np.int64)
+        codes.append(table[chunk.indices.to_numpy(zero_copy_only=False)])
+    split_code = np.concatenate(codes) if codes else np.zeros(0, np.int64)
     result = {}
     for what, column in (("observers", "observer_id"), ("observations", "observation_uuid"), ("photos", "photo_id")):
         result[f"{what}_in_two_splits"] = _in_two_splits(prov[column], split_code)
+    image_ids = prov["image_id"].to_numpy()
+    split_of = np.full(int(image_ids.max(initial=-1)) + 1, -1)
+    split_of[image_ids] = split_code
+    return result, split_of
+
+
+def _json_mismatches(json_ids: dict[str, np.ndarray], split_of: np.ndarray) -> int:
+    """Image ids of the train, val and test files that the provenance does not give the file's split."""
     mismatched = 0
-    if names:
-        image_ids = prov["image_id"].to_numpy()
-        split_of = np.full(int(image_ids.max(initial=-1)) + 1, -1)
-        split_of[image_ids] = split_code
-        for code, part in enumerate(("train", "val", "test")):
-            ids = _json_image_ids(out / names[part])
-            known = (ids >= 0) & (ids < len(split_of))
-            mismatched += int((~known).sum()) + int((split_of[ids[known]] != code).sum())
-    result["json_images_not_in_provenance_split"] = mismatched
-    return result
+    for code, part in enumerate(("train", "val", "test")):
+        if part not in json_ids:
+            continue
+        ids = json_ids[part]
+        known = (ids >= 0) & (ids < len(split_of))
+        mismatched += int((~known).sum()) + int((split_of[ids[known]] != code).sum())
+    return mismatched
 
 
 def _in_two_splits(values: pa.ChunkedArray, split_code: np.ndarray) -> int:
     """How many distinct values occur with more than one split code."""
     array = values.combine_chunks()
-    if pa.types.is_integer(array.type) and not array.null_count:
-        codes = np.unique(array.to_numpy(), return_inverse=True)[1]
-    else:
-        codes = pc.dictionary_encode(array).indices.to_numpy(zero_copy_only=False)
-    pairs = _sorted_unique(codes.astype(np.int64) * 4 + split_code)
+    codes = _value_codes(array)
+    pairs = _sorted_unique(codes * 4 + split_code)
     value_of_pair = pairs // 4
     return len(_sorted_unique(value_of_pair[1:][value_of_pair[1:] == value_of_pair[:-1]]))
+
+
+def _value_codes(array: pa.Array) -> np.ndarray:
+    """Integers equal exactly where the values are equal: the values themselves for integers, else codes."""
+    if pa.types.is_integer(array.type) and not array.null_count:
+        values = array.to_numpy().astype(np.int64)
+        if len(values) == 0 or (values.min() >= -(1 << 60) and values.max() < 1 << 60):
+            return values
+        return np.unique(values, return_inverse=True)[1].astype(np.int64)
+    words = _uuid_words(array)
+    if words is not None:  # uuids: grouped by a 64-bit hash, rows sharing a hash confirmed byte for byte
+        key = words[0] ^ (words[3] * _UUID_HASH) ^ (words[1] + words[2])
+        order = np.argsort(key)
+        ordered = key[order]
+        same = ordered[1:] == ordered[:-1]
+        first, second = order[:-1][same], order[1:][same]
+        if all((w[first] == w[second]).all() for w in words):
+            codes = np.empty(len(array), dtype=np.int64)
+            codes[order] = np.cumsum(np.r_[True, ~same]) - 1
+            return codes
+    return pc.dictionary_encode(array).indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -1005,41 +1361,80 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
 
 
-_IMAGE_ID = re.compile(rb'\{"id":(-?[0-9]+),')
+_ID_KEY = np.frombuffer(b'"id":', dtype=np.uint8)
+#: Bytes after an image record's ``{``: ``"id":``, a sign, at most 19 digits and the ``,`` after them.
+_ID_WINDOW = 5 + 1 + 19 + 1
 
 
 def _json_image_ids(path: Path) -> np.ndarray:
     """The ``id`` of every record of a dataset JSON's ``images``, read from the file's text.
 
-    A JSON string cannot hold an unescaped ``"``, so in the compact layout the builder writes, ``{"id":`` and
-    ``"file_name":`` occur in the images array exactly once per image record, and ``],"licenses":`` only after
-    it; a file in any other layout is parsed whole.
+    A JSON string cannot hold an unescaped ``"``, so in the compact layout the builder writes, the images
+    array ends at the only ``],"licenses":`` and every ``{`` in it opens an image record whose first key is
+    its integer ``id``: the ids are read there with NumPy. A file in any other layout (or with a ``{`` in
+    some text) is parsed whole.
     """
-    text = path.read_bytes()
-    start = text.find(b'"images":[{"id":')
-    end = text.find(b'],"licenses":', start)
-    if start >= 0 and end >= 0:
-        start += len(b'"images":[')
-        ids = _IMAGE_ID.findall(text, start, end)
-        if len(ids) == text.count(b'"file_name":', start, end) == text.count(b'{"id":', start, end):
-            return np.array(ids, dtype=np.int64) if ids else np.zeros(0, np.int64)
-    return np.fromiter((image["id"] for image in formats.read_json(path)["images"]), np.int64)
+    ids = None
+    if path.stat().st_size:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as text:
+            start = text.find(b'"images":[{"id":')
+            end = text.rfind(b'],"licenses":')
+            if 0 <= start < end:
+                ids = _record_ids(text, start + len(b'"images":['), end)
+    if ids is None:
+        ids = np.fromiter((image["id"] for image in formats.read_json(path)["images"]), np.int64)
+    return ids
+
+
+def _record_ids(text: bytes | mmap.mmap, start: int, end: int) -> np.ndarray | None:
+    """The ids ``{"id":N,`` of the records in ``text[start:end]``; None unless every ``{`` there opens one.
+
+    Nothing returned refers to ``text`` (a memory map is closed after).
+    """
+    region = np.frombuffer(text, dtype=np.uint8, count=end - start, offset=start)
+    opens = np.flatnonzero(region == ord("{"))
+    if len(opens) == 0 or opens[-1] + 1 + _ID_WINDOW > len(region):
+        return None
+    window = np.lib.stride_tricks.as_strided(region, shape=(len(region) - _ID_WINDOW, _ID_WINDOW), strides=(1, 1))
+    window = window[opens + 1]
+    if not (window[:, :5] == _ID_KEY).all():
+        return None
+    number = window[:, 5:]
+    negative = number[:, 0] == ord("-")
+    is_digit = (number >= ord("0")) & (number <= ord("9"))
+    is_digit[:, 0] |= negative
+    length = np.argmin(is_digit, axis=1)  # the first byte after the digits (0 when all are digits)
+    fits = (length > negative) & (length - negative <= 18)  # at least one digit, and no int64 overflow
+    if not (fits & (number[np.arange(len(opens)), length] == ord(","))).all():
+        return None
+    value = np.zeros(len(opens), dtype=np.int64)
+    for k in range(int(length.max())):
+        digit = number[:, k].astype(np.int64) - ord("0")
+        value = np.where((k < length) & (digit >= 0), value * 10 + digit, value)
+    return np.where(negative, -value, value)
 
 
 def _stats(cat_frame: pd.DataFrame, category: np.ndarray, split: np.ndarray, sizes: dict[str, int]) -> dict:
     supercat = cat_frame["supercategory"].to_numpy()
-    rows = []
-    for name in sorted(set(supercat.tolist()), key=lambda s: (-int((supercat == s).sum()), s)):
-        in_sc = supercat[category] == name
-        rows.append(
-            {
-                "supercategory": name,
-                "classes": int((supercat == name).sum()),
-                **{
-                    part: int((in_sc & (split == code)).sum()) for part, code in (("train", 0), ("val", 1), ("test", 2))
-                },
-            }
-        )
+    names, of_class = (
+        np.unique(supercat.astype(str), return_inverse=True)
+        if len(supercat)
+        else (np.zeros(0, str), np.zeros(0, np.int64))
+    )
+    classes = np.bincount(of_class, minlength=len(names))
+    of_image = of_class[category] if len(category) else np.zeros(0, np.int64)
+    per_split = {
+        part: np.bincount(of_image[split == code], minlength=len(names))
+        for part, code in (("train", 0), ("val", 1), ("test", 2))
+    }
+    rows = [
+        {
+            "supercategory": str(names[i]),
+            "classes": int(classes[i]),
+            **{part: int(counts[i]) for part, counts in per_split.items()},
+        }
+        for i in sorted(range(len(names)), key=lambda i: (-int(classes[i]), str(names[i])))
+    ]
     train_counts = np.bincount(category[split == Split.TRAIN], minlength=len(cat_frame))
     return {
         "classes": len(cat_frame),

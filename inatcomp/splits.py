@@ -17,11 +17,20 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["Preset", "PhotoChoice", "Split", "BuildRules", "rules_for", "assign_observers", "rank_within_groups"]
+__all__ = [
+    "Preset",
+    "PhotoChoice",
+    "Split",
+    "BuildRules",
+    "rules_for",
+    "assign_observers",
+    "rank_within_groups",
+    "stable_argsort",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -154,14 +163,51 @@ def rules_for(preset: Preset, **overrides: object) -> BuildRules:
     return rules
 
 
+def stable_argsort(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values, kind="stable")`` for non-negative integers, by 16-bit radix passes when below 2**32.
+
+    NumPy sorts 16-bit integers stably by radix sort, several times faster than its merge sort of wider ones.
+    """
+    top = int(values.max()) if len(values) else 0
+    if len(values) == 0 or values.min() < 0 or top >= 1 << 32:
+        return np.argsort(values, kind="stable")
+    order = np.argsort(values.astype(np.uint16), kind="stable")
+    if top >= 1 << 16:
+        order = order[np.argsort((values[order] >> 16).astype(np.uint16), kind="stable")]
+    return order
+
+
+def lexsort_by_group(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``np.lexsort((keys, groups))``: by group, then key, then position; faster for integer groups.
+
+    Integer keys are sorted by a stable radix sort; others by NumPy's vectorised quicksort (several times
+    faster than ``np.lexsort``'s merge sort), which equals the stable order when no two keys are equal; then
+    the groups by a stable radix sort.
+    """
+    if keys.dtype.kind in "iu":
+        order = stable_argsort(keys)
+    else:
+        order = np.argsort(keys)
+        ordered = keys[order]
+        if len(keys) > 1 and ((ordered[1:] == ordered[:-1]).any() or np.isnan(ordered[-1])):
+            order = np.argsort(keys, kind="stable")
+    return order[stable_argsort(groups[order])]
+
+
 def rank_within_groups(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Rank (0, 1, …) of each item within its group, in the order of ``keys``."""
-    order = np.lexsort((keys, groups))
+    """Rank (0, 1, …) of each item within its group, in the order of ``keys`` (ties: by position)."""
+    n = len(groups)
+    ranks = np.arange(n, dtype=np.int64)
+    if n == 0:
+        return ranks
+    same = groups[1:] == groups[:-1]
+    if (groups[1:] >= groups[:-1]).all() and (keys[1:][same] >= keys[:-1][same]).all():  # already in order
+        ranks -= np.maximum.accumulate(np.where(np.r_[False, same], 0, ranks))
+        return ranks
+    order = lexsort_by_group(groups, keys)
     sorted_groups = groups[order]
-    starts = np.r_[0, np.flatnonzero(sorted_groups[1:] != sorted_groups[:-1]) + 1]
-    run_start = np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
-    ranks = np.empty(len(groups), dtype=np.int64)
-    ranks[order] = np.arange(len(groups)) - run_start
+    run_start = np.maximum.accumulate(np.where(np.r_[False, sorted_groups[1:] == sorted_groups[:-1]], 0, ranks))
+    ranks[order] = np.arange(n) - run_start
     return ranks
 
 
@@ -180,25 +226,199 @@ class Assignment:
     drop_reason: np.ndarray
 
 
-def _still_needing(
-    order: list[int], need_val: list[int], pair_class: np.ndarray, pair_observer: np.ndarray, n_observers: int
-) -> Iterator[int]:
-    """The observers of ``order``, in order, less some that touch no class still needing val images.
+class _Pairs:
+    """The (observer, class) pairs of the candidate images with their image counts, grouped by observer."""
 
-    Needs only fall, so an observer left out when a block starts could not have helped any class later in
-    the block: the greedy loop over what this yields takes exactly the observers it would take over ``order``.
-    The check is vectorised and redone for blocks of doubling size.
-    """
+    def __init__(self, observer: np.ndarray, category: np.ndarray, n_observers: int, n_classes: int) -> None:
+        width = max(n_classes, 1)
+        key = np.sort(observer.astype(np.int64) * width + category)
+        head = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
+        unique = key[head]
+        self.count = np.diff(np.r_[head, len(key)]).astype(np.int64)
+        self.observer = unique // width
+        self.cls = unique % width
+        self.starts = np.searchsorted(self.observer, np.arange(n_observers + 1))
+
+    def of(self, observers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pairs of ``observers`` in their order: owner (position in ``observers``), class, count."""
+        first = self.starts[observers]
+        lengths = self.starts[observers + 1] - first
+        owner = np.repeat(np.arange(len(observers)), lengths)
+        rows = np.arange(int(lengths.sum())) + np.repeat(first - (np.cumsum(lengths) - lengths), lengths)
+        return owner, self.cls[rows], self.count[rows]
+
+
+class _Before:
+    """Sums over the pairs of the same class that come before each pair (pairs in the observers' order)."""
+
+    def __init__(self, cls: np.ndarray) -> None:
+        self.order = stable_argsort(cls)
+        ordered = cls[self.order]
+        self.head = np.r_[True, ordered[1:] != ordered[:-1]] if len(cls) else np.zeros(0, bool)
+        self.group = np.cumsum(self.head) - 1
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        running = np.cumsum(values[self.order])
+        running -= values[self.order]
+        running -= running[self.head][self.group]
+        before = np.empty_like(running)
+        before[self.order] = running
+        return before
+
+
+def _any_per_observer(owner: np.ndarray, pair_flag: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(owner[pair_flag], minlength=n) > 0
+
+
+def _blocks(order: np.ndarray) -> Iterator[np.ndarray]:
+    """``order`` in blocks of doubling size (1024, 2048, …)."""
     first, block = 0, 1024
     while first < len(order):
-        needy = np.asarray(need_val)[pair_class] > 0
-        helps = np.bincount(pair_observer[needy], minlength=n_observers) > 0
-        if not helps.any():
-            return
-        chunk = np.asarray(order[first : first + block])
-        yield from chunk[helps[chunk]].tolist()
+        yield order[first : first + block]
         first += block
         block *= 2
+
+
+@dataclasses.dataclass
+class _State:
+    """What the greedy passes change: each observer's split, and each class's train images and val need."""
+
+    split: np.ndarray
+    train_left: np.ndarray
+    need: np.ndarray
+    alive: np.ndarray
+
+    def take(self, observers: np.ndarray, cls: np.ndarray, count: np.ndarray, to: Split) -> None:
+        self.split[observers] = to
+        moved = np.bincount(cls, weights=count, minlength=len(self.need)).astype(np.int64)
+        self.train_left -= moved
+        np.maximum(self.need - moved, 0, out=self.need)
+
+
+#: Whether each observer may go, given its pairs and the images taken before each pair in its class.
+_Criterion = Callable[[_State, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def _val_criterion(*, min_train: int, strict: bool) -> _Criterion:
+    """Brings some class images it still needs, leaves ``min_train`` train images, wastes ≤ 2× what it brings."""
+
+    def fits(state: _State, owner: np.ndarray, cls: np.ndarray, count: np.ndarray, before: np.ndarray, n: int):
+        alive = state.alive[cls]
+        brings = np.where(alive, np.clip(state.need[cls] - before, 0, count), 0)
+        gain = np.bincount(owner, weights=brings, minlength=n)
+        unsafe = _any_per_observer(owner, alive & (state.train_left[cls] - before - count < min_train), n)
+        ok = (gain > 0) & ~unsafe
+        if strict:
+            ok &= np.bincount(owner, weights=count, minlength=n) - gain <= 2 * gain
+        return ok
+
+    return fits
+
+
+def _floor_criterion(floor: np.ndarray) -> _Criterion:
+    """Leaves every kept class it touches at least ``floor`` train images."""
+
+    def fits(state: _State, owner: np.ndarray, cls: np.ndarray, count: np.ndarray, before: np.ndarray, n: int):
+        return ~_any_per_observer(owner, state.alive[cls] & (state.train_left[cls] - before - count < floor[cls]), n)
+
+    return fits
+
+
+def _greedy(
+    pairs: _Pairs,
+    order: np.ndarray,
+    state: _State,
+    to: Split,
+    fits: _Criterion,
+    *,
+    target: float | None = None,
+    count_dropped: bool = False,
+    needy_only: bool = False,
+    ruled_out: np.ndarray | None = None,
+    loose: _Criterion | None = None,
+) -> None:
+    """Move train observers to ``to`` one by one in ``order`` when ``fits`` says so, vectorised, in place.
+
+    With a ``target``, stops once ``to`` holds that many images (of kept classes, or all when
+    ``count_dropped``). The outcome is exactly that of the loop ``for o in order: if fits(o): move(o)``;
+    it is reached in rounds. ``fits`` only gets harder as images are taken from a class, so within a round
+    each candidate can be judged twice: as if every candidate before it were taken (if it fits even so,
+    it is taken), and as if only those taken so far were (if it does not fit even so, it never will).
+    Those left undecided, and those taken after one undecided in the same class (their taking would change
+    the state the undecided one is judged on), go to the next round, where the first candidate is
+    always decided. Taking is only ever done in order within a class, so the state each candidate is judged
+    on is exactly the loop's up to the candidates before it in its classes.
+
+    With ``needy_only``, only observers with images of a class that still needs some are looked at (no other
+    can fit the val criterion). ``ruled_out`` marks observers that a later pass over the same state need not
+    look at: those that do not fit the ``loose`` criterion even with nothing more taken (``fits`` implies it).
+    """
+    held = 0.0
+    for block in _blocks(order):
+        open_ = state.split[block] == Split.TRAIN
+        candidates = block[open_ if ruled_out is None else open_ & ~ruled_out[block]]
+        gathered = None
+        if needy_only:  # only an observer with images some class still needs can fit
+            if not state.need.any():
+                return
+            owner, cls, count = pairs.of(candidates)
+            helps = _any_per_observer(owner, state.need[cls] > 0, len(candidates))
+            keep = helps[owner]
+            gathered = ((np.cumsum(helps) - 1)[owner[keep]], cls[keep], count[keep])
+            candidates = candidates[helps]
+        taken_size = np.zeros(len(candidates))  # images counted towards the target, by position in the block
+        position = np.arange(len(candidates))
+        stopped = False
+        while len(position):
+            observers = candidates[position]
+            n = len(position)
+            owner, cls, count = pairs.of(observers) if gathered is None else gathered
+            gathered = None
+            # Does not fit even with nothing more taken: never will.
+            zero = np.zeros(len(cls), np.int64)
+            possible = fits(state, owner, cls, count, zero, n)
+            if ruled_out is not None and not possible.all():
+                ruled_out[observers[~possible & ~loose(state, owner, cls, count, zero, n)]] = True
+            if not possible.all():
+                position, observers = position[possible], observers[possible]
+                keep = possible[owner]
+                owner, cls, count = (np.cumsum(possible) - 1)[owner[keep]], cls[keep], count[keep]
+                n = len(position)
+                if n == 0:
+                    break
+            before = _Before(cls)
+            sure = fits(state, owner, cls, count, before(count), n)
+            if target is not None:
+                size = np.bincount(owner, weights=count if count_dropped else count * state.alive[cls], minlength=n)
+                taken_before = (np.cumsum(taken_size) - taken_size)[position]
+                upper = held + taken_before + np.cumsum(size) - size
+                sure &= upper < target
+                lower = held + taken_before + np.cumsum(np.where(sure, size, 0)) - np.where(sure, size, 0)
+                reached = lower < target
+                if not reached.all():
+                    stopped = True
+            else:
+                reached = np.ones(n, bool)
+            undecided = ~sure & reached
+            if undecided.any():
+                undecided &= fits(state, owner, cls, count, before(count * sure[owner]), n)
+            deferred = np.zeros(n, bool)
+            while undecided.any():
+                blocking = (undecided | deferred)[owner]
+                after_blocking = _any_per_observer(owner, before(blocking.astype(np.int64)) > 0, n)
+                now = sure & after_blocking
+                if (now == deferred).all():
+                    break
+                deferred = now
+            go = sure & ~deferred
+            moved = go[owner]
+            state.take(observers[go], cls[moved], count[moved], to)
+            if target is not None:
+                taken_size[position[go]] = size[go]
+            position = position[(undecided | deferred) & reached]
+        held += float(taken_size.sum())
+        if stopped or (target is not None and held >= target):
+            return
 
 
 def assign_observers(
@@ -212,10 +432,11 @@ def assign_observers(
 ) -> Assignment:
     """Put every observer in one split so that classes keep their val and train quotas.
 
-    Greedy and deterministic for a given generator. Small observers are considered first for val,
-    each taken only if it still helps some class's val quota and leaves every class it touches with
-    ``min_train`` images; then observers in random order go to test until it reaches its target share
-    of train, never taking more than half of a class's remaining train images; everyone else is train.
+    Greedy and deterministic for a given generator, vectorised over rounds of observers. Small observers
+    are considered first for val, each taken only if it still helps some class's val quota and leaves
+    every class it touches with ``min_train`` images (first only those wasting at most twice what they
+    bring, then any); then observers in random order go to test until it reaches its target share of
+    train, never taking more than half of a class's remaining train images; everyone else is train.
 
     Args:
         observer: Compact observer index (0 … n_observers-1) of each candidate image.
@@ -228,86 +449,49 @@ def assign_observers(
     Returns:
         The observers' splits and which classes keep their quotas.
     """
-    pair_key, pair_count = np.unique(observer.astype(np.int64) * n_classes + category, return_counts=True)
-    pair_observer = pair_key // n_classes
-    pair_class = pair_key % n_classes
-    starts = np.searchsorted(pair_observer, np.arange(n_observers + 1))
+    pairs = _Pairs(observer, category, n_observers, n_classes)
     observer_size = np.bincount(observer, minlength=n_observers)
     total = np.bincount(category, minlength=n_classes).astype(np.int64)
-    classes_list = pair_class.tolist()
-    counts_list = pair_count.tolist()
-    starts_list = starts.tolist()
 
     quota = rules.val_per_class or 0
-    alive = (total >= rules.min_train + max(quota, 1)).tolist()
-    train_left = total.tolist()
-    need_val = [quota if a else 0 for a in alive]
-    split = [int(Split.TRAIN)] * n_observers
+    alive = total >= rules.min_train + max(quota, 1)
+    state = _State(
+        split=np.zeros(n_observers, dtype=np.int8),
+        train_left=total.copy(),
+        need=np.where(alive, quota, 0).astype(np.int64),
+        alive=alive,
+    )
     tie = rng.random(n_observers)
-
-    def safe(o: int, floor: list[int] | None = None) -> bool:
-        for j in range(starts_list[o], starts_list[o + 1]):
-            c = classes_list[j]
-            if alive[c] and train_left[c] - counts_list[j] < (floor[c] if floor else rules.min_train):
-                return False
-        return True
-
-    def move(o: int, to: Split) -> None:
-        split[o] = int(to)
-        for j in range(starts_list[o], starts_list[o + 1]):
-            c = classes_list[j]
-            train_left[c] -= counts_list[j]
-            need_val[c] = max(0, need_val[c] - counts_list[j])
-
-    by_size = np.lexsort((tie, observer_size)).tolist()
-    if rules.val_per_class is not None:
-        needing = sum(1 for n in need_val if n > 0)
-        for strict in (True, False):  # first without wasting many images, then whatever fills the quota
-            for o in _still_needing(by_size, need_val, pair_class, pair_observer, n_observers):
-                if needing == 0:
-                    break
-                if split[o] != Split.TRAIN:
-                    continue
-                gain = waste = 0
-                for j in range(starts_list[o], starts_list[o + 1]):
-                    c, n = classes_list[j], counts_list[j]
-                    useful = min(n, need_val[c]) if alive[c] else 0
-                    gain += useful
-                    waste += n - useful
-                if gain == 0 or (strict and waste > 2 * gain) or not safe(o):
-                    continue
-                before = sum(1 for j in range(starts_list[o], starts_list[o + 1]) if need_val[classes_list[j]] > 0)
-                move(o, Split.VAL)
-                after = sum(1 for j in range(starts_list[o], starts_list[o + 1]) if need_val[classes_list[j]] > 0)
-                needing -= before - after
+    # np.argsort(tie, kind="stable") and np.argsort(-tie, kind="stable"): the same order both ways without ties.
+    ascending = np.argsort(tie)
+    if (tie[ascending][1:] == tie[ascending][:-1]).any():
+        ascending, descending = np.argsort(tie, kind="stable"), np.argsort(-tie, kind="stable")
     else:
-        target = rules.val_fraction * float(total[np.asarray(alive)].sum())
-        taken = 0
-        for o in np.argsort(tie, kind="stable").tolist():
-            if taken >= target:
-                break
-            if safe(o):
-                taken += sum(counts_list[starts_list[o] : starts_list[o + 1]])
-                move(o, Split.VAL)
+        descending = ascending[::-1]
 
-    capped = [min(t, rules.max_train) if rules.max_train else t for t in train_left]
+    if rules.val_per_class is not None:
+        by_size = lexsort_by_group(observer_size, tie)  # smallest first, ties at random
+        # First without wasting many images, then whatever fills the quota; the first pass rules out for the
+        # second those that bring nothing or would leave some class too few train images.
+        strict, loose = (_val_criterion(min_train=rules.min_train, strict=s) for s in (True, False))
+        ruled_out = np.zeros(n_observers, dtype=bool)
+        _greedy(pairs, by_size, state, Split.VAL, strict, needy_only=True, ruled_out=ruled_out, loose=loose)
+        _greedy(pairs, by_size, state, Split.VAL, loose, needy_only=True, ruled_out=ruled_out, loose=loose)
+    else:
+        _greedy(
+            pairs, ascending, state, Split.VAL,
+            _floor_criterion(np.full(n_classes, rules.min_train, dtype=np.int64)),
+            target=rules.val_fraction * float(total[alive].sum()), count_dropped=True,
+        )  # fmt: skip
+
+    train_left = state.train_left
+    capped = np.minimum(train_left, rules.max_train) if rules.max_train else train_left
     # Test images leave train, so test = f × final train means f / (1 + f) of what train holds now.
-    test_target = rules.test_fraction / (1 + rules.test_fraction) * sum(c for c, a in zip(capped, alive) if a)
-    floor = [max(rules.min_train, (t + 1) // 2) for t in train_left]
-    test_size = 0
-    for o in np.argsort(-tie, kind="stable").tolist():
-        if test_size >= test_target:
-            break
-        if split[o] != Split.TRAIN or not safe(o, floor):
-            continue
-        test_size += sum(
-            n
-            for j, n in enumerate(counts_list[starts_list[o] : starts_list[o + 1]])
-            if alive[classes_list[starts_list[o] + j]]
-        )
-        move(o, Split.TEST)
+    test_target = rules.test_fraction / (1 + rules.test_fraction) * float(capped[alive].sum())
+    floor = np.maximum(rules.min_train, (train_left + 1) // 2)
+    _greedy(pairs, descending, state, Split.TEST, _floor_criterion(floor), target=test_target)
 
-    observer_split = np.asarray(split, dtype=np.int8)
+    observer_split = state.split
     image_split = observer_split[observer]
     val_have = np.bincount(category[image_split == Split.VAL], minlength=n_classes)
     train_have = np.bincount(category[image_split == Split.TRAIN], minlength=n_classes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 from pathlib import Path
@@ -277,6 +278,82 @@ def test_assign_observers_drops_a_class_that_isolation_cannot_place():
     )
     assert result.class_kept.tolist() == [True, False]
     assert result.drop_reason[1] == "too few val images under isolation"
+
+
+def _sequential_splits(observer, category, n_observers, n_classes, rules, rng):
+    """The observer splits of the greedy loop that assign_observers vectorises, one observer at a time."""
+    counts = collections.Counter(zip(observer.tolist(), category.tolist()))
+    pairs = collections.defaultdict(list)
+    for (o, c), n in sorted(counts.items()):
+        pairs[o].append((c, n))
+    total = np.bincount(category, minlength=n_classes)
+    quota = rules.val_per_class or 0
+    alive = (total >= rules.min_train + max(quota, 1)).tolist()
+    train_left, need = total.tolist(), [quota if a else 0 for a in alive]
+    split = [0] * n_observers
+    tie = rng.random(n_observers)
+
+    def safe(o, floor):
+        return all(not alive[c] or train_left[c] - n >= floor[c] for c, n in pairs[o])
+
+    def move(o, to):
+        split[o] = to
+        for c, n in pairs[o]:
+            train_left[c] -= n
+            need[c] = max(0, need[c] - n)
+
+    if rules.val_per_class is not None:
+        for strict in (True, False):
+            for o in np.lexsort((tie, np.bincount(observer, minlength=n_observers))).tolist():
+                gain = sum(min(n, need[c]) for c, n in pairs[o] if alive[c])
+                waste = sum(n for _, n in pairs[o]) - gain
+                if (
+                    split[o] == 0
+                    and gain
+                    and not (strict and waste > 2 * gain)
+                    and safe(o, [rules.min_train] * n_classes)
+                ):
+                    move(o, 1)
+    else:
+        target, taken = rules.val_fraction * float(total[np.asarray(alive, bool)].sum()), 0
+        for o in np.argsort(tie, kind="stable").tolist():
+            if taken >= target:
+                break
+            if safe(o, [rules.min_train] * n_classes):
+                taken += sum(n for _, n in pairs[o])
+                move(o, 1)
+    capped = [min(t, rules.max_train) if rules.max_train else t for t in train_left]
+    target = rules.test_fraction / (1 + rules.test_fraction) * sum(t for t, a in zip(capped, alive) if a)
+    floor, held = [max(rules.min_train, (t + 1) // 2) for t in train_left], 0
+    for o in np.argsort(-tie, kind="stable").tolist():
+        if held >= target:
+            break
+        if split[o] == 0 and safe(o, floor):
+            held += sum(n for c, n in pairs[o] if alive[c])
+            move(o, 2)
+    return np.asarray(split)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_assign_observers_matches_the_one_at_a_time_greedy(seed):
+    # The vectorised rounds must decide every observer exactly as the loop over them one by one does.
+    rng = np.random.default_rng(seed)
+    n_observers, n_classes, n = int(rng.integers(5, 300)), int(rng.integers(1, 40)), int(rng.integers(20, 4000))
+    activity, frequency = rng.pareto(1.0, n_observers) + 0.01, rng.pareto(1.0, n_classes) + 0.01
+    observer = rng.choice(n_observers, n, p=activity / activity.sum())
+    category = rng.choice(n_classes, n, p=frequency / frequency.sum())
+    observer = np.unique(observer, return_inverse=True)[1]
+    preset = list(Preset)[seed % 4]
+    overrides = {"min_train": int(rng.integers(1, 6)), "test_fraction": float(rng.random())}
+    if preset is Preset.INAT2021:
+        overrides |= {"train_mini_per_class": 1}
+    rules = rules_for(preset, **overrides)
+    n_observers = int(observer.max()) + 1
+    result = assign_observers(
+        observer, category, n_observers=n_observers, n_classes=n_classes, rules=rules, rng=np.random.default_rng(seed)
+    )
+    expected = _sequential_splits(observer, category, n_observers, n_classes, rules, np.random.default_rng(seed))
+    assert result.observer_split.tolist() == expected.tolist()
 
 
 @pytest.mark.parametrize("preset", list(Preset))

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from inatcomp.build import build_dataset, release_names, split_val
-from inatcomp.ensemble import ensemble
 from inatcomp.formats import validate_file
-from inatcomp.pipeline import find_release, predict_run, submit, train_run
+from inatcomp.pipeline import ensemble_run, find_release, predict_run, submit, train_run
 from inatcomp.predict import score_predictions
 from inatcomp.report import build_leaderboard, leaderboard_markdown, write_leaderboard, write_score_report
 from inatcomp.scoring import score_file
@@ -104,10 +103,8 @@ def run_demo(
     predictions = {}
     for name, run in runs.items():
         predictions[name], _ = predict_run(run.run_dir, held_out, out / "predictions" / name, tta="flip")
-    predictions["ensemble"] = {
-        part: ensemble([predictions[m][part] for m in MEMBERS], out=out / "predictions" / "ensemble" / f"{part}.pred")
-        for part in ("val", "test")
-    }  # fmt: skip
+    members = {part: [predictions[m][part] for m in MEMBERS] for part in ("val", "test")}
+    predictions["ensemble"], _ = ensemble_run(members, held_out, out / "predictions" / "ensemble")
     scores = {name: score_predictions(p["val"], held_out.val, k=3) for name, p in predictions.items()}
     summary = ", ".join(f"{name} {score['top1_error']:.3f}" for name, score in scores.items())
     timings.append(

@@ -25,6 +25,7 @@ __all__ = [
     "YEARS",
     "Release",
     "add_kernel_arguments",
+    "ensemble_run",
     "kernel_release",
     "find_release",
     "predict_run",
@@ -248,6 +249,25 @@ def predict_run(
     if score:
         _logger.info("%s: val top-1 error %.4f, top-3 %.4f", out, score["top1_error"], score["top3_error"])
     return preds, score
+
+
+def ensemble_run(
+    members: dict[str, list[Path]], release: Release, out: str | os.PathLike
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Average members' predictions (mean probability) split by split; returns the folders and the val score.
+
+    Args:
+        members: Split name (``val``, ``test``) → the members' prediction folders.
+        release: The release whose ``val`` labels score the ensemble.
+        out: The folder for ``<part>.pred``.
+    """
+    from inatcomp.ensemble import ensemble
+    from inatcomp.predict import score_predictions
+
+    out = Path(out)
+    combined = {part: ensemble(paths, out=out / f"{part}.pred") for part, paths in members.items()}
+    score = score_predictions(combined["val"], release.val, k=3) if "val" in combined else {}
+    return combined, score
 
 
 def submit(release: Release, test_pred: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:

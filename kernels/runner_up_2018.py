@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from inatcomp.ensemble import ensemble
 from inatcomp.pipeline import (
     add_kernel_arguments,
+    ensemble_run,
     kernel_release,
     predict_run,
     run_kernel,
@@ -26,7 +26,6 @@ from inatcomp.pipeline import (
     train_run,
     write_summary,
 )
-from inatcomp.predict import score_predictions
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,10 +65,7 @@ def main(args: argparse.Namespace) -> dict:
         summary[f"{name}_val_top3_error"] = val["top3_error"]
         for part in members:
             members[part].append(preds[part])
-    combined = {
-        part: ensemble(paths, out=out / "predictions" / f"ensemble_{part}.pred") for part, paths in members.items()
-    }
-    val = score_predictions(combined["val"], release.val, k=3)
+    combined, val = ensemble_run(members, release, out / "predictions" / "ensemble")
     summary.update(ensemble_val_top1_error=val["top1_error"], ensemble_val_top3_error=val["top3_error"])
     summary.update(submit(release, combined["test"], out / "submission.csv"))
     summary["published_private_top3_error"] = 0.13981

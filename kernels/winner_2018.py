@@ -23,9 +23,9 @@ import dataclasses
 from pathlib import Path
 
 from inatcomp.build import split_val
-from inatcomp.ensemble import ensemble
 from inatcomp.pipeline import (
     add_kernel_arguments,
+    ensemble_run,
     kernel_release,
     predict_run,
     run_kernel,
@@ -33,7 +33,6 @@ from inatcomp.pipeline import (
     train_run,
     write_summary,
 )
-from inatcomp.predict import score_predictions
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -87,10 +86,7 @@ def main(args: argparse.Namespace) -> dict:
         preds, _ = predict_run(tuned.run_dir, held_out, out / "predictions" / name, tta="multiscale", amp=args.amp)
         for part in members:
             members[part].append(preds[part])
-    combined = {
-        part: ensemble(paths, out=out / "predictions" / f"ensemble_{part}.pred") for part, paths in members.items()
-    }
-    minival = score_predictions(combined["val"], held_out.val, k=3)
+    combined, minival = ensemble_run(members, held_out, out / "predictions" / "ensemble")
     summary.update(ensemble_minival_top1_error=minival["top1_error"], ensemble_minival_top3_error=minival["top3_error"])
     summary.update(submit(release, combined["test"], out / "submission.csv"))
     summary["published_private_top3_error"] = 0.12858

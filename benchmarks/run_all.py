@@ -10,6 +10,8 @@ import os
 import platform
 from pathlib import Path
 
+from inatcomp.formats import write_atomic
+
 _logger = logging.getLogger(__name__)
 
 #: Benchmark modules in the order they run.
@@ -20,6 +22,7 @@ BENCHMARKS = (
     "benchmarks.train_step",
     "benchmarks.score",
     "benchmarks.tta",
+    "benchmarks.progressive",
 )
 
 
@@ -28,11 +31,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", help="Markdown file to rewrite (BENCHMARKS.md)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--only", nargs="+", choices=BENCHMARKS, metavar="MODULE",
+        help="run only these scripts; with --write their rows are replaced and the others' rows kept",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("inatcomp").setLevel(logging.WARNING)
     rows = []
-    for name in BENCHMARKS:
+    for name in args.only or BENCHMARKS:
         for result in importlib.import_module(name).run(quick=args.quick):
             result.log()
             rows.append((name, result))
@@ -48,9 +55,27 @@ def main() -> None:
             "| script | goal | figure | ratio | met |",
             "| --- | --- | --- | --- | --- |",
         ]
-        lines += [f"| `{n}` | {r.goal} | {r.figure} | {r.ratio:.2f} | {'yes' if r.met else 'no'} |" for n, r in rows]
-        Path(args.write).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        chosen = args.only or BENCHMARKS
+        fresh: dict[str, list[str]] = {n: [] for n in BENCHMARKS}
+        for n, r in rows:
+            fresh[n].append(f"| `{n}` | {r.goal} | {r.figure} | {r.ratio:.2f} | {'yes' if r.met else 'no'} |")
+        kept = _rows_of(Path(args.write)) if args.only else {}
+        for n in BENCHMARKS:
+            lines += fresh[n] if n in chosen else kept.get(n, [])
+        if args.only:
+            lines += ["", f"Measured on this date: {', '.join(f'`{n}`' for n in chosen)}; other rows kept from before."]
+        write_atomic(args.write, "\n".join(lines) + "\n")
         _logger.info("wrote %s", args.write)
+
+
+def _rows_of(path: Path) -> dict[str, list[str]]:
+    """The table rows of an existing BENCHMARKS.md, by script."""
+    rows: dict[str, list[str]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("| `benchmarks."):
+                rows.setdefault(line.split("`")[1], []).append(line)
+    return rows
 
 
 if __name__ == "__main__":

@@ -458,7 +458,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     demo.add_argument("--species", type=int, default=300)
     demo.add_argument("--photos", type=int, default=20000)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
+    demo.add_argument("--epochs", type=int, default=12, help="training epochs of each model (default 12)")
     demo.set_defaults(func=_cmd_demo)
 
     formats = ("inat2017", "inat2018", "inat2019", "inat2021")  # scoring.SubmissionFormat, kept import-free here

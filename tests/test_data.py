@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import timm
@@ -241,6 +242,35 @@ def test_decoding_stops_below_the_crop_with_the_same_pixels(tmp_path, subsamplin
     assert real((tmp_path / "prog.jpg").read_bytes(), 20) is None
 
 
+def test_jpeg_header_size_and_rgb_arrays_match_pil(tmp_path):
+    """The header size is PIL's, and the zero-copy RGB export (with its crop) equals PIL's own array."""
+    from inatcomp.data import dataset as dataset_module
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (61, 83, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "base.jpg", quality=90)
+    Image.fromarray(pixels).save(tmp_path / "prog.jpg", progressive=True)
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "grey.jpg")
+    Image.fromarray(pixels).save(tmp_path / "img.png")
+    for name in ("base.jpg", "prog.jpg", "grey.jpg"):
+        with Image.open(tmp_path / name) as im:
+            assert dataset_module._jpeg_size((tmp_path / name).read_bytes()) == im.size
+    assert dataset_module._jpeg_size((tmp_path / "img.png").read_bytes()) is None
+    assert dataset_module._jpeg_size(b"\xff\xd8\xff") is None
+    for name in ("base.jpg", "grey.jpg", "img.png"):
+        with Image.open(tmp_path / name) as im:
+            im.load()
+            rgb = im.convert("RGB")
+            for box in (None, (0, 0, 83, 61), (5, 7, 40, 33), (82, 60, 83, 61)):
+                expected = np.asarray(rgb.crop(box) if box else rgb)
+                out = dataset_module._rgb_array(im, box)
+                assert out.flags.c_contiguous and out.dtype == np.uint8
+                np.testing.assert_array_equal(out, expected)
+    # An image stored in several blocks cannot be exported without a copy: PIL's array instead.
+    big = Image.new("RGB", (3000, 2000), (9, 8, 7))
+    np.testing.assert_array_equal(dataset_module._rgb_array(big, (10, 20, 30, 50)), np.full((30, 20, 3), (9, 8, 7)))
+
+
 def test_decode_size_bounds():
     preset = TrainPreset(img_size=224, seed=1)
     for _ in range(200):
@@ -283,6 +313,75 @@ def test_train_preset_is_random_and_reseedable():
     c = preset(image)
     preset.reseed(5)
     assert torch.equal(c, preset(image))
+
+
+def _torchvision_jitter(image: np.ndarray, factors: tuple[float, float, float, float], order) -> np.ndarray:
+    """The reference: torchvision's colour functions on a float tensor, in the given order, back to 0–255."""
+    from torchvision.transforms import functional as F  # noqa: N812
+
+    steps = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+    tensor = torch.from_numpy(image).permute(2, 0, 1).double() / 255
+    for step in order:
+        tensor = steps[step](tensor, factors[step])
+    return tensor.permute(1, 2, 0).numpy() * 255
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_color_jitter_matches_torchvision(seed):
+    """Each fused step (one cv2.transform on uint8) is torchvision's step, up to the uint8 rounding of each step."""
+    from inatcomp.data.transforms import color_jitter
+
+    rng = np.random.default_rng(seed)
+    # Smooth colours with bright and dark patches, so that the clipping after each step matters.
+    image = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (64, 48), interpolation=cv2.INTER_CUBIC)
+    for _ in range(10):
+        factors = (*rng.uniform(0.6, 1.4, 3), 0.0)
+        order = rng.permutation(4)
+        out = color_jitter(image, *factors, order=order)
+        assert out.dtype == np.uint8 and out.shape == image.shape
+        difference = np.abs(out - _torchvision_jitter(image, factors, order))
+        assert difference.max() <= 2.5 and difference.mean() < 0.75
+    # Hue works on OpenCV's 180-step uint8 hue, so one step of it moves a saturated colour by a few levels.
+    factors = (1.2, 0.8, 1.3, 0.1)
+    difference = np.abs(
+        color_jitter(image, *factors, order=(3, 0, 1, 2)) - _torchvision_jitter(image, factors, (3, 0, 1, 2))
+    )
+    assert np.percentile(difference, 99) <= 6 and difference.mean() < 1.5
+    # Factor 1 (hue 0) leaves the image alone; factor 0 gives black, the mean grey and the grey image.
+    assert color_jitter(image, 1.0, 1.0, 1.0, 0.0) is image
+    assert not color_jitter(image, 0.0, 1.0, 1.0, 0.0).any()
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(float)
+    assert np.abs(color_jitter(image, 1.0, 0.0, 1.0, 0.0) - grey.mean()).max() <= 1
+    assert np.abs(color_jitter(image, 1.0, 1.0, 0.0, 0.0) - grey[..., None]).max() <= 1
+
+
+def test_normalized_tensor_is_the_plain_formula():
+    from inatcomp.data.transforms import normalized_tensor
+
+    image = np.random.default_rng(0).integers(0, 256, (37, 29, 3), dtype=np.uint8)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    out = normalized_tensor(image, 1 / (255 * std), -mean / std)
+    assert out.dtype == torch.float32 and out.shape == (3, 37, 29) and out.is_contiguous()
+    expected = ((image / 255 - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(out.numpy(), expected, atol=2e-6)
+
+
+def test_train_preset_flips_and_jitters_as_configured():
+    image = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)  # bilinear down to 16
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    plain = ((cv2.resize(image, (16, 16), interpolation=cv2.INTER_LINEAR) / 255 - mean) / std).transpose(2, 0, 1)
+    whole = {"scale": (1.0, 1.0), "ratio": (1.0, 1.0), "color_jitter": 0.0}
+    np.testing.assert_allclose(TrainPreset(img_size=16, hflip=1.0, **whole)(image), plain[..., ::-1], atol=2e-6)
+    np.testing.assert_allclose(TrainPreset(img_size=16, hflip=0.0, **whole)(image), plain, atol=2e-6)
+    # About half the images are flipped; with jitter, brightness spreads over the factor range.
+    preset = TrainPreset(img_size=16, scale=(1.0, 1.0), ratio=(1.0, 1.0), seed=0)
+    flat = np.full((40, 40, 3), 100, dtype=np.uint8)
+    levels = [float(preset(flat)[0].mean()) * std[0] + mean[0] for _ in range(400)]
+    levels = np.asarray(levels) * 255  # a grey image: contrast and saturation keep it, brightness scales it
+    assert 58 <= levels.min() < 66 and 134 < levels.max() <= 142
+    flips = TrainPreset(img_size=16, color_jitter=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), seed=0)
+    flipped = [torch.equal(flips(image), TrainPreset(img_size=16, hflip=1.0, **whole)(image)) for _ in range(400)]
+    assert 160 < sum(flipped) < 240
 
 
 def test_resolve_data_config():

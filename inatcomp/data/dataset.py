@@ -34,6 +34,7 @@ from typing import Any, NamedTuple, Protocol
 import cv2
 import numpy as np
 import orjson
+import pyarrow as pa
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
@@ -96,6 +97,67 @@ class PlannedTransform(Protocol):
     def plan(self, width: int, height: int) -> DecodePlan: ...
 
     def __call__(self, image: np.ndarray, plan: DecodePlan | None = None) -> Any: ...
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, or ``None`` when ``data`` is not a JPEG with one."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    pos, end = 2, len(data)
+    while pos + 9 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = data[pos + 5] << 8 | data[pos + 6], data[pos + 7] << 8 | data[pos + 8]
+            return (width, height) if width and height else None
+        if marker == 0xDA:
+            return None  # scan data before any frame header
+        pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
+    return None
+
+
+def _rgb_array(im: Image.Image, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """A loaded image, or its ``box`` (x0, y0, x1, y1), as a contiguous RGB uint8 (H, W, 3) array.
+
+    Pillow keeps RGB as 4 bytes a pixel and exports that memory without a copy through the Arrow C data
+    interface (Pillow ≥ 11.2, images in one block); one ``cv2.cvtColor`` then crops and drops the padding
+    byte in a single pass, where ``np.asarray(im.crop(box))`` copies three times (crop, pack, join).
+    """
+    if im.mode != "RGB":
+        # Crop first: only the crop's pixels are converted.
+        im, box = (im.crop(box) if box is not None else im).convert("RGB"), None
+    try:
+        pixels = pa.array(im).values.to_numpy(zero_copy_only=True).reshape(im.height, im.width, 4)
+    except (AttributeError, TypeError, ValueError, pa.ArrowException):
+        # No Arrow export (older Pillow), or an image in several blocks: PIL's own copy.
+        return np.asarray(im.crop(box) if box is not None else im)
+    if box is not None:
+        pixels = pixels[box[1] : box[3], box[0] : box[2]]
+    return cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
+
+
+def _decode_whole(
+    data: bytes, planner: PlannedTransform | None, plan: DecodePlan | None = None
+) -> tuple[np.ndarray, DecodePlan | None]:
+    """Decode at full size (no JPEG header to plan from, or no planning transform) and apply the plan's crop.
+
+    Args:
+        data: The file's bytes.
+        planner: The transform that plans the decode, or ``None``.
+        plan: A plan already made for this image; ``None`` asks ``planner`` for one.
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if planner is None:
+            return _rgb_array(im), None
+        plan = plan if plan is not None else planner.plan(*im.size)
+        if plan.crop is None or plan.crop == FULL_CROP:
+            return _rgb_array(im), plan
+        return _rgb_array(im, plan.crop.pixels(*im.size)), dataclasses.replace(plan, crop=FULL_CROP)
 
 
 class Sample(NamedTuple):
@@ -284,35 +346,28 @@ class CompetitionDataset(Dataset):
         """Decode an image (at reduced scale, and only down to the crop, when the transform plans it) as RGB."""
         with open(self.path(index), "rb") as file:
             data = file.read()
-        with Image.open(io.BytesIO(data)) as im:
-            plan = None
-            if not hasattr(self.transform, "plan"):
-                im.load()
-                return np.asarray(im.convert("RGB") if im.mode != "RGB" else im), None
-            width, height = im.size
-            plan = self.transform.plan(width, height)
-            cropped = plan.crop is not None and plan.crop != FULL_CROP
-            if im.format != "JPEG":
-                im.load()
-                box = plan.crop.pixels(width, height) if cropped else None
-            else:
-                scale = _dct_scale(width, height, plan.size)
-                decoded = (-(-width // scale), -(-height // scale))
-                box = plan.crop.pixels(*decoded) if cropped else None
-                rows = height if box is None else min(height, box[3] * scale + _ROW_MARGIN)
-                if rows < height and (shorter := _truncated_jpeg(data, rows)) is not None:
-                    im.close()
-                    im = Image.open(io.BytesIO(shorter))
-                # Asking for (width // scale, 1) makes PIL's own rule pick exactly ``scale``.
-                im.draft("RGB", (width // scale, 1))
-                im.load()
+        if not hasattr(self.transform, "plan"):
+            return _decode_whole(data, None)
+        size = _jpeg_size(data)
+        if size is None:
+            return _decode_whole(data, self.transform)
+        # The size comes from the JPEG header, so PIL opens the file once, already shortened.
+        width, height = size
+        plan = self.transform.plan(width, height)
+        scale = _dct_scale(width, height, plan.size)
+        decoded = (-(-width // scale), -(-height // scale))
+        box = plan.crop.pixels(*decoded) if plan.crop is not None and plan.crop != FULL_CROP else None
+        rows = height if box is None else min(height, box[3] * scale + _ROW_MARGIN)
+        shorter = _truncated_jpeg(data, rows) if rows < height else None
+        with Image.open(io.BytesIO(shorter or data)) as im:
+            if im.format != "JPEG" or im.width != width:
+                return _decode_whole(data, self.transform, plan)  # e.g. an MPO file: PIL's general path
+            # Asking for (width // scale, 1) makes PIL's own rule pick exactly ``scale``.
+            im.draft("RGB", (width // scale, 1))
+            im.load()
             if box is not None:
-                # Crop before the conversion to NumPy: only the crop's pixels are copied.
-                im = im.crop(box)
                 plan = dataclasses.replace(plan, crop=FULL_CROP)
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im), plan
+            return _rgb_array(im, box), plan
 
     def _replacement(self, index: int) -> int | None:
         label = self.labels[index]

@@ -96,6 +96,7 @@ def run_demo(
             held_out, out / "runs" / f"{name}_valft", init=runs[name].run_dir / "best.safetensors",
             train=out / "minival" / "val.json", categories_from="init", epochs=max(1, epochs // 5), lr=0.005,
             schedule="cosine", workers=0, seed=seed + member_seed, log_every=0,
+            freeze_norm_stats=True, **{k: RECIPE[k] for k in ("label_smoothing", "taxonomy_smoothing")},
         )  # fmt: skip
         timings.append(("fine-tune", time.perf_counter() - start, _minival_text(runs[name], f"{name} on val")))
 

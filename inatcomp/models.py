@@ -41,6 +41,7 @@ __all__ = [
     "choose_taxon_match",
     "classifier_names",
     "freeze_model",
+    "freeze_norm_statistics",
     "parse_freeze",
     "taxon_keys",
     "transfer_classifier",
@@ -538,6 +539,24 @@ def _stay_in_eval(self: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
 
 def _has_running_stats(module: torch.nn.Module) -> bool:
     return bool(getattr(module, "track_running_stats", False)) and getattr(module, "running_mean", None) is not None
+
+
+def freeze_norm_statistics(model: torch.nn.Module) -> int:
+    """Keep every BatchNorm layer's running statistics fixed (eval mode, also after ``model.train()``).
+
+    Their weights still train. For fine-tuning on a few hundred images (val fine-tuning): otherwise a few
+    dozen steps replace statistics gathered over the whole train set by those of the small set's batches.
+
+    Returns:
+        The number of layers whose statistics are now fixed.
+    """
+    count = 0
+    for module in model.modules():
+        if _has_running_stats(module):
+            module.train = types.MethodType(_stay_in_eval, module)
+            module.eval()
+            count += 1
+    return count
 
 
 def freeze_model(model: torch.nn.Module, *, mode: FreezeMode, keep_last: int = 1) -> FreezeReport:

@@ -62,6 +62,7 @@ from inatcomp.models import (
     classifier_names,
     create_model,
     freeze_model,
+    freeze_norm_statistics,
     load_checkpoint,
     parse_freeze,
     resolve_checkpoint,
@@ -130,7 +131,9 @@ class TrainConfig:
     ``transfer_match`` (:class:`~inatcomp.models.TaxonMatch`: ``auto``, ``id`` or ``name``) and
     ``new_taxa_init`` (:class:`~inatcomp.models.NewTaxaInit`: ``zero`` or ``mean``) for an ``init`` with
     another category set; ``freeze`` (``none``, ``backbone`` or ``all-but-last-N``, see
-    :func:`~inatcomp.models.parse_freeze`; one option, as the command line writes it).
+    :func:`~inatcomp.models.parse_freeze`; one option, as the command line writes it); ``freeze_norm_stats``
+    (every BatchNorm layer keeps the running statistics it starts with while its weights train: for val
+    fine-tuning, where a few dozen small-set batches would otherwise replace them).
     """
 
     train: str = ""
@@ -144,6 +147,7 @@ class TrainConfig:
     transfer_match: str = "auto"
     new_taxa_init: str = "zero"
     freeze: str = "none"
+    freeze_norm_stats: bool = False
     img_size: int = 224
     crop_pct: float = 0.875
     epochs: int = 10
@@ -802,6 +806,10 @@ def _prepare_model(
                          config.freeze, frozen.trainable_parameters,
                          frozen.trainable_parameters + frozen.frozen_parameters,
                          ", ".join(frozen.trainable_modules), frozen.frozen_norms)  # fmt: skip
+    if config.freeze_norm_stats:
+        fixed = freeze_norm_statistics(model)
+        if main:
+            _logger.info("--freeze-norm-stats: %d BatchNorm layers keep their statistics", fixed)
     return model, transfer
 
 

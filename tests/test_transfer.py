@@ -215,6 +215,10 @@ def test_val_finetune_recipe_loads_trains_and_writes(release, tmp_path):
     key = "layer1.0.conv1.weight"
     moved = (weights[key] - base_weights[key]).norm()
     assert 0 < moved < 0.1 * (fresh[key] - base_weights[key]).norm()
+    # freeze_norm_stats: every BatchNorm keeps the base's running statistics while its weights train.
+    stats = [k for k in weights if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(weights[k], base_weights[k]) for k in stats)
+    assert not torch.equal(weights["bn1.weight"], base_weights["bn1.weight"])
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

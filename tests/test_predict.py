@@ -21,8 +21,10 @@ from inatcomp.predict import (
     TTAMode,
     View,
     _average,
+    _InputBuffer,
     _ViewDataset,
     decode_factor,
+    load_model,
     load_views,
     open_predictions,
     predict,
@@ -183,6 +185,68 @@ def test_views_average_as_probabilities_or_logits():
     assert torch.allclose(prob[2], logits[2].softmax(0))
     logit = _average(logits, counts, AverageMode.LOGIT)
     assert torch.allclose(logit[0], torch.tensor([0.5, 0.5])) and torch.allclose(logit.sum(1), torch.ones(3))
+
+
+def test_equal_view_counts_average_like_the_gather():
+    # Every image with the same number of views takes a reshape-and-mean path; it must match the general one.
+    logits = torch.randn(12, 7, generator=torch.Generator().manual_seed(0)) * 3
+    counts = torch.tensor([3, 3, 3, 3])
+    for mode in AverageMode:
+        values = logits.softmax(dim=1) if mode is AverageMode.PROB else logits
+        expected = torch.stack([values[3 * i : 3 * i + 3].mean(dim=0) for i in range(4)])
+        expected = expected if mode is AverageMode.PROB else expected.softmax(dim=1)
+        torch.testing.assert_close(_average(logits, counts, mode), expected)
+        general = _average(torch.cat([logits, logits[:1]]), torch.tensor([3, 3, 3, 3, 1]), mode)
+        torch.testing.assert_close(general[:4], expected)
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_input_buffer_normalises_like_the_plain_expression(layout, dtype):
+    rng = np.random.default_rng(0)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    normalise = _InputBuffer(mean, std, layout, dtype, chunk_elements=2 * 6 * 6 * 3)  # two views per chunk
+    for n in (5, 3, 8):  # reused for a smaller batch, grown for a larger one; the last chunk is partial
+        views = torch.from_numpy(rng.integers(0, 256, size=(n, 6, 6, 3), dtype=np.uint8))
+        x = normalise(views)
+        expected = ((views.permute(0, 3, 1, 2).float() - mean) / std).to(dtype)
+        assert x.shape == (n, 3, 6, 6) and x.dtype == dtype and x.is_contiguous(memory_format=layout)
+        assert torch.equal(x, expected)  # the same float32 operations and one rounding: the same numbers
+
+
+@pytest.mark.parametrize("amp", [None, "bf16"])
+def test_predict_matches_the_straightforward_computation(release, checkpoint, tmp_path, amp):
+    # Ten-crop through predict (prefetch thread, reused input buffer handed over in the autocast dtype, mean of
+    # equal view counts) against each image's float32 views run through the model one image at a time.
+    test = json.loads((release / "test2018.json").read_text())
+    test["images"] = test["images"][:7]
+    data = tmp_path / "test.json"
+    data.write_text(json.dumps(test))
+    out = predict(
+        checkpoint=checkpoint, data=data, images=release, tta="ten-crop", out=tmp_path / "p", batch_size=3, amp=amp
+    )
+    model, _ = load_model(checkpoint)
+    dataset = _ViewDataset(
+        [str(release / im["file_name"]) for im in test["images"]],
+        mode=TTAMode.TEN_CROP,
+        crop_size=CROP,
+        crop_pct=0.875,
+        interpolation=cv2.INTER_CUBIC,
+        views=None,
+    )
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    expected = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+        for i in range(len(dataset)):
+            views, _, failed = dataset[i]
+            assert failed == 0 and len(views) == 10
+            x = (torch.from_numpy(views).permute(0, 3, 1, 2).float() - mean) / std
+            expected.append(model(x).float().softmax(dim=1).mean(dim=0).numpy())
+    # float16 rows (about 0.1 here: steps of 6e-5); an input 10% off moves them by 1e-3.
+    got = open_predictions(out).memmap().astype(np.float32)
+    np.testing.assert_allclose(got, np.stack(expected), rtol=0, atol=2e-4)
 
 
 def test_top_k_columns_orders_by_score_then_column():

@@ -22,6 +22,11 @@ _GOAL = 0.5
 PLOT = Path(__file__).resolve().parents[1] / "docs" / "progressive.png"
 
 
+#: The 2021 rules with 20 train images per class at least (2021: 50), so that a few thousand photos keep enough
+#: classes for a val set of some size (10 images per class).
+RULES = {"min_train": 20, "train_mini_per_class": 20}
+
+
 def stages(epochs: int) -> list[dict[str, Any]]:
     """The progressive schedule over ``epochs`` (at least 3): 40 % at 32 px, 30 % at 48 px, the rest at 64 px."""
     small, middle = max(1, round(0.4 * epochs)), max(1, round(0.3 * epochs))
@@ -81,7 +86,9 @@ def run(*, quick: bool = False, plot_to: Path | None = PLOT) -> list[Result]:
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         # The 2021 preset keeps 10 val images per class (2018: 3), so the accuracy curves are less noisy.
-        release = synthetic_release(Path(tmp), species=species, photos=photos, image_size=96, preset="inat2021")
+        release = synthetic_release(
+            Path(tmp), species=species, photos=photos, image_size=96, preset="inat2021", rules=RULES
+        )
         fixed = train_run(
             release, Path(tmp) / "fixed", img_size=64, batch_size=64, magnitude=1.0, drop_rate=0.2, **common
         )

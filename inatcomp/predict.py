@@ -132,11 +132,20 @@ class View:
         if self.box is None:
             raise ValueError("resolve() the view before asking for its pixels")
         x, y, w, h = self.box
-        x0 = min(int(round(x * width)), width - 1)
-        y0 = min(int(round(y * height)), height - 1)
-        x1 = max(min(int(round((x + w) * width)), width), x0 + 1)
-        y1 = max(min(int(round((y + h) * height)), height), y0 + 1)
+        x0, x1 = _span(x, w, width)
+        y0, y1 = _span(y, h, height)
         return x0, y0, x1, y1
+
+
+def _span(start: float, size: float, total: int) -> tuple[int, int]:
+    """A relative interval in pixels of a side of ``total``: its length rounded first, then its start.
+
+    Rounding both ends apart gave crops one pixel too wide or narrow (223 or 225 of 224), which then had to be
+    resampled; the length is kept whole and the start moved to fit inside the side.
+    """
+    length = max(1, min(int(round(size * total)), total))
+    first = min(max(int(round(start * total)), 0), total - length)
+    return first, first + length
 
 
 def _window(

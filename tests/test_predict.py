@@ -99,6 +99,17 @@ def test_five_and_ten_crop_boxes_are_the_corners_and_centre():
     assert [v.flip for v in ten] == [False] * 5 + [True] * 5
 
 
+@pytest.mark.parametrize(("width", "height"), [(400, 300), (533, 800), (800, 531), (500, 375), (257, 256)])
+def test_crops_are_exactly_the_crop_size_in_pixels(width, height):
+    # Cut from the image resized to a shorter side of 256 (rounded), each of the ten crops is 224 px square:
+    # no crop is one pixel off and resampled again.
+    ratio = 256 / min(width, height)
+    rw, rh = round(width * ratio), round(height * ratio)
+    for view in view_boxes(TTAMode.TEN_CROP, width, height, 224, crop_pct=224 / 256):
+        x0, y0, x1, y1 = view.pixels(rw, rh)
+        assert (x1 - x0, y1 - y0) == (224, 224) and 0 <= x0 and x1 <= rw and 0 <= y0 and y1 <= rh
+
+
 def test_multiscale_grid_per_scale():
     square = view_boxes(TTAMode.MULTISCALE, 300, 300, 100)
     assert len(square) == 1 + 9 + 9

@@ -107,7 +107,7 @@ def test_crops_are_exactly_the_crop_size_in_pixels(width, height):
     rw, rh = round(width * ratio), round(height * ratio)
     for view in view_boxes(TTAMode.TEN_CROP, width, height, 224, crop_pct=224 / 256):
         x0, y0, x1, y1 = view.pixels(rw, rh)
-        assert (x1 - x0, y1 - y0) == (224, 224) and 0 <= x0 and x1 <= rw and 0 <= y0 and y1 <= rh
+        assert (x1 - x0, y1 - y0) == (224, 224) and 0 <= x0 < x1 <= rw and 0 <= y0 < y1 <= rh
 
 
 def test_multiscale_grid_per_scale():

@@ -541,6 +541,12 @@ def _has_running_stats(module: torch.nn.Module) -> bool:
     return bool(getattr(module, "track_running_stats", False)) and getattr(module, "running_mean", None) is not None
 
 
+def _fix_statistics(module: torch.nn.Module) -> None:
+    """Put a normalisation layer in eval mode for good: ``train()`` leaves it there."""
+    module.train = types.MethodType(_stay_in_eval, module)
+    module.eval()
+
+
 def freeze_norm_statistics(model: torch.nn.Module) -> int:
     """Keep every BatchNorm layer's running statistics fixed (eval mode, also after ``model.train()``).
 
@@ -553,8 +559,7 @@ def freeze_norm_statistics(model: torch.nn.Module) -> int:
     count = 0
     for module in model.modules():
         if _has_running_stats(module):
-            module.train = types.MethodType(_stay_in_eval, module)
-            module.eval()
+            _fix_statistics(module)
             count += 1
     return count
 
@@ -611,8 +616,7 @@ def freeze_model(model: torch.nn.Module, *, mode: FreezeMode, keep_last: int = 1
                 parameter.requires_grad_(False)
             counts[parameter.requires_grad] += parameter.numel()
         if not keep and _has_running_stats(module):
-            module.train = types.MethodType(_stay_in_eval, module)
-            module.eval()
+            _fix_statistics(module)
             frozen_norms += 1
     report = FreezeReport(
         mode=mode,

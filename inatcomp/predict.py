@@ -677,6 +677,8 @@ class _ViewDataset:
     def _decode(self, path: str) -> tuple[np.ndarray, list[View]]:
         from PIL import Image
 
+        from inatcomp.data.dataset import rgb_array
+
         with Image.open(path) as im:
             width, height = im.size
             views = view_boxes(self.mode, width, height, self.crop_size, crop_pct=self.crop_pct, views=self.views)
@@ -685,9 +687,7 @@ class _ViewDataset:
                 if factor >= 2:
                     im.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
             im.load()
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im), views
+            return rgb_array(im), views
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, int]:
         import cv2

@@ -263,12 +263,12 @@ def test_jpeg_header_size_and_rgb_arrays_match_pil(tmp_path):
             rgb = im.convert("RGB")
             for box in (None, (0, 0, 83, 61), (5, 7, 40, 33), (82, 60, 83, 61)):
                 expected = np.asarray(rgb.crop(box) if box else rgb)
-                out = dataset_module._rgb_array(im, box)
+                out = dataset_module.rgb_array(im, box)
                 assert out.flags.c_contiguous and out.dtype == np.uint8
                 np.testing.assert_array_equal(out, expected)
     # An image stored in several blocks cannot be exported without a copy: PIL's array instead.
     big = Image.new("RGB", (3000, 2000), (9, 8, 7))
-    np.testing.assert_array_equal(dataset_module._rgb_array(big, (10, 20, 30, 50)), np.full((30, 20, 3), (9, 8, 7)))
+    np.testing.assert_array_equal(dataset_module.rgb_array(big, (10, 20, 30, 50)), np.full((30, 20, 3), (9, 8, 7)))
 
 
 def test_decode_size_bounds():

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from inatcomp.data.transforms import FULL_CROP, DecodePlan
 
-__all__ = ["CompetitionDataset", "Sample", "Taxonomy", "create_loader", "seed_worker"]
+__all__ = ["CompetitionDataset", "Sample", "Taxonomy", "create_loader", "rgb_array", "seed_worker"]
 
 _logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return (width, height) if width and height else None
 
 
-def _rgb_array(im: Image.Image, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+def rgb_array(im: Image.Image, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """A loaded image, or its ``box`` (x0, y0, x1, y1), as a contiguous RGB uint8 (H, W, 3) array.
 
     Pillow keeps RGB as 4 bytes a pixel and exports that memory without a copy through the Arrow C data
@@ -151,11 +151,11 @@ def _decode_whole(
     with Image.open(io.BytesIO(data)) as im:
         im.load()
         if planner is None:
-            return _rgb_array(im), None
+            return rgb_array(im), None
         plan = plan if plan is not None else planner.plan(*im.size)
         if plan.crop is None or plan.crop == FULL_CROP:
-            return _rgb_array(im), plan
-        return _rgb_array(im, plan.crop.pixels(*im.size)), dataclasses.replace(plan, crop=FULL_CROP)
+            return rgb_array(im), plan
+        return rgb_array(im, plan.crop.pixels(*im.size)), dataclasses.replace(plan, crop=FULL_CROP)
 
 
 class Sample(NamedTuple):
@@ -365,7 +365,7 @@ class CompetitionDataset(Dataset):
             im.load()
             if box is not None:
                 plan = dataclasses.replace(plan, crop=FULL_CROP)
-            return _rgb_array(im, box), plan
+            return rgb_array(im, box), plan
 
     def _replacement(self, index: int) -> int | None:
         label = self.labels[index]

@@ -242,6 +242,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         amp=args.amp,
+        fold_bn=not args.no_fold_bn,
         geo_prior=args.geo_prior,
         locations=args.locations,
     )
@@ -495,6 +496,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     pred.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     pred.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     pred.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast the model (default off)")
+    pred.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers apart from their convolutions")
     pred.add_argument("--geo-prior", metavar="PRIOR", help="multiply by this geo prior (inatcomp geoprior train)")
     pred.add_argument("--locations", help="the images' places for --geo-prior (default: beside --data, else --data)")
     pred.set_defaults(func=_cmd_predict)

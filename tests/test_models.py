@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from inatcomp.models import (
     create_model,
     flatten_state,
+    fold_batchnorm,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
@@ -68,3 +69,47 @@ def test_pretrained_from_a_local_file_keeps_the_backbone(tmp_path):
         create_model("resnet10t", num_classes=5, pretrained=tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="not a timm architecture"):
         create_model("no_such_net", num_classes=5)
+
+
+def _trained_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.uniform_(-0.5, 0.5)
+                layer.running_var.uniform_(0.5, 2.0)
+                layer.weight.uniform_(0.5, 1.5)
+                layer.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def test_folded_batchnorm_gives_the_same_outputs_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = _trained_statistics(create_model("resnet10t", num_classes=7))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded, count = fold_batchnorm(model)
+    assert count == 14 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 3, 40, 40)
+    with torch.inference_mode():
+        expected, got = model(x), folded(x)
+    first = [next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)) for net in (model, folded)]
+    assert (first[0].weight - first[1].weight).abs().max() > 0.01  # the statistics went into the weights
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # a copy was folded
+
+
+def test_folding_refuses_training_mode_and_keeps_untraceable_models():
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(create_model("resnet10t", num_classes=3).train())
+
+    class DataDependent(torch.nn.Module):  # torch.fx cannot trace control flow on a tensor's value
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return y if y.sum() > 0 else -y
+
+    model = DataDependent().eval()
+    assert fold_batchnorm(model) == (model, 0)

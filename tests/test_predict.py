@@ -14,7 +14,7 @@ import torch
 
 from inatcomp.build import build_dataset
 from inatcomp.cli import main
-from inatcomp.models import create_model, save_checkpoint
+from inatcomp.models import create_model, fold_batchnorm, save_checkpoint
 from inatcomp.predict import (
     AverageMode,
     PredictionWriter,
@@ -51,6 +51,13 @@ def checkpoint(release, tmp_path_factory):
     torch.manual_seed(0)
     categories = sorted(c["id"] for c in json.loads((release / "train2018.json").read_text())["categories"])
     model = create_model("resnet10t", num_classes=len(categories))
+    with torch.no_grad():  # statistics as after training, so that folding them into the convolutions shows
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.uniform_(-0.5, 0.5)
+                layer.running_var.uniform_(0.5, 2.0)
+                layer.weight.uniform_(0.5, 1.5)
+                layer.bias.uniform_(-0.2, 0.2)
     metadata = {
         "model": "resnet10t",
         "num_classes": len(categories),
@@ -226,18 +233,29 @@ def test_input_buffer_normalises_like_the_plain_expression(layout, dtype):
         assert torch.equal(x, expected)  # the same float32 operations and one rounding: the same numbers
 
 
-@pytest.mark.parametrize("amp", [None, "bf16"])
-def test_predict_matches_the_straightforward_computation(release, checkpoint, tmp_path, amp):
+@pytest.mark.parametrize(("amp", "fold_bn"), [(None, False), (None, True), ("bf16", True)])
+def test_predict_matches_the_straightforward_computation(release, checkpoint, tmp_path, amp, fold_bn):
     # Ten-crop through predict (prefetch thread, reused input buffer handed over in the autocast dtype, mean of
-    # equal view counts) against each image's float32 views run through the model one image at a time.
+    # equal view counts) against each image's float32 views run through the checkpoint's model (BatchNorm not
+    # folded, except under bf16, where folding changes the rounding) one image at a time.
     test = json.loads((release / "test2018.json").read_text())
     test["images"] = test["images"][:7]
     data = tmp_path / "test.json"
     data.write_text(json.dumps(test))
     out = predict(
-        checkpoint=checkpoint, data=data, images=release, tta="ten-crop", out=tmp_path / "p", batch_size=3, amp=amp
+        checkpoint=checkpoint,
+        data=data,
+        images=release,
+        tta="ten-crop",
+        out=tmp_path / "p",
+        batch_size=3,
+        amp=amp,
+        fold_bn=fold_bn,
     )
+    assert open_predictions(out).header["folded_batchnorm"] == (14 if fold_bn else 0)  # all of resnet10t's
     model, _ = load_model(checkpoint)
+    if amp:
+        model, _ = fold_batchnorm(model)
     dataset = _ViewDataset(
         [str(release / im["file_name"]) for im in test["images"]],
         mode=TTAMode.TEN_CROP,

@@ -113,3 +113,6 @@ def test_folding_refuses_training_mode_and_keeps_untraceable_models():
 
     model = DataDependent().eval()
     assert fold_batchnorm(model) == (model, 0)
+    # timm's BatchNormAct2d (normalisation and activation in one layer) is traced through, not folded.
+    fused_act = create_model("mobilenetv3_small_050", num_classes=3).eval()
+    assert fold_batchnorm(fused_act) == (fused_act, 0)

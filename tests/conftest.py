@@ -1,4 +1,4 @@
-"""Shared helpers of the tests: tiny hand-made competition datasets."""
+"""Shared helpers of the tests: tiny hand-made competition datasets, models with trained-looking statistics."""
 
 from __future__ import annotations
 
@@ -66,3 +66,23 @@ def write_tiny_dataset(
 def tiny_dataset():
     """:func:`write_tiny_dataset` as a fixture."""
     return write_tiny_dataset
+
+
+def set_trained_statistics(model):
+    """Random BatchNorm statistics and affine weights, as after training (fresh ones leave the layer near identity)."""
+    import torch
+
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.uniform_(-0.5, 0.5)
+                layer.running_var.uniform_(0.5, 2.0)
+                layer.weight.uniform_(0.5, 1.5)
+                layer.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+@pytest.fixture(scope="session")
+def trained_statistics():
+    """:func:`set_trained_statistics` as a fixture."""
+    return set_trained_statistics

@@ -71,20 +71,9 @@ def test_pretrained_from_a_local_file_keeps_the_backbone(tmp_path):
         create_model("no_such_net", num_classes=5)
 
 
-def _trained_statistics(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, torch.nn.BatchNorm2d):
-                layer.running_mean.uniform_(-0.5, 0.5)
-                layer.running_var.uniform_(0.5, 2.0)
-                layer.weight.uniform_(0.5, 1.5)
-                layer.bias.uniform_(-0.2, 0.2)
-    return model.eval()
-
-
-def test_folded_batchnorm_gives_the_same_outputs_and_leaves_the_model_alone():
+def test_folded_batchnorm_gives_the_same_outputs_and_leaves_the_model_alone(trained_statistics):
     torch.manual_seed(0)
-    model = _trained_statistics(create_model("resnet10t", num_classes=7))
+    model = trained_statistics(create_model("resnet10t", num_classes=7)).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded, count = fold_batchnorm(model)
     assert count == 14 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())

@@ -47,17 +47,11 @@ def release(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(release, tmp_path_factory):
+def checkpoint(release, tmp_path_factory, trained_statistics):
     torch.manual_seed(0)
     categories = sorted(c["id"] for c in json.loads((release / "train2018.json").read_text())["categories"])
-    model = create_model("resnet10t", num_classes=len(categories))
-    with torch.no_grad():  # statistics as after training, so that folding them into the convolutions shows
-        for layer in model.modules():
-            if isinstance(layer, torch.nn.BatchNorm2d):
-                layer.running_mean.uniform_(-0.5, 0.5)
-                layer.running_var.uniform_(0.5, 2.0)
-                layer.weight.uniform_(0.5, 1.5)
-                layer.bias.uniform_(-0.2, 0.2)
+    # Statistics as after training, so that folding them into the convolutions shows.
+    model = trained_statistics(create_model("resnet10t", num_classes=len(categories)))
     metadata = {
         "model": "resnet10t",
         "num_classes": len(categories),

@@ -495,7 +495,9 @@ def assign_observers(
     else:
         descending = ascending[::-1]
 
-    by_size = lexsort_by_group(observer_size, tie)  # smallest first, ties at random
+    by_size = None  # smallest first, ties at random: the order in which the per-class quotas are filled
+    if rules.val_per_class is not None or rules.test_per_class is not None:
+        by_size = lexsort_by_group(observer_size, tie)
     if rules.val_per_class is not None:
         _fill_quota(pairs, by_size, state, Split.VAL, min_train=rules.min_train, waste_ok=True)
     else:

@@ -37,7 +37,19 @@ import pyarrow.compute as pc
 
 from inatcomp import formats
 from inatcomp.export import TABLE_COLUMNS, ancestry_parents, read_export
-from inatcomp.splits import BuildRules, PhotoChoice, Preset, Split, assign_observers, rank_within_groups
+from inatcomp.splits import (
+    BuildRules,
+    PhotoChoice,
+    Preset,
+    Split,
+    assign_observers,
+    first_within_groups,
+    lexsort_by_group,
+    random_keys,
+    rank_within_groups,
+    sort_with_order,
+    stable_argsort,
+)
 from inatcomp.taxonomy import TaxonIndex
 
 __all__ = ["BUILD_COLUMNS", "BuildResult", "build_dataset", "release_names"]
@@ -257,13 +269,27 @@ def _observation_classes(
 
     Everything but the first two reasons depends on the taxon alone: it is worked out once per taxon.
     """
-    rows = np.where(obs_valid_taxon, _rows_of(taxa, np.where(obs_valid_taxon, obs_taxon, -1)), -1)
     taxon_class, taxon_reason = _taxon_classes(taxa, rules)
-    safe_rows = np.maximum(rows, 0)
-    reason = taxon_reason[safe_rows] if len(taxon_reason) else np.zeros(len(rows), np.int8)
-    reason[rows < 0] = _REASONS.index("unknown taxon")
-    reason[~obs_valid_taxon] = _REASONS.index("no taxon")
-    cls = np.where(reason == 0, taxon_class[safe_rows] if len(taxon_class) else -1, -1)
+    known = taxa.taxon_ids
+    if len(known) and known.min() >= 0 and _dense(int(known.max()), len(obs_taxon)):
+        # One lookup per observation in tables indexed by taxon id; the last entry answers for unknown ids.
+        top = int(known.max()) + 1
+        class_of_id = np.full(top + 1, -1, dtype=np.int64)
+        class_of_id[known] = taxon_class
+        reason_of_id = np.full(top + 1, _REASONS.index("unknown taxon"), dtype=np.int8)
+        reason_of_id[known] = taxon_reason
+        at = np.where((obs_taxon >= 0) & (obs_taxon < top), obs_taxon, top)
+        cls, reason = class_of_id[at], reason_of_id[at]
+        del at
+    else:
+        rows = np.where(obs_valid_taxon, taxa.rows_of(np.where(obs_valid_taxon, obs_taxon, -1)), -1)
+        safe_rows = np.maximum(rows, 0)
+        reason = taxon_reason[safe_rows] if len(taxon_reason) else np.zeros(len(rows), np.int8)
+        reason[rows < 0] = _REASONS.index("unknown taxon")
+        cls = np.where(reason == 0, taxon_class[safe_rows] if len(taxon_class) else -1, -1)
+    no_taxon = ~obs_valid_taxon
+    reason[no_taxon] = _REASONS.index("no taxon")
+    cls[no_taxon] = -1
     return cls, reason
 
 
@@ -293,33 +319,36 @@ def _taxon_classes(taxa: TaxonIndex, rules: BuildRules) -> tuple[np.ndarray, np.
     return cls, reason
 
 
-#: Ids below this are looked up in a dense table (at most 64 MB) rather than by binary search.
+#: Ids below this are looked up in a dense table (at most 64 MB) rather than by binary search or sorting.
 _DENSE_IDS = 1 << 24
 
 
-def _rows_of(taxa: TaxonIndex, ids: np.ndarray) -> np.ndarray:
-    """:meth:`TaxonIndex.rows_of`, through a dense table when the taxon ids are small non-negative integers."""
-    known = taxa.taxon_ids
-    if len(known) == 0 or known.min() < 0 or known.max() >= _DENSE_IDS:
-        return taxa.rows_of(ids)
-    table = np.full(int(known.max()) + 1, -1, dtype=np.int32)
-    table[known] = np.arange(len(known), dtype=np.int32)
-    inside = (ids >= 0) & (ids < len(table))
-    return np.where(inside, table[np.where(inside, ids, 0)], -1).astype(np.int64)
+def _dense(top: int, n: int) -> bool:
+    """Whether a table indexed by ids up to ``top`` is small for ``n`` lookups: under :data:`_DENSE_IDS`
+    entries, or under four per lookup."""
+    return top < max(_DENSE_IDS, 4 * n)
 
 
 def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(values, return_inverse=True)`` for integers, by counting when they are small and non-negative."""
-    if len(values) == 0 or values.min() < 0 or values.max() >= _DENSE_IDS:
+    """``np.unique(values, return_inverse=True)`` for integers: by counting when they are small and
+    non-negative, else by :func:`~inatcomp.splits.sort_with_order` (several times faster than NumPy's)."""
+    if len(values) == 0 or values.dtype.kind not in "iu" or values.min() < 0:
         return np.unique(values, return_inverse=True)
-    present = np.bincount(values) > 0
-    code = np.cumsum(present) - 1
-    return np.flatnonzero(present).astype(values.dtype), code[values]
+    if _dense(int(values.max()), len(values)):
+        present = np.flatnonzero(np.bincount(values))
+        code = np.zeros(int(present[-1]) + 1, dtype=np.int64)
+        code[present] = np.arange(len(present))
+        return present.astype(values.dtype), code[values]
+    ordered, order = sort_with_order(values)
+    head = np.r_[True, ordered[1:] != ordered[:-1]]
+    inverse = np.empty(len(values), dtype=np.int64)
+    inverse[order] = np.cumsum(head) - 1
+    return ordered[head], inverse
 
 
 def _is_in(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     """``np.isin`` for integer ids, through a dense table when the known ids are small non-negative integers."""
-    if len(known) == 0 or known.min() < 0 or known.max() >= _DENSE_IDS:
+    if len(known) == 0 or known.min() < 0 or not _dense(int(known.max()), len(values)):
         return np.isin(values, known)
     table = np.zeros(int(known.max()) + 1, dtype=bool)
     table[known] = True
@@ -538,13 +567,17 @@ def build_dataset(
     keep_photo = ~orphan & (obs_class[np.maximum(photo_obs, 0)] >= 0)
     cand = np.flatnonzero(keep_photo)
     if rules.photo_choice is PhotoChoice.RANDOM:
-        order_key = sample_rng.random(len(cand))
+        order_key = random_keys(sample_rng, len(cand))
     else:  # by position, ties in the table's order
         order_key = _take_numbers(p["position"], cand, 0)
-    rank_in_obs = rank_within_groups(photo_obs[cand], order_key)
-    extra = rank_in_obs >= rules.photos_per_observation
+    if rules.photos_per_observation == 1:
+        extra, rank_in_obs = ~first_within_groups(photo_obs[cand], order_key), None
+    else:
+        rank_in_obs = rank_within_groups(photo_obs[cand], order_key)
+        extra = rank_in_obs >= rules.photos_per_observation
+        rank_in_obs = rank_in_obs[~extra]
     audit.add("photos per observation", photos=int(extra.sum()))
-    cand, rank_in_obs = cand[~extra], rank_in_obs[~extra]
+    cand = cand[~extra]
     cand_obs = photo_obs[cand]
     cand_class_row = obs_class[cand_obs]
 
@@ -578,7 +611,7 @@ def build_dataset(
     in_kept = kept[cand_class]
 
     # Quotas: val exactly val_per_class, train capped (spread over observations), test whole or capped.
-    key = sample_rng.random(len(cand))
+    key = random_keys(sample_rng, len(cand)).astype(np.int64)
     is_val = in_kept & (image_split == Split.VAL)
     is_train = in_kept & (image_split == Split.TRAIN)
     is_test = in_kept & (image_split == Split.TEST)
@@ -594,7 +627,9 @@ def build_dataset(
     else:
         chosen |= is_val
     if rules.max_train is not None:
-        train_pick = _within_quota(cand_class, is_train, rank_in_obs + key, rules.max_train, len(class_rows))
+        # Spread over observations: an observation's second photo only after every observation's first.
+        spread = key if rank_in_obs is None else (rank_in_obs << 32) | key
+        train_pick = _within_quota(cand_class, is_train, spread, rules.max_train, len(class_rows))
         chosen |= train_pick
         audit.add("train images above max_train", photos=int(is_train.sum() - train_pick.sum()))
     else:
@@ -630,7 +665,7 @@ def build_dataset(
     with concurrent.futures.ThreadPoolExecutor(1) as helper:
         gathered = helper.submit(_ImageColumns.gather, p, o, photo_rows, photo_obs[photo_rows])
         # Image ids: train by category, then val by category, then test in a random order (ids leak no label).
-        test_shuffle = sample_rng.random(len(sel))
+        test_shuffle = random_keys(sample_rng, len(sel))
         order = _release_order(sel_split, sel_category, test_shuffle, photo_id)
         del sel, test_shuffle
         sel_split, sel_category, photo_id, width, height = (
@@ -719,11 +754,25 @@ def build_dataset(
 def _within_quota(groups: np.ndarray, mask: np.ndarray, keys: np.ndarray, quota: int, n_groups: int) -> np.ndarray:
     """The items of ``mask`` ranked below ``quota`` in their group by ``keys`` (ties by position).
 
-    Only groups holding more than ``quota`` items are ranked: in the others every item is within it.
+    Only groups holding more than ``quota`` items are ranked: in the others every item is within it. Of a
+    group's items only those whose key is below a limit are ranked, the limit set so that about twice the
+    quota fall below it when the keys are uniform 32-bit integers (:func:`random_keys`): the quota's smallest
+    are among them whenever at least ``quota`` are. A group with fewer below its limit is ranked whole, so the
+    result is exact whatever the keys.
     """
-    over = np.bincount(groups[mask], minlength=n_groups) > quota
+    count = np.bincount(groups[mask], minlength=n_groups)
+    over = count > quota
     pick = mask.copy()
     ranked = np.flatnonzero(mask & over[groups])
+    if len(ranked) > 8 * quota * int(over.sum()):
+        ranked_groups = groups[ranked]
+        limit = np.minimum((2 * quota + 64) / np.maximum(count, 1), 1.0) * float(1 << 32)
+        near = keys[ranked] < limit[ranked_groups]
+        short = over & (np.bincount(ranked_groups[near], minlength=n_groups) < quota)
+        if short.any():
+            near |= short[ranked_groups]
+        pick[ranked[~near]] = False
+        ranked = ranked[near]
     pick[ranked] = rank_within_groups(groups[ranked], keys[ranked]) < quota
     return pick
 
@@ -746,8 +795,7 @@ class _Gather:
         if len(rows) < 2 or (rows[1:] >= rows[:-1]).all():
             self.rows, self.back = rows, None
         else:
-            ascending = np.argsort(rows)
-            self.rows = rows[ascending]
+            self.rows, ascending = sort_with_order(rows)
             self.back = np.empty_like(ascending)
             self.back[ascending] = np.arange(len(rows))
 
@@ -830,35 +878,14 @@ class _ImageColumns:
 
 
 def _release_order(split: np.ndarray, category: np.ndarray, shuffle: np.ndarray, photo_id: np.ndarray) -> np.ndarray:
-    """``np.lexsort((photo_id, np.where(split == TEST, shuffle, category), split))``, faster.
-
-    Train and val are sorted on one integer key (split, category, photo id) when it fits in 62 bits, test on
-    its shuffle key; when two keys tie (or do not fit), that part takes ``np.lexsort``.
-    """
+    """Train and val by (split, category) then photo id, then test by its shuffle key (ties, rare with
+    :func:`random_keys`, by position): :func:`lexsort_by_group` and :func:`stable_argsort`."""
     test = split == Split.TEST
     rest, tested = np.flatnonzero(~test), np.flatnonzero(test)
-    order_rest = order_test = None
-    if len(rest):
-        ids, cats, splits = photo_id[rest], category[rest], split[rest]
-        span_id, span_cat = int(np.max(ids, initial=0)) + 1, int(cats.max()) + 1
-        if ids.dtype.kind == "i" and ids.min() >= 0 and cats.min() >= 0 and span_id * span_cat * 3 < 1 << 62:
-            order_rest = _order_if_unique((splits * span_cat + cats) * span_id + ids)
-        if order_rest is None:
-            order_rest = np.lexsort((ids, cats, splits))
-    if len(tested):
-        order_test = _order_if_unique(shuffle[tested])
-        if order_test is None:
-            order_test = np.lexsort((photo_id[tested], shuffle[tested]))
-    return np.concatenate([rest[order_rest] if len(rest) else rest, tested[order_test] if len(tested) else tested])
-
-
-def _order_if_unique(keys: np.ndarray) -> np.ndarray | None:
-    """``np.argsort(keys)`` (NumPy's fast quicksort) when no two keys are equal, so that it is the stable order."""
-    order = np.argsort(keys)
-    ordered = keys[order]
-    if (ordered[1:] == ordered[:-1]).any() or (ordered.dtype.kind == "f" and np.isnan(ordered[-1])):
-        return None
-    return order
+    span = int(np.max(category, initial=0)) + 1
+    order_rest = lexsort_by_group(split[rest].astype(np.int64) * span + category[rest], photo_id[rest])
+    order_test = stable_argsort(shuffle[tested])
+    return np.concatenate([rest[order_rest], tested[order_test]])
 
 
 def _file_names(
@@ -1115,7 +1142,7 @@ def _write_release(
         if part == "train" and rules.train_mini_per_class:
             idx = np.flatnonzero(split == code)
             rng = np.random.default_rng([seed, 17])
-            mini = idx[rank_within_groups(category[idx], rng.random(len(idx))) < rules.train_mini_per_class]
+            mini = idx[rank_within_groups(category[idx], random_keys(rng, len(idx))) < rules.train_mini_per_class]
             sizes["train_mini"] = len(mini)
     pool = concurrent.futures.ThreadPoolExecutor(_WRITE_THREADS)
     try:
@@ -1345,12 +1372,10 @@ def _value_codes(array: pa.Array) -> np.ndarray:
         values = array.to_numpy().astype(np.int64)
         if len(values) == 0 or (values.min() >= -(1 << 60) and values.max() < 1 << 60):
             return values
-        return np.unique(values, return_inverse=True)[1].astype(np.int64)
+        return _unique_inverse(values)[1]
     words = _uuid_words(array)
     if words is not None:  # uuids: grouped by a 64-bit hash, rows sharing a hash confirmed byte for byte
-        key = words[0] ^ (words[3] * _UUID_HASH) ^ (words[1] + words[2])
-        order = np.argsort(key)
-        ordered = key[order]
+        ordered, order = sort_with_order(_uuid_key(words))
         same = ordered[1:] == ordered[:-1]
         first, second = order[:-1][same], order[1:][same]
         if all((w[first] == w[second]).all() for w in words):

@@ -593,3 +593,90 @@ def test_release_json_escapes_text_and_leakage_check_reads_it(tmp_path):
     # A JSON file in another layout is parsed whole, with the same answer.
     (out / names["train"]).write_text(json.dumps(train, indent=1), encoding="utf-8")
     assert check_leakage(out, names) == leakage
+
+
+@pytest.mark.parametrize("top", [2, 1000, 1 << 20, 1 << 40, 1 << 62, (1 << 64) - 1])
+@pytest.mark.parametrize("n", [1, 2, 9, 5000])
+def test_sorting_helpers_equal_numpy(top, n):
+    from inatcomp.splits import first_within_groups, lexsort_by_group, rank_within_groups, sort_with_order
+
+    rng = np.random.default_rng(n)
+    values = rng.integers(0, top, n, dtype=np.uint64, endpoint=True)
+    for v in (values, values.astype(np.int64) if top < 1 << 63 else values, values.astype(np.uint32) % 7):
+        ordered, order = sort_with_order(v)
+        assert order.tolist() == np.argsort(v, kind="stable").tolist()
+        assert ordered.dtype == v.dtype and ordered.tolist() == np.sort(v).tolist()
+    groups = rng.integers(0, max(2, n // 3), n)
+    for keys in (rng.integers(0, 4, n), rng.integers(0, 1 << 40, n), rng.random(n), rng.integers(-3, 3, n)):
+        order = np.lexsort((keys, groups))
+        assert lexsort_by_group(groups, keys).tolist() == order.tolist()
+        expected = np.empty(n, dtype=np.int64)
+        run_start = {}
+        for position, row in enumerate(order):
+            expected[row] = position - run_start.setdefault(groups[row], position)
+        assert rank_within_groups(groups, keys).tolist() == expected.tolist()
+        assert first_within_groups(groups, keys).tolist() == (expected == 0).tolist()
+        in_order = np.sort(groups)  # the already-in-order path
+        assert (
+            first_within_groups(in_order, np.zeros(n)).tolist() == np.r_[True, in_order[1:] != in_order[:-1]].tolist()
+        )
+
+
+@pytest.mark.parametrize("top", [50, 1 << 30, 1 << 50])
+def test_unique_inverse_and_is_in_equal_numpy_for_small_and_large_ids(top):
+    from inatcomp.build import _is_in, _unique_inverse
+
+    rng = np.random.default_rng(top % 97)
+    values = rng.integers(0, top, 20_000)
+    unique, inverse = _unique_inverse(values)
+    expected_unique, expected_inverse = np.unique(values, return_inverse=True)
+    assert unique.tolist() == expected_unique.tolist() and inverse.tolist() == expected_inverse.tolist()
+    known = rng.integers(0, top, 300)
+    asked = np.r_[values[:500], known[:50], -1]
+    assert _is_in(asked, known).tolist() == np.isin(asked, known).tolist()
+
+
+@pytest.mark.parametrize("quota", [1, 3, 40])
+def test_within_quota_ranks_few_and_equals_ranking_all(quota):
+    from inatcomp.build import _within_quota
+    from inatcomp.splits import random_keys, rank_within_groups
+
+    rng = np.random.default_rng(quota)
+    n, n_groups = 60_000, 30
+    groups = rng.integers(0, n_groups, n) ** 2 % n_groups  # some groups large, some small
+    mask = rng.random(n) < 0.8
+    for keys in (
+        random_keys(rng, n).astype(np.int64),  # uniform: most items are never ranked
+        (rng.integers(0, 3, n) << 32) | random_keys(rng, n).astype(np.int64),  # spread over observations
+        (rng.integers(0, 5, n) + 1) << 33,  # above every limit: each group is short of its quota there, ranked whole
+    ):
+        expected = mask.copy()
+        rows = np.flatnonzero(mask)
+        expected[rows] = rank_within_groups(groups[rows], keys[rows]) < quota
+        assert _within_quota(groups, mask, keys, quota, n_groups).tolist() == expected.tolist()
+
+
+def test_observation_classes_by_dense_table_equal_binary_search(hand, monkeypatch):
+    import inatcomp.build as build_module
+    from inatcomp.export import ancestry_parents, read_export
+    from inatcomp.taxonomy import TaxonIndex
+
+    t = read_export(hand[1]).taxa
+    taxa = TaxonIndex(
+        taxon_ids=t["taxon_id"].to_numpy(),
+        parent_ids=ancestry_parents(t["ancestry"]),
+        ranks=np.asarray([r.lower() for r in t["rank"].to_pylist()], dtype=object),
+        rank_levels=t["rank_level"].fill_null(0).to_numpy(),
+        names=t["name"].to_numpy(zero_copy_only=False),
+        active=t["active"].fill_null(True).to_numpy(zero_copy_only=False),
+    )
+    ids = np.r_[taxa.taxon_ids, -1, -5, int(taxa.taxon_ids.max()) + 1, 10**12, 0]
+    valid = np.ones(len(ids), dtype=bool)
+    valid[-1] = False  # no taxon
+    rules = rules_for(Preset.INAT2018)
+    dense = build_module._observation_classes(taxa, ids, valid, rules)
+    monkeypatch.setattr(build_module, "_dense", lambda top, n: False)  # every lookup by binary search
+    searched = build_module._observation_classes(taxa, ids, valid, rules)
+    assert dense[0].tolist() == searched[0].tolist() and dense[1].tolist() == searched[1].tolist()
+    assert dense[1][-1] == build_module._REASONS.index("no taxon")
+    assert (dense[1][len(taxa.taxon_ids) : -1] == build_module._REASONS.index("unknown taxon")).all()

@@ -188,9 +188,12 @@ def test_progressive_stages_change_size_batch_and_dropout_at_their_boundaries(re
     result = train(config)
     assert [(r["img_size"], r["batch_size"]) for r in result.metrics] == [(32, 32), (48, 16), (48, 16)]
     assert seen[:3] == [(32, 32, 0.0)] * 3 and seen[3:] == [(16, 48, 0.3)] * 6
-    # The stage's lr scale multiplies the cosine schedule; the checkpoint's data config is the last stage's.
+    # The stage's lr scale multiplies the cosine schedule; a checkpoint's data config is its epoch's stage's.
     assert result.metrics[1]["lr"] == pytest.approx(0.5 * lr_at(config, 2 * 3 - 1, 3))
-    assert load_checkpoint(tmp_path / "run")[1]["data_config"]["input_size"] == [3, 48, 48]
+    assert load_checkpoint(tmp_path / "run" / "last")[1]["data_config"]["input_size"] == [3, 48, 48]
+    best = load_checkpoint(tmp_path / "run")[1]
+    side = {row["epoch"]: row["img_size"] for row in result.metrics}[best["epoch"]]
+    assert best["data_config"]["input_size"] == [3, side, side]
     # Resuming mid-run enters the right stage.
     train(
         _config(release, tmp_path / "split", epochs=3, progressive=stages, max_steps_per_epoch=3), stop_after_epochs=1

@@ -199,6 +199,10 @@ def sort_with_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         order = (packed & np.uint64((1 << row_bits) - 1)).view(np.int64)
         packed >>= np.uint64(row_bits)
         return packed.astype(values.dtype, copy=False), order
+    order = np.argsort(values)  # NumPy's vectorised argsort: the stable order when no two values are equal
+    ordered = values[order]
+    if not (ordered[1:] == ordered[:-1]).any():
+        return ordered, order
     wide = values.astype(np.uint64)
     order = stable_argsort(wide & np.uint64((1 << room) - 1))
     order = order[stable_argsort(wide[order] >> np.uint64(room))]

@@ -602,7 +602,8 @@ def test_sorting_helpers_equal_numpy(top, n):
 
     rng = np.random.default_rng(n)
     values = rng.integers(0, top, n, dtype=np.uint64, endpoint=True)
-    for v in (values, values.astype(np.int64) if top < 1 << 63 else values, values.astype(np.uint32) % 7):
+    signed = values.astype(np.int64) if top < 1 << 63 else values
+    for v in (values, signed, values.astype(np.uint32) % 7, np.tile(values, 2)):  # tiled: every value twice
         ordered, order = sort_with_order(v)
         assert order.tolist() == np.argsort(v, kind="stable").tolist()
         assert ordered.dtype == v.dtype and ordered.tolist() == np.sort(v).tolist()

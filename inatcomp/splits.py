@@ -249,8 +249,8 @@ def rank_within_groups(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
     n = len(groups)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    same = groups[1:] == groups[:-1]
-    if (groups[1:] >= groups[:-1]).all() and (keys[1:][same] >= keys[:-1][same]).all():  # already in order
+    same = _same_if_in_order(groups, keys)
+    if same is not None:
         return _rank_in_runs(same)
     sorted_groups, order = _sorted_groups(groups, keys)
     ranks = np.empty(n, dtype=np.int64)
@@ -263,13 +263,22 @@ def first_within_groups(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
     n = len(groups)
     if n == 0:
         return np.zeros(0, dtype=bool)
-    same = groups[1:] == groups[:-1]
-    if (groups[1:] >= groups[:-1]).all() and (keys[1:][same] >= keys[:-1][same]).all():  # already in order
+    same = _same_if_in_order(groups, keys)
+    if same is not None:
         return np.r_[True, ~same]
     sorted_groups, order = _sorted_groups(groups, keys)
     first = np.empty(n, dtype=bool)
     first[order] = np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]
     return first
+
+
+def _same_if_in_order(groups: np.ndarray, keys: np.ndarray) -> np.ndarray | None:
+    """Whether each item is in the group of the one before, when the items are already sorted by group and
+    key (an export often lists an observation's photos together, by position); None when they are not."""
+    same = groups[1:] == groups[:-1]
+    if (groups[1:] >= groups[:-1]).all() and (keys[1:][same] >= keys[:-1][same]).all():
+        return same
+    return None
 
 
 def _rank_in_runs(same: np.ndarray) -> np.ndarray:

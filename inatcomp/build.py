@@ -319,7 +319,7 @@ def _taxon_classes(taxa: TaxonIndex, rules: BuildRules) -> tuple[np.ndarray, np.
     return cls, reason
 
 
-#: Ids below this are looked up in a dense table (at most 64 MB) rather than by binary search or sorting.
+#: Ids below this are always looked up in a dense table rather than by binary search or sorting (see :func:`_dense`).
 _DENSE_IDS = 1 << 24
 
 
@@ -347,7 +347,7 @@ def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _is_in(values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """``np.isin`` for integer ids, through a dense table when the known ids are small non-negative integers."""
+    """``np.isin`` for integer ids, through a dense table when the known ids are non-negative and :func:`_dense`."""
     if len(known) == 0 or known.min() < 0 or not _dense(int(known.max()), len(values)):
         return np.isin(values, known)
     table = np.zeros(int(known.max()) + 1, dtype=bool)

@@ -43,6 +43,16 @@ def run_script(run: Callable[..., list[Result]], description: str | None) -> Non
         result.log()
 
 
+def cpu_seconds(since: dict[str, float] | None = None) -> dict[str, float]:
+    """This process's CPU seconds, all threads: ``cpu`` (user + system) and ``sys`` (system alone), counted from
+    ``since`` (an earlier return of this function) or from the start."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    since = since or {"cpu": 0.0, "sys": 0.0}
+    return {"cpu": usage.ru_utime + usage.ru_stime - since["cpu"], "sys": usage.ru_stime - since["sys"]}
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB, from ``VmHWM`` in ``/proc/self/status``.
 

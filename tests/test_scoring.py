@@ -268,7 +268,7 @@ def test_hostile_submission(tmp_path: Path, solution: Path, case: str, content: 
         (b"", "file is empty"),
         (b"\n\n  \n", "file is empty"),
         ("id,predicted\n".encode("utf-16"), "UTF-16"),
-        (gzip.compress(b"id,predicted\n1,1 2 3\n"), "compressed data"),
+        (gzip.compress(b"id,predicted\n1,1 2 3\n", mtime=0), "compressed data"),
         (b"id,predicted\n", "no rows after the header"),
         (b"id,predicted\n1,10 2 3\n", "3 id(s) of the solution missing from the submission (e.g. 2, 3, 4)"),
     ],

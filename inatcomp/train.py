@@ -71,6 +71,7 @@ from inatcomp.models import (
     taxon_keys,
     transfer_classifier,
 )
+from inatcomp.options import AmpMode
 
 __all__ = [
     "AmpMode",
@@ -108,14 +109,6 @@ class ScheduleType(enum.Enum):
 
     STEP = "step"
     COSINE = "cosine"
-
-
-class AmpMode(enum.Enum):
-    """Mixed precision through ``torch.autocast``; bf16 also runs on the CPU."""
-
-    OFF = "off"
-    BF16 = "bf16"
-    FP16 = "fp16"
 
 
 @dataclasses.dataclass

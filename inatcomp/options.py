@@ -1,0 +1,34 @@
+"""Choices shared by several stages, kept free of torch so the command line can offer them at once.
+
+Every command builds its parser from these Enums (and the config dataclasses), so ``inatcomp --help`` and the
+scoring commands never import torch, timm or torchvision.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["AmpMode", "enum_choice"]
+
+
+class AmpMode(enum.Enum):
+    """Mixed precision through ``torch.autocast``; bf16 also runs on the CPU."""
+
+    OFF = "off"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+def enum_choice(enum_type: type[enum.Enum], value: object, *, option: str) -> enum.Enum:
+    """``value`` as a member of ``enum_type`` (a member, or its value as a string).
+
+    Raises:
+        ValueError: Naming the option, the value and every allowed choice.
+    """
+    if isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(value)
+    except ValueError:
+        choices = ", ".join(str(member.value) for member in enum_type)
+        raise ValueError(f"{option}: {value!r} is not one of {choices}") from None

@@ -338,7 +338,7 @@ def release_facts(release: Any, minival: Path, solution: Any, info: Any) -> dict
 def score_test(pred: Path, release: Any, solution: Any, info: Any, out_csv: Path) -> dict[str, float | None]:
     """Score test predictions against the hidden solution: errors, tail accuracy, genus share, class mean."""
     from inatcomp.pipeline import submit
-    from inatcomp.predict import index_of
+    from inatcomp.predictions import index_of
     from inatcomp.scoring import analyse, read_submission
 
     scored = submit(release, pred, out_csv)
@@ -367,7 +367,7 @@ def prior_corrected_errors(pred: Path, solution: Any, info: Any) -> dict[str, fl
     training prior (logit adjustment) puts the long tail back. Where this recovers the error, the balanced
     model lost on a prior shift, not on what it recognises.
     """
-    from inatcomp.predict import index_of, open_predictions, top_k_columns
+    from inatcomp.predictions import index_of, open_predictions, top_k_columns
     from inatcomp.scoring import top_k_error
 
     preds = open_predictions(pred)
@@ -425,7 +425,7 @@ class _Bench:
 
     def score(self, preds: dict[str, Path], seed: int, name: str) -> dict[str, float | None]:
         """Test metrics (against the solution) and the minival errors of one step's predictions."""
-        from inatcomp.predict import score_predictions
+        from inatcomp.scoring import score_predictions
 
         csv = self.out / f"seed{seed}" / "submissions" / f"{name}.csv"
         scores = score_test(preds["test"], self.release, self.solution, self.info, csv)
@@ -522,7 +522,7 @@ def _trained_steps(bench: _Bench, seed: int) -> tuple[dict[str, dict[str, Path]]
 def _leak(bench: _Bench, seed: int, isolated: dict[str, Path]) -> list[dict[str, float | None]]:
     """The leak comparison of one seed: step 1's recipe trained on the leaky split; both scored from the last epoch."""
     from inatcomp.pipeline import predict_run, train_run
-    from inatcomp.predict import score_predictions
+    from inatcomp.scoring import score_predictions
 
     out = bench.out / f"seed{seed}"
     run = train_run(bench.leaky, out / "leaky", **_train_options(bench.setup, seed))

@@ -203,7 +203,7 @@ def _speed(quick: bool) -> list[Result]:
 
 def _write_big(path: Path, image_ids: np.ndarray, category_ids: np.ndarray, seed: int) -> None:
     """A prediction folder of random probability rows, written in chunks."""
-    from inatcomp.predict import PredictionWriter
+    from inatcomp.predictions import PredictionWriter
 
     rng = np.random.default_rng(seed)
     with PredictionWriter(path, image_ids=image_ids, category_ids=category_ids) as writer:

@@ -275,7 +275,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_score_pred(args: argparse.Namespace) -> int:
     import json
 
-    from inatcomp.predict import score_predictions
+    from inatcomp.scoring import score_predictions
 
     result = score_predictions(
         args.predictions, args.labels, k=args.k, chunk_rows=args.chunk_rows, dataset=args.dataset

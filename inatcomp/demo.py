@@ -21,9 +21,8 @@ from typing import Any
 from inatcomp.build import build_dataset, release_names, split_val
 from inatcomp.formats import validate_file
 from inatcomp.pipeline import ensemble_run, find_release, predict_run, submit, train_run
-from inatcomp.predict import score_predictions
 from inatcomp.report import build_leaderboard, leaderboard_markdown, write_leaderboard, write_score_report
-from inatcomp.scoring import score_file
+from inatcomp.scoring import score_file, score_predictions
 from inatcomp.splits import Preset, rules_for
 from inatcomp.synth import EXPORT_TABLES, SynthConfig, write_export
 

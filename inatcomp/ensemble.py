@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from inatcomp.predict import Predictions, PredictionWriter, ScoreKind, index_of, load_labels, open_predictions
+from inatcomp.predictions import Predictions, PredictionWriter, ScoreKind, expected_columns, index_of, open_predictions
 
 __all__ = ["EnsembleMode", "FitResult", "align_members", "combine", "ensemble", "fit_weights"]
 
@@ -274,11 +274,7 @@ def fit_weights(
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     members = align_members(val_paths)
     ref = members[0].preds
-    label_ids, label_cats = load_labels(labels)
-    where = index_of(label_ids, ref.image_ids)
-    if (where < 0).any():
-        raise ValueError(f"{val_paths[0]}: {(where < 0).sum()} image(s) without a label in {labels}")
-    expected = index_of(ref.category_ids, label_cats[where])
+    expected = expected_columns(ref, labels, source=val_paths[0]).columns
     m = len(members)
     singles = np.eye(m)
     single_errors, _ = _evaluate(members, expected, singles, mode, chunk_rows)

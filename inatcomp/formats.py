@@ -42,6 +42,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# The file primitives live in inatcomp.fileio (no pandas there); re-exported for the stages that import them here.
+from inatcomp.fileio import read_json, write_atomic, write_csv, write_csv_columns, write_json  # noqa: F401
+
 _logger = logging.getLogger(__name__)
 
 SCHEMA_DIR = Path(__file__).parent / "data_schema"
@@ -1081,84 +1084,3 @@ def _check_labels(column: pd.Series, name: str, labels: int, checks: _Checks) ->
     mask = np.zeros(len(text), dtype=bool)
     mask[rows[repeated]] = True
     checks.report(mask, 1, name, lambda row: f"{_short(text.iloc[row])} repeats a label; each label may appear once")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Writing: every output goes to a temporary file first and is renamed into place, so nothing is half-written.
-
-
-def _umask() -> int:
-    """The process's umask (read by setting and restoring it: there is no getter)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str | os.PathLike, data: bytes | str | Iterable[bytes]) -> Path:
-    """Write ``data`` (bytes, text, or an iterable of byte pieces streamed in order) to ``path`` atomically.
-
-    The data goes to a temporary file in the same folder, renamed over ``path`` when complete; the temporary
-    file is removed if writing fails, so nothing half-written is left under either name.
-    """
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if isinstance(data, str | bytes | bytearray | memoryview):
-                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-            else:
-                for piece in data:
-                    handle.write(piece)
-            # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 less umask).
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> None:
-    """Write JSON atomically, keys in the order given, UTF-8, deterministic (orjson: fast at release scale)."""
-    import orjson
-
-    option = orjson.OPT_INDENT_2 if indent else 0
-    write_atomic(path, orjson.dumps(obj, option=option | orjson.OPT_SERIALIZE_NUMPY))
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file (orjson: several times faster than the standard library on release files)."""
-    import orjson
-
-    return orjson.loads(Path(path).read_bytes())
-
-
-def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
-    """Write a comma-separated file atomically with ``\\n`` line ends."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_atomic(path, buffer.getvalue())
-
-
-def write_csv_columns(path: str | os.PathLike, columns: dict[str, Any]) -> None:
-    """Write equal-length columns as a comma-separated file atomically, fast (pyarrow) for big tables.
-
-    Values are written unquoted; a value that would need quoting falls back to the csv module's quoting.
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    table = pa.table({name: pa.array(values) for name, values in columns.items()})
-    buffer = io.BytesIO()
-    try:
-        buffer.write((",".join(columns) + "\n").encode("utf-8"))  # pyarrow quotes header names
-        pacsv.write_csv(table, buffer, pacsv.WriteOptions(quoting_style="none", include_header=False))
-    except pa.ArrowInvalid:  # a value with a comma, quote or newline: let the csv module quote it
-        write_csv(path, list(columns), zip(*(table[name].to_pylist() for name in columns)))
-        return
-    write_atomic(path, buffer.getvalue())

@@ -156,7 +156,7 @@ class Locations:
 
     def lookup(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lat, lon, day) of these images; NaN for images this table does not hold."""
-        from inatcomp.predict import index_of
+        from inatcomp.predictions import index_of
 
         where = index_of(self.image_ids, np.asarray(image_ids, dtype=np.int64))
         found = where >= 0
@@ -745,7 +745,7 @@ def _combined_chunks(
 
     Memory is a few float32 copies of one chunk (the prior's scores, the product, the combined rows).
     """
-    from inatcomp.predict import index_of
+    from inatcomp.predictions import index_of
 
     kind = preds.header.get("score_kind", "prob")
     if kind != "prob":
@@ -823,7 +823,7 @@ def apply_prior(
     Raises:
         ValueError: Unreadable inputs, or scores that are not probabilities.
     """
-    from inatcomp.predict import PredictionWriter, open_predictions
+    from inatcomp.predictions import PredictionWriter, open_predictions
 
     preds = open_predictions(predictions)
     prior = prior if isinstance(prior, GeoPrior) else load_prior(prior)
@@ -882,17 +882,13 @@ def evaluate_prior(
     Raises:
         ValueError: Unreadable files, ids that do not match.
     """
-    from inatcomp.predict import index_of, load_labels, open_predictions, top_k_columns
+    from inatcomp.predictions import expected_columns, open_predictions, top_k_columns
     from inatcomp.scoring import top_k_hits
 
     preds = open_predictions(predictions)
     prior = prior if isinstance(prior, GeoPrior) else load_prior(prior)
     table = locations if isinstance(locations, Locations) else load_locations(find_locations(labels, locations))
-    label_ids, label_cats = load_labels(labels)
-    where = index_of(label_ids, preds.image_ids)
-    if (where < 0).any():
-        raise ValueError(f"{predictions}: {int((where < 0).sum())} image id(s) without a label in {labels}")
-    expected = index_of(preds.category_ids, label_cats[where])
+    expected = expected_columns(preds, labels, source=predictions).columns
     stats = {"with_location": 0, "located_without_date": 0, "zero_products": 0, "categories_without_prior": 0}
     hits = {name: [0, 0] for name in ("image", "combined", "prior_alone")}
     for chunk in _combined_chunks(preds, prior, table, chunk_rows, stats, keep_prior=True):

@@ -238,7 +238,8 @@ def predict_run(
         amp: ``bf16``/``fp16`` autocast, or None.
         parts: Which splits.
     """
-    from inatcomp.predict import predict, score_predictions
+    from inatcomp.predict import predict
+    from inatcomp.scoring import score_predictions
 
     out = Path(out)
     preds = {
@@ -265,7 +266,7 @@ def ensemble_run(
         out: The folder for ``<part>.pred``.
     """
     from inatcomp.ensemble import ensemble
-    from inatcomp.predict import score_predictions
+    from inatcomp.scoring import score_predictions
 
     out = Path(out)
     combined = {part: ensemble(paths, out=out / f"{part}.pred") for part, paths in members.items()}

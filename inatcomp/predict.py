@@ -1,16 +1,4 @@
-"""Test-time augmentation and prediction files: ``inatcomp predict`` and ``inatcomp score-pred``.
-
-A **prediction file** (see ``data_schema/predictions.md``) is a folder, by convention named ``NAME.pred``::
-
-    header.json       format, shapes, dtypes, provenance (checkpoint, TTA, views), failed images
-    image_ids.i8      int64 little-endian [n_images], the rows' image ids (the test JSON's order)
-    category_ids.i8   int64 little-endian [n_classes], the columns' category ids (the model's head order)
-    scores.f16        float16 little-endian [n_images, n_classes], row-major: probabilities (rows sum to 1)
-
-The arrays are raw, so ``np.memmap`` maps them directly; everything here reads and writes them in row chunks
-(:class:`PredictionWriter`, :meth:`Predictions.iter_chunks`), so a 149,394 × 8,142 iNat2018 matrix (2.4 GB) is
-never held in memory. A folder is written under a temporary name and renamed into place when complete (the
-header is written last), so a reader never sees half a file.
+"""Test-time augmentation and prediction: ``inatcomp predict``.
 
 **Test-time augmentation**: a :class:`View` is one crop of an image: the image resized so its shorter side is
 ``scale × crop_size``, a box ``(x, y, w, h)`` in coordinates relative to the image cut from it and resized to
@@ -19,57 +7,42 @@ header is written last), so a reader never sees half a file.
 view at least ``crop_size`` source pixels, cuts all its views from that one decode, and sends the views of a
 batch of images through the model together; the views' probabilities (or logits) are averaged. An unreadable
 image gets a uniform row, is logged and counted in the header, and never stops the run.
+
+The output is a prediction file (:mod:`inatcomp.predictions`, ``data_schema/predictions.md``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import logging
 import math
 import os
-import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from queue import Full, Queue
 from typing import Any, TypeVar
 
 import numpy as np
 
+from inatcomp.predictions import PredictionWriter
+
 __all__ = [
-    "PREDICTION_FORMAT",
     "AverageMode",
-    "PredictionWriter",
-    "Predictions",
-    "ScoreKind",
     "TTAMode",
     "View",
     "decode_factor",
-    "index_of",
-    "load_labels",
     "load_model",
     "load_views",
-    "open_predictions",
     "predict",
-    "score_predictions",
-    "top_k_columns",
     "view_boxes",
 ]
 
 _T = TypeVar("_T")
 _logger = logging.getLogger(__name__)
 
-#: The ``format`` of a prediction folder's header.
-PREDICTION_FORMAT = "inatcomp-predictions-1"
-HEADER_FILE = "header.json"
-IMAGE_IDS_FILE = "image_ids.i8"
-CATEGORY_IDS_FILE = "category_ids.i8"
-SCORES_FILE = "scores.f16"
-#: Streaming functions read this many bytes of float32 scores per chunk by default.
-DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 #: Shorter-side scales (relative to the crop) of :attr:`TTAMode.MULTISCALE`.
 MULTISCALE_SCALES = (1.0, 1.25, 1.5)
 #: Grid positions along an axis that a multiscale window does not cover whole.
@@ -93,13 +66,6 @@ class AverageMode(enum.Enum):
 
     PROB = "prob"  #: mean of the views' softmax probabilities
     LOGIT = "logit"  #: softmax of the views' mean logits
-
-
-class ScoreKind(enum.Enum):
-    """What the scores of a prediction file are."""
-
-    PROB = "prob"  #: probabilities (rows sum to 1)
-    RANK = "rank"  #: softmax of mean ranks (a rank ensemble): rows sum to 1, only the order is meaningful
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -291,356 +257,6 @@ def decode_factor(views: Sequence[View], width: int, height: int, crop_size: int
         x, y, w, h = view.box  # type: ignore[misc]
         factor = min(factor, w * width / crop_size, h * height / crop_size)
     return max(factor, 1.0)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Prediction files
-
-
-def _pread_into(fd: int, buffer: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(buffer):
-        got = os.preadv(fd, [buffer[done:]], offset + done)
-        if got <= 0:
-            raise ValueError("prediction scores end early (truncated file?)")
-        done += got
-
-
-@dataclasses.dataclass
-class Predictions:
-    """An open prediction folder (see the module docstring); scores are read on demand.
-
-    Attributes:
-        path: The folder.
-        header: The parsed ``header.json``.
-        image_ids: ``[n_images]`` image ids (row order).
-        category_ids: ``[n_classes]`` category ids (column order).
-    """
-
-    path: Path
-    header: dict[str, Any]
-    image_ids: np.ndarray
-    category_ids: np.ndarray
-
-    @property
-    def n_images(self) -> int:
-        """Number of rows."""
-        return len(self.image_ids)
-
-    @property
-    def n_classes(self) -> int:
-        """Number of columns."""
-        return len(self.category_ids)
-
-    @property
-    def scores_path(self) -> Path:
-        """The raw float16 scores file."""
-        return self.path / SCORES_FILE
-
-    def default_chunk_rows(self) -> int:
-        """Rows per chunk that keep a float32 chunk near :data:`DEFAULT_CHUNK_BYTES`."""
-        return max(1, DEFAULT_CHUNK_BYTES // (4 * max(self.n_classes, 1)))
-
-    def memmap(self) -> np.memmap:
-        """The scores as a read-only ``[n_images, n_classes]`` float16 memory map."""
-        return np.memmap(self.scores_path, dtype="<f2", mode="r", shape=(self.n_images, self.n_classes))
-
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as a float16 array (read, not mapped: memory stays at the chunk's size)."""
-        stop = min(stop, self.n_images)
-        out = np.empty((max(stop - start, 0), self.n_classes), dtype="<f2")
-        if out.size:
-            fd = os.open(self.scores_path, os.O_RDONLY)
-            try:
-                _pread_into(fd, memoryview(out).cast("B"), start * self.n_classes * 2)
-            finally:
-                os.close(fd)
-        return out
-
-    def take_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Arbitrary rows (in the order given) as a float16 array; contiguous runs are read at once."""
-        rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        ordered = rows[order]
-        buffer = np.empty((len(rows), self.n_classes), dtype="<f2")
-        if len(rows):
-            breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
-            starts, stops = np.r_[0, breaks], np.r_[breaks, len(rows)]
-            row_bytes = self.n_classes * 2
-            fd = os.open(self.scores_path, os.O_RDONLY)
-            try:
-                view = memoryview(buffer).cast("B")
-                for a, b in zip(starts.tolist(), stops.tolist()):
-                    _pread_into(fd, view[a * row_bytes : b * row_bytes], int(ordered[a]) * row_bytes)
-            finally:
-                os.close(fd)
-        out = np.empty_like(buffer)
-        out[order] = buffer
-        return out
-
-    def iter_chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start_row, float16 rows)`` chunks in row order."""
-        step = chunk_rows or self.default_chunk_rows()
-        for start in range(0, self.n_images, step):
-            yield start, self.read_rows(start, start + step)
-
-
-def _read_ids(path: Path, what: str) -> np.ndarray:
-    data = np.fromfile(path, dtype="<i8")
-    if len(np.unique(data)) != len(data):
-        raise ValueError(f"{path}: repeated {what}")
-    return data.astype(np.int64)
-
-
-def open_predictions(path: str | os.PathLike) -> Predictions:
-    """Open a prediction folder and check its header against its arrays.
-
-    Raises:
-        ValueError: Not a prediction folder, or sizes that do not match the header.
-    """
-    path = Path(path)
-    header_path = path / HEADER_FILE
-    if not header_path.is_file():
-        raise ValueError(f"{path}: not a prediction folder (no {HEADER_FILE}; written by inatcomp predict/ensemble)")
-    try:
-        header = json.loads(header_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{header_path}: unreadable header ({error})") from None
-    if not isinstance(header, dict) or header.get("format") != PREDICTION_FORMAT:
-        raise ValueError(f"{header_path}: format is not {PREDICTION_FORMAT!r}")
-    try:
-        image_ids = _read_ids(path / IMAGE_IDS_FILE, "image ids")
-        category_ids = _read_ids(path / CATEGORY_IDS_FILE, "category ids")
-        size = (path / SCORES_FILE).stat().st_size
-    except OSError as error:
-        raise ValueError(f"{path}: incomplete prediction folder ({error})") from None
-    n, c = header.get("n_images"), header.get("n_classes")
-    if (n, c) != (len(image_ids), len(category_ids)):
-        raise ValueError(f"{path}: header says {n} × {c}, the id files hold {len(image_ids)} × {len(category_ids)}")
-    if size != n * c * 2:
-        raise ValueError(f"{path}: {SCORES_FILE} has {size:,} bytes; {n} × {c} float16 scores need {n * c * 2:,}")
-    return Predictions(path, header, image_ids, category_ids)
-
-
-def _is_prediction_folder(path: Path) -> bool:
-    return path.is_dir() and (path / HEADER_FILE).is_file()
-
-
-class PredictionWriter:
-    """Write a prediction folder in row chunks; it appears under its name only when complete.
-
-    Use as a context manager: rows are appended with :meth:`write` in order, :attr:`header` may be updated
-    until the end, and leaving the block writes the header and renames the temporary folder into place (an
-    exception instead removes it). An existing prediction folder at ``path`` is replaced; anything else there
-    is refused.
-
-    Args:
-        path: The folder to write (``NAME.pred`` by convention).
-        image_ids: The rows' image ids.
-        category_ids: The columns' category ids.
-        header: Extra header fields (provenance).
-        score_kind: What the scores are.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        *,
-        image_ids: np.ndarray | Sequence[int],
-        category_ids: np.ndarray | Sequence[int],
-        header: Mapping[str, Any] | None = None,
-        score_kind: ScoreKind = ScoreKind.PROB,
-    ) -> None:
-        self.path = Path(path)
-        if self.path.exists() and not _is_prediction_folder(self.path):
-            raise ValueError(f"{self.path}: exists and is not a prediction folder; not overwriting it")
-        self.image_ids = np.asarray(image_ids, dtype=np.int64)
-        self.category_ids = np.asarray(category_ids, dtype=np.int64)
-        for name, ids in (("image", self.image_ids), ("category", self.category_ids)):
-            if len(np.unique(ids)) != len(ids):
-                raise ValueError(f"{self.path}: repeated {name} ids")
-        self.header: dict[str, Any] = {
-            "format": PREDICTION_FORMAT,
-            "n_images": len(self.image_ids),
-            "n_classes": len(self.category_ids),
-            "score_kind": score_kind.value,
-            "files": {
-                "image_ids": [IMAGE_IDS_FILE, "<i8"],
-                "category_ids": [CATEGORY_IDS_FILE, "<i8"],
-                "scores": [SCORES_FILE, "<f2"],
-            },
-            "failed_images": 0,
-            "failed_image_ids": [],
-        }
-        self.header.update(header or {})
-        self.rows_written = 0
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        if self._tmp.exists():
-            shutil.rmtree(self._tmp)
-        self._tmp.mkdir(parents=True)
-        self.image_ids.astype("<i8").tofile(self._tmp / IMAGE_IDS_FILE)
-        self.category_ids.astype("<i8").tofile(self._tmp / CATEGORY_IDS_FILE)
-        self._scores = open(self._tmp / SCORES_FILE, "wb")  # noqa: SIM115 - closed in close()/abort()
-
-    def write(self, scores: np.ndarray) -> None:
-        """Append rows (any float dtype; stored as float16)."""
-        scores = np.asarray(scores)
-        if scores.ndim != 2 or scores.shape[1] != len(self.category_ids):
-            raise ValueError(f"rows must be [n, {len(self.category_ids)}], got {scores.shape}")
-        if self.rows_written + len(scores) > len(self.image_ids):
-            raise ValueError(f"more rows than the {len(self.image_ids)} images")
-        np.ascontiguousarray(scores, dtype="<f2").tofile(self._scores)
-        self.rows_written += len(scores)
-
-    def close(self) -> Path:
-        """Check the row count, write the header and move the folder into place."""
-        self._scores.close()
-        if self.rows_written != len(self.image_ids):
-            self.abort()
-            raise ValueError(f"{self.path}: {self.rows_written} rows written for {len(self.image_ids)} images")
-        (self._tmp / HEADER_FILE).write_text(json.dumps(self.header, indent=2) + "\n", encoding="utf-8")
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(self.path, old)
-            os.replace(self._tmp, self.path)
-            shutil.rmtree(old)
-        else:
-            os.replace(self._tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        """Drop the temporary folder."""
-        self._scores.close()
-        shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> PredictionWriter:
-        return self
-
-    def __exit__(self, kind: type | None, *_: Any) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Labels and scoring
-
-
-def index_of(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """The index of each query in ``keys`` (unique integers), -1 where absent."""
-    keys, queries = np.asarray(keys, dtype=np.int64), np.asarray(queries, dtype=np.int64)
-    if not len(keys):
-        return np.full(len(queries), -1, dtype=np.int64)
-    order = np.argsort(keys, kind="stable")
-    where = np.minimum(np.searchsorted(keys[order], queries), len(keys) - 1)
-    return np.where(keys[order][where] == queries, order[where], -1)
-
-
-def load_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Image ids and their category ids from a labelled competition JSON (its annotations).
-
-    Raises:
-        ValueError: Unreadable file, no annotations, or an image with two different labels.
-    """
-    import orjson
-
-    path = Path(path)
-    try:
-        data = orjson.loads(path.read_bytes())
-        annotations = data["annotations"]
-        image = np.fromiter((a["image_id"] for a in annotations), dtype=np.int64, count=len(annotations))
-        category = np.fromiter((a["category_id"] for a in annotations), dtype=np.int64, count=len(annotations))
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a labelled competition JSON ({type(error).__name__}: {error})") from None
-    if not len(image):
-        raise ValueError(f"{path}: no annotations")
-    ids, first = np.unique(image, return_index=True)
-    if len(ids) != len(image):
-        pairs = np.unique(np.stack([image, category], axis=1), axis=0)
-        if len(pairs) != len(ids):
-            raise ValueError(f"{path}: some images have two different labels")
-    return ids, category[first]
-
-
-def top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:
-    """``[n, min(k, C)]`` column indices of the highest scores, highest first (ties: lower column first)."""
-    scores = np.asarray(scores, dtype=np.float32)
-    k = min(k, scores.shape[1])
-    if k < scores.shape[1]:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(k), scores.shape).copy()
-    values = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -values), axis=1)
-    return np.take_along_axis(part, order, axis=1)
-
-
-def score_predictions(
-    pred_path: str | os.PathLike,
-    val_json: str | os.PathLike,
-    *,
-    k: int = 3,
-    chunk_rows: int | None = None,
-    dataset: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Top-1 and top-k error (and log loss) of a prediction file against a labelled JSON, streaming.
-
-    Every prediction row must have a label; val images missing from the predictions are an error too. A label
-    outside the model's categories counts as a mistake. With ``dataset`` (a built release folder) the result
-    also holds the analyses of :func:`inatcomp.scoring.analyse` (per supercategory, by training count,
-    confused pairs, mistakes within genus and family), as ``inatcomp score --dataset`` gives for submissions.
-
-    Returns:
-        ``{"predictions", "labels", "images", "top1_error", "top<k>_error", "log_loss", "outside_head",
-        "failed_images"}`` and, with ``dataset``, ``"analysis"``.
-
-    Raises:
-        ValueError: Unreadable files or ids that do not match.
-    """
-    from inatcomp.scoring import top_k_hits
-
-    preds = open_predictions(pred_path)
-    label_ids, label_cats = load_labels(val_json)
-    where = index_of(label_ids, preds.image_ids)
-    if (where < 0).any():
-        bad = preds.image_ids[where < 0]
-        raise ValueError(f"{pred_path}: {len(bad)} image id(s) without a label in {val_json} (e.g. {bad[:5].tolist()})")
-    if len(label_ids) != preds.n_images:
-        missing = len(label_ids) - preds.n_images
-        raise ValueError(f"{pred_path}: {missing} labelled image(s) of {val_json} not predicted")
-    expected = index_of(preds.category_ids, label_cats[where])
-    hits1 = hitsk = 0
-    nll = 0.0
-    top1 = np.empty(preds.n_images, dtype=np.int64)
-    for start, chunk in preds.iter_chunks(chunk_rows):
-        want = expected[start : start + len(chunk)]
-        ranked = top_k_columns(chunk, max(k, 1))
-        top1[start : start + len(chunk)] = ranked[:, 0]
-        hits1 += int(top_k_hits(ranked, want, 1).sum())
-        hitsk += int(top_k_hits(ranked, want, k).sum())
-        p = np.where(want >= 0, chunk[np.arange(len(chunk)), np.maximum(want, 0)].astype(np.float64), 0.0)
-        nll += float(-np.log(np.maximum(p, 1e-7)).sum())
-    n = preds.n_images
-    analysis = {}
-    if dataset is not None:
-        from inatcomp.scoring import analyse, load_dataset_info
-
-        info = load_dataset_info(dataset)
-        analysis["analysis"] = analyse(preds.category_ids[top1], label_cats[where], info.categories, info.train_counts)
-    return {
-        "predictions": str(pred_path),
-        "labels": str(val_json),
-        "images": n,
-        "top1_error": 1 - hits1 / n,
-        f"top{k}_error": 1 - hitsk / n,
-        "log_loss": nll / n,
-        "outside_head": int((expected < 0).sum()),
-        "failed_images": int(preds.header.get("failed_images", 0)),
-        **analysis,
-    }
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inatcomp.formats import write_atomic
+from inatcomp.fileio import write_atomic
 from inatcomp.scoring import (
     ScoreResult,
     Solution,

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from inatcomp.predictions import index_of
+
 _logger = logging.getLogger(__name__)
 
 #: Default size limit of a submission or solution file.
@@ -724,22 +726,6 @@ def _int_field(grid: _Grid, column: int, what: str, problems: _Problems) -> tupl
     return value, valid
 
 
-def _index_of(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """The index of each query in ``keys`` (unique non-negative integers), -1 where absent.
-
-    A dense table when the ids are compact (the usual case, linear time), sorting otherwise.
-    """
-    top = max(int(keys.max(initial=0)), 0)
-    if top <= 8 * len(keys) + (1 << 20):
-        table = np.full(top + 1, -1, dtype=np.int64)
-        table[keys] = np.arange(len(keys))
-        inside = (queries >= 0) & (queries <= top)
-        return np.where(inside, table[np.where(inside, queries, 0)], -1)
-    order = np.argsort(keys)
-    where = np.minimum(np.searchsorted(keys[order], queries), len(keys) - 1)
-    return np.where(keys[order][where] == queries, order[where], -1)
-
-
 def _check_unique(ids: np.ndarray, lines: np.ndarray, what: str, problems: _Problems) -> None:
     top = int(ids.max(initial=0))
     if top <= 8 * len(ids) + (1 << 20) and not (np.bincount(ids, minlength=1) > 1).any():
@@ -988,9 +974,9 @@ def align(submission: Submission, solution: Solution) -> np.ndarray:
         ValueError: When the submission has ids the solution lacks, or lacks some of the solution's ids.
     """
     problems = _Problems(submission.path)
-    unknown = np.flatnonzero(_index_of(solution.ids, submission.ids) < 0)
+    unknown = np.flatnonzero(index_of(solution.ids, submission.ids) < 0)
     problems.add(submission.lines[unknown], lambda i: f"unknown id {submission.ids[unknown[i]]} (not in the solution)")
-    where = _index_of(submission.ids, solution.ids)
+    where = index_of(submission.ids, solution.ids)
     found = where >= 0
     missing = solution.ids[~found]
     if len(missing):
@@ -1026,6 +1012,62 @@ def score_submission(
     if dataset is not None:
         result.analysis = analyse(labels[:, 0], solution.expected, dataset.categories, dataset.train_counts)
     return result
+
+
+def score_predictions(
+    pred_path: str | os.PathLike,
+    val_json: str | os.PathLike,
+    *,
+    k: int = 3,
+    chunk_rows: int | None = None,
+    dataset: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Top-1 and top-k error (and log loss) of a prediction file against a labelled JSON, streaming.
+
+    Every prediction row must have a label; val images missing from the predictions are an error too. A label
+    outside the model's categories counts as a mistake. With ``dataset`` (a built release folder) the result
+    also holds the analyses of :func:`analyse` (per supercategory, by training count,
+    confused pairs, mistakes within genus and family), as ``inatcomp score --dataset`` gives for submissions.
+
+    Returns:
+        ``{"predictions", "labels", "images", "top1_error", "top<k>_error", "log_loss", "outside_head",
+        "failed_images"}`` and, with ``dataset``, ``"analysis"``.
+
+    Raises:
+        ValueError: Unreadable files or ids that do not match.
+    """
+    from inatcomp.predictions import expected_columns, open_predictions, top_k_columns
+
+    preds = open_predictions(pred_path)
+    truth = expected_columns(preds, val_json, source=pred_path)
+    expected = truth.columns
+    hits1 = hitsk = 0
+    nll = 0.0
+    top1 = np.empty(preds.n_images, dtype=np.int64)
+    for start, chunk in preds.iter_chunks(chunk_rows):
+        want = expected[start : start + len(chunk)]
+        ranked = top_k_columns(chunk, max(k, 1))
+        top1[start : start + len(chunk)] = ranked[:, 0]
+        hits1 += int(top_k_hits(ranked, want, 1).sum())
+        hitsk += int(top_k_hits(ranked, want, k).sum())
+        p = np.where(want >= 0, chunk[np.arange(len(chunk)), np.maximum(want, 0)].astype(np.float64), 0.0)
+        nll += float(-np.log(np.maximum(p, 1e-7)).sum())
+    n = preds.n_images
+    analysis = {}
+    if dataset is not None:
+        info = load_dataset_info(dataset)
+        analysis["analysis"] = analyse(preds.category_ids[top1], truth.categories, info.categories, info.train_counts)
+    return {
+        "predictions": str(pred_path),
+        "labels": str(val_json),
+        "images": n,
+        "top1_error": 1 - hits1 / n,
+        f"top{k}_error": 1 - hitsk / n,
+        "log_loss": nll / n,
+        "outside_head": truth.outside_head,
+        "failed_images": int(preds.header.get("failed_images", 0)),
+        **analysis,
+    }
 
 
 def score_file(

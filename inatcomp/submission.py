@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from inatcomp.formats import Problem
-from inatcomp.predict import index_of, open_predictions, top_k_columns
+from inatcomp.predictions import index_of, open_predictions, top_k_columns
 from inatcomp.scoring import SubmissionFormat, read_submission
 
 __all__ = ["read_test_ids", "validate_submission", "write_submission"]

@@ -9,7 +9,7 @@ import pytest
 
 from inatcomp.cli import main
 from inatcomp.ensemble import EnsembleMode, combine, ensemble, fit_weights
-from inatcomp.predict import PredictionWriter, open_predictions
+from inatcomp.predictions import PredictionWriter, open_predictions
 
 IMAGES = np.arange(1000, 1040)
 CATEGORIES = np.array([11, 4, 7, 30, 2, 19])

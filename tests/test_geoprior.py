@@ -29,7 +29,7 @@ from inatcomp.geoprior import (
     train_prior,
 )
 from inatcomp.models import save_checkpoint
-from inatcomp.predict import PredictionWriter, ScoreKind, open_predictions
+from inatcomp.predictions import PredictionWriter, ScoreKind, open_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Category id: (latitude, longitude, peak of the season as a fraction of the year).

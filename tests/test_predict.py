@@ -17,7 +17,6 @@ from inatcomp.cli import main
 from inatcomp.models import create_model, fold_batchnorm, save_checkpoint
 from inatcomp.predict import (
     AverageMode,
-    PredictionWriter,
     TTAMode,
     View,
     _average,
@@ -26,12 +25,11 @@ from inatcomp.predict import (
     decode_factor,
     load_model,
     load_views,
-    open_predictions,
     predict,
-    score_predictions,
-    top_k_columns,
     view_boxes,
 )
+from inatcomp.predictions import PredictionWriter, open_predictions, top_k_columns
+from inatcomp.scoring import score_predictions
 from inatcomp.splits import Preset, rules_for
 from inatcomp.synth import SynthConfig, write_export
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inatcomp.cli import main
-from inatcomp.predict import PredictionWriter
+from inatcomp.predictions import PredictionWriter
 from inatcomp.scoring import SubmissionFormat, score_file
 from inatcomp.submission import validate_submission, write_submission
 

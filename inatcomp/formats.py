@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 # The file primitives live in inatcomp.fileio (no pandas there); re-exported for the stages that import them here.
+from inatcomp.competitions import COMPETITIONS, SubmissionFormat
 from inatcomp.fileio import read_json, write_atomic, write_csv, write_csv_columns, write_json  # noqa: F401
 
 _logger = logging.getLogger(__name__)
@@ -215,16 +216,10 @@ _TABLE_NAMES = {
     "photos": FileKind.EXPORT_PHOTOS,
     "observers": FileKind.EXPORT_OBSERVERS,
 }
-_SUBMISSION_BY_YEAR = {
-    "2017": FileKind.SUBMISSION_INAT2017,
-    "2018": FileKind.SUBMISSION_INAT2018,
-    "2019": FileKind.SUBMISSION_INAT2019,
-    "2021": FileKind.SUBMISSION_INAT2021,
-}
+# From the one table of the years' facts: a year in the name, or (for an ``id,predicted`` header) the labels.
+_SUBMISSION_BY_YEAR = {str(c.year): FileKind(f"submission_{f.value}") for f, c in COMPETITIONS.items()}
 _SUBMISSION_BY_LABELS = {
-    5: FileKind.SUBMISSION_INAT2017,
-    3: FileKind.SUBMISSION_INAT2018,
-    1: FileKind.SUBMISSION_INAT2019,
+    c.labels: FileKind(f"submission_{f.value}") for f, c in reversed(COMPETITIONS.items()) if c.columns[0] == "id"
 }
 _YEAR_RE = re.compile(r"(?<!\d)(2017|2018|2019|2021)(?!\d)")
 _TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".json")
@@ -897,8 +892,9 @@ def _validate_table(path: Path, kind: FileKind, max_problems: int) -> _Found:
     for order, field in enumerate(fields):
         if field["name"] in frame.columns:
             _check_column(frame[field["name"]], field, order, checks)
-    if schema.get("labels") and fields[1]["name"] in frame.columns:
-        _check_labels(frame[fields[1]["name"]], fields[1]["name"], int(schema["labels"]), checks)
+    labels = _submission_labels(kind)
+    if labels and fields[1]["name"] in frame.columns:
+        _check_labels(frame[fields[1]["name"]], fields[1]["name"], labels, checks)
     located = [
         (table.line_key(row), order, table.where(row, column), message) for row, order, column, message in checks.items
     ]
@@ -1053,6 +1049,13 @@ def _enum_words(values: np.ndarray) -> str:
     if len(values) <= 12:
         return ", ".join(f"{v:g}" for v in values)
     return f"{values[0]:g}, {values[1]:g}, ..., {values[-1]:g} ({len(values)} values, see the table schema)"
+
+
+def _submission_labels(kind: FileKind) -> int | None:
+    """Labels per row of a submission kind, from the years' table (its schema file says the same: tested)."""
+    if not kind.value.startswith("submission_"):
+        return None
+    return SubmissionFormat(kind.value.removeprefix("submission_")).labels
 
 
 def _check_labels(column: pd.Series, name: str, labels: int, checks: _Checks) -> None:

@@ -62,7 +62,9 @@ class Release:
     @property
     def submission_format(self) -> str:
         """The submission format of the release's year (2021's for the production preset)."""
-        return "inat2021" if self.preset in (Preset.INAT2021, Preset.PRODUCTION) else self.preset.value
+        from inatcomp.competitions import format_of_preset
+
+        return format_of_preset(self.preset).value
 
 
 #: The ``--year`` choices of the kernels and the presets they name.

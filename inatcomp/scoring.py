@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from inatcomp.competitions import SubmissionFormat
 from inatcomp.predictions import index_of
 
 _logger = logging.getLogger(__name__)
@@ -67,35 +68,6 @@ TRAIN_JSON_NAMES = ("train2018.json", "train2017.json", "train2019.json", "train
 _POW10 = 10 ** np.arange(MAX_DIGITS + 1, dtype=np.int64)
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _SHOW_CHARS = 40
-
-
-class SubmissionFormat(enum.Enum):
-    """The competition years' submission formats."""
-
-    INAT2017 = "inat2017"
-    INAT2018 = "inat2018"
-    INAT2019 = "inat2019"
-    INAT2021 = "inat2021"
-
-    @property
-    def header(self) -> str:
-        """The header line."""
-        return "Id,Predicted" if self is SubmissionFormat.INAT2021 else "id,predicted"
-
-    @property
-    def labels(self) -> int:
-        """How many labels a row holds."""
-        return {"inat2017": 5, "inat2018": 3, "inat2019": 1, "inat2021": 5}[self.value]
-
-    @property
-    def official_k(self) -> int:
-        """The k of the competition's metric (top-k error)."""
-        return {"inat2017": 5, "inat2018": 3, "inat2019": 1, "inat2021": 1}[self.value]
-
-    @property
-    def default_k(self) -> int:
-        """The k reported besides top-1 by default: the official one, or 5 for 2021 (which gives 5 labels)."""
-        return self.labels
 
 
 class Usage(enum.Enum):

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from inatcomp.competitions import SubmissionFormat
 from inatcomp.formats import Problem
 from inatcomp.predictions import index_of, open_predictions, top_k_columns
-from inatcomp.scoring import SubmissionFormat, read_submission
+from inatcomp.scoring import read_submission
 
 __all__ = ["read_test_ids", "validate_submission", "write_submission"]
 

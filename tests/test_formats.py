@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from inatcomp.competitions import COMPETITIONS, SubmissionFormat
 from inatcomp.formats import FileKind, Problem, guess_kind, load_schema, read_table, validate_file
 
 TAXA = ["kingdom", "phylum", "class", "order", "family", "genus"]
@@ -719,3 +720,14 @@ def test_write_atomic_replaces_whole_files_with_ordinary_permissions(tmp_path):
         write_atomic(target, broken())
     assert target.read_text() == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("fmt", list(SubmissionFormat))
+def test_submission_schemas_follow_the_competition_table(fmt: SubmissionFormat) -> None:
+    """Each year's schema file says what the one table of the years' facts says (header, labels per row)."""
+    schema = load_schema(FileKind(f"submission_{fmt.value}"))
+    competition = COMPETITIONS[fmt]
+    assert tuple(field["name"] for field in schema["fields"]) == competition.columns
+    assert schema["labels"] == competition.labels
+    assert f"exactly {competition.labels} category id" in schema["description"]
+    assert f"'{','.join(competition.columns)}'" in schema["description"]

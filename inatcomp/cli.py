@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _logger = logging.getLogger("inatcomp")
 
@@ -60,21 +60,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     import json
 
+    from inatcomp.competitions import SubmissionFormat
     from inatcomp.report import score_markdown, write_score_report
-    from inatcomp.scoring import SubmissionFormat, score_file
+    from inatcomp.scoring import score_file
 
-    try:
-        result = score_file(
-            args.submission,
-            args.solution,
-            format=SubmissionFormat(args.format) if args.format else None,
-            k=args.k,
-            dataset=args.dataset,
-            max_bytes=int(args.max_size_mb * 1e6),
-        )
-    except ValueError as error:
-        _logger.error("%s", error)
-        return 1
+    result = score_file(
+        args.submission,
+        args.solution,
+        format=SubmissionFormat(args.format) if args.format else None,
+        k=args.k,
+        dataset=args.dataset,
+        max_bytes=int(args.max_size_mb * 1e6),
+    )
     if args.report:
         write_score_report(result, args.report)
     sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n" if args.json else score_markdown(result))
@@ -82,19 +79,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from inatcomp.competitions import SubmissionFormat
     from inatcomp.report import build_leaderboard, leaderboard_markdown, write_leaderboard
-    from inatcomp.scoring import SubmissionFormat
 
-    try:
-        entries = build_leaderboard(
-            args.submissions,
-            args.solution,
-            format=SubmissionFormat(args.format) if args.format else None,
-            max_bytes=int(args.max_size_mb * 1e6),
-        )
-    except ValueError as error:
-        _logger.error("%s", error)
-        return 1
+    entries = build_leaderboard(
+        args.submissions,
+        args.solution,
+        format=SubmissionFormat(args.format) if args.format else None,
+        max_bytes=int(args.max_size_mb * 1e6),
+    )
     if args.out:
         write_leaderboard(entries, args.out)
     sys.stdout.write(leaderboard_markdown(entries))
@@ -105,7 +98,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from inatcomp.build import build_dataset
     from inatcomp.splits import PhotoChoice, Preset, rules_for
 
-    overrides = {name: getattr(args, name) for name in _BUILD_OVERRIDES}
+    overrides = {name: getattr(args, name) for name in _build_overrides()}
     if args.photo_choice:
         overrides["photo_choice"] = PhotoChoice(args.photo_choice)
     if args.all_grades:
@@ -131,6 +124,11 @@ def _cmd_split_val(args: argparse.Namespace) -> int:
     sizes = split_val(args.val_json, args.out, minival_frac=args.minival_frac, seed=args.seed, per_class=args.per_class)
     _logger.info("wrote %s: %s", args.out, sizes)
     return 0
+
+
+def _build_overrides() -> dict[str, type]:
+    """Build rules the command line may override (argument name = BuildRules field) and their types."""
+    return _BUILD_OVERRIDES
 
 
 #: Build rules the command line may override (argument name = BuildRules field).
@@ -283,9 +281,9 @@ def _cmd_score_pred(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
-        rows = "".join(f"| {key} | {value:.4f} |\n" if isinstance(value, float) else f"| {key} | {value} |\n"
-                       for key, value in result.items())  # fmt: skip
-        sys.stdout.write("| metric | value |\n| --- | --- |\n" + rows)
+        from inatcomp.report import prediction_score_markdown
+
+        sys.stdout.write(prediction_score_markdown(result))
     return 0
 
 
@@ -331,12 +329,11 @@ def _cmd_geoprior_map(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_geoprior_parser(sub: argparse._SubParsersAction) -> None:
+def _add_geoprior_arguments(geo: argparse.ArgumentParser) -> None:
     """``inatcomp geoprior train|apply|evaluate|map``."""
     from inatcomp.geoprior import PriorConfig
 
     d = PriorConfig()
-    geo = sub.add_parser("geoprior", help="a spatio-temporal prior (place, date) combined with image predictions")
     geo_sub = geo.add_subparsers(dest="geoprior_command", required=True)
     locations_help = "location file (2017/2018) or 2021 dataset JSON with the images' places"
 
@@ -391,13 +388,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, species=args.species, photos=args.photos, seed=args.seed, epochs=args.epochs)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``inatcomp`` command."""
-    parser = argparse.ArgumentParser(prog="inatcomp", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+# --------------------------------------------------------------------------------------------------------------------
+# The options of each subcommand. Each adder imports only what its own defaults and choices need.
 
-    synth = sub.add_parser("synth", help="write a synthetic iNaturalist observation export with photos")
+
+def _add_synth_arguments(synth: argparse.ArgumentParser) -> None:
     synth.add_argument("out", help="output folder")
     synth.add_argument("--species", type=int, required=True, help="number of species")
     synth.add_argument("--photos", type=int, required=True, help="number of photos")
@@ -411,14 +406,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=None, help="rendering processes (default: one per CPU)")
     synth.set_defaults(func=_cmd_synth)
 
-    preview = sub.add_parser("synth-preview", help="a PNG of photos of two sibling species of a synthetic export")
+
+def _add_synth_preview_arguments(preview: argparse.ArgumentParser) -> None:
     preview.add_argument("export")
     preview.add_argument("out", help="PNG to write")
     preview.add_argument("--per-species", type=int, default=6)
     preview.add_argument("--seed", type=int, default=0)
     preview.set_defaults(func=_cmd_synth_preview)
 
-    validate = sub.add_parser("validate", help="check files against their schemas and cross-file rules")
+
+def _add_validate_arguments(validate: argparse.ArgumentParser) -> None:
     validate.add_argument(
         "paths", nargs="+", help="dataset JSON, location JSON, export table, submission or solution CSV"
     )
@@ -426,22 +423,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     validate.add_argument("--against", metavar="TEST.json", help="check submissions against this test file")
     validate.set_defaults(func=_cmd_validate)
 
-    build = sub.add_parser("build", help="build a challenge dataset from an observation export")
+
+def _add_build_arguments(build: argparse.ArgumentParser) -> None:
+    from inatcomp.splits import PhotoChoice, Preset
+
     build.add_argument("export", help="export folder (taxa, observations, photos, observers tables; photos/)")
     build.add_argument("out", help="release folder")
-    build.add_argument("--preset", required=True, choices=["inat2017", "inat2018", "inat2021", "production"])
+    build.add_argument("--preset", required=True, choices=[p.value for p in Preset])
     build.add_argument("--seed", type=int, default=0, help="seed of the observers' splits")
     build.add_argument("--resample-seed", type=int, help="another photo sample with the same category set")
     build.add_argument("--no-images", action="store_true", help="write the metadata only")
     build.add_argument("--overwrite", action="store_true", help="replace a finished release in OUT")
     build.add_argument("--workers", type=int, help="image processes (default one per CPU)")
-    build.add_argument("--photo-choice", choices=["first", "random"], help="which photo of an observation")
+    build.add_argument("--photo-choice", choices=[c.value for c in PhotoChoice], help="which photo of an observation")
     build.add_argument("--all-grades", action="store_true", help="keep needs_id and casual observations too")
-    for name, kind in _BUILD_OVERRIDES.items():
+    for name, kind in _build_overrides().items():
         build.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"override the preset's {name}")
     build.set_defaults(func=_cmd_build)
 
-    split_val_parser = sub.add_parser("split-val", help="split a val JSON into val and minival by observer")
+
+def _add_split_val_arguments(split_val_parser: argparse.ArgumentParser) -> None:
     split_val_parser.add_argument("val_json")
     split_val_parser.add_argument("--out", required=True, help="output folder")
     split_val_parser.add_argument("--minival-frac", type=float, default=0.1)
@@ -449,13 +450,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     split_val_parser.add_argument("--seed", type=int, default=0)
     split_val_parser.set_defaults(func=_cmd_split_val)
 
-    train_parser = sub.add_parser("train", help="train a timm model on a competition dataset")
+
+def _add_train_parser_arguments(train_parser: argparse.ArgumentParser) -> None:
     train_parser.add_argument("-c", "--config", help="YAML config; command-line options override it")
     train_parser.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly")
     _add_train_arguments(train_parser)
     train_parser.set_defaults(func=_cmd_train)
 
-    demo = sub.add_parser("demo", help="run the main job on a synthetic export")
+
+def _add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("out", nargs="?", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--species", type=int, default=300)
     demo.add_argument("--photos", type=int, default=20000)
@@ -463,78 +466,149 @@ def get_args_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=12, help="training epochs of each model (default 12)")
     demo.set_defaults(func=_cmd_demo)
 
-    formats = ("inat2017", "inat2018", "inat2019", "inat2021")  # scoring.SubmissionFormat, kept import-free here
-    score = sub.add_parser("score", help="top-1/top-k error of a submission (Public, Private, all) and analyses")
+
+def _submission_formats() -> list[str]:
+    from inatcomp.competitions import SubmissionFormat
+
+    return [f.value for f in SubmissionFormat]
+
+
+def _add_max_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-size-mb", type=float, default=200.0, help="size limit of each file (default 200 MB)")
+
+
+def _add_score_arguments(score: argparse.ArgumentParser) -> None:
     score.add_argument("submission", help="submission CSV (id,predicted or Id,Predicted)")
     score.add_argument("--solution", required=True, help="solution CSV (id,expected,usage)")
     score.add_argument("--dataset", help="built dataset folder (categories.json, train JSON) for the analyses")
     score.add_argument("--k", type=int, help="k of the top-k error reported besides top-1 (default: the format's)")
-    score.add_argument("--format", choices=formats, help="submission format (guessed from header and labels)")
+    score.add_argument("--format", choices=_submission_formats(), help="submission format (guessed from the header)")
     score.add_argument("--json", action="store_true", help="print the whole result as JSON")
     score.add_argument("--report", help="folder for score.json, score.md and PNG plots")
-    score.add_argument("--max-size-mb", type=float, default=200.0, help="size limit of each file (default 200 MB)")
+    _add_max_size(score)
     score.set_defaults(func=_cmd_score)
 
-    board = sub.add_parser("leaderboard", help="Kaggle-like public/private leaderboard of submissions")
+
+def _add_leaderboard_arguments(board: argparse.ArgumentParser) -> None:
     board.add_argument("submissions", nargs="+", help="submission CSVs; the team is the file stem")
     board.add_argument("--solution", required=True, help="solution CSV (id,expected,usage)")
     board.add_argument("--out", help="folder for leaderboard.csv and leaderboard.md")
-    board.add_argument("--format", choices=formats, help="force the submissions' format")
-    board.add_argument("--max-size-mb", type=float, default=200.0, help="size limit of each file (default 200 MB)")
+    board.add_argument("--format", choices=_submission_formats(), help="force the submissions' format")
+    _add_max_size(board)
     board.set_defaults(func=_cmd_leaderboard)
 
-    tta_modes = ("center", "flip", "five-crop", "ten-crop", "multiscale", "upper")  # predict.TTAMode
-    pred = sub.add_parser("predict", help="predict a competition JSON with test-time augmentation")
+
+def _add_predict_arguments(pred: argparse.ArgumentParser) -> None:
+    from inatcomp.options import AmpMode
+    from inatcomp.predict import PREDICT_DEFAULTS, AverageMode, TTAMode
+
+    d = PREDICT_DEFAULTS
+
     pred.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (its best checkpoint)")
     pred.add_argument("--data", required=True, help="competition JSON (test, or val to score)")
     pred.add_argument("--images", help="folder the file names are relative to (default: the JSON's folder)")
-    pred.add_argument("--tta", choices=tta_modes, default="center", help="views per image (default center)")
+    pred.add_argument("--tta", choices=[m.value for m in TTAMode if m is not TTAMode.CUSTOM], default=d.tta.value,
+                      help=f"views per image (default {d.tta.value})")  # fmt: skip
     pred.add_argument("--views", metavar="FILE", help="custom views (YAML/JSON: scale, box [x,y,w,h], flip)")
-    pred.add_argument("--average", choices=["prob", "logit"], default="prob", help="average views as (default prob)")
+    pred.add_argument("--average", choices=[m.value for m in AverageMode], default=d.average.value,
+                      help=f"average views as (default {d.average.value})")  # fmt: skip
     pred.add_argument("--out", required=True, help="prediction folder to write (NAME.pred)")
-    pred.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    pred.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    pred.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per batch (default {d.batch_size})")
+    pred.add_argument("--workers", type=int, default=d.workers,
+                      help="decoding processes (default: none on the CPU, where the model needs the cores; "
+                      "up to 8 with CUDA)")  # fmt: skip
     pred.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
-    pred.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast the model (default off)")
+    pred.add_argument("--amp", choices=[m.value for m in AmpMode], default=d.amp.value,
+                      help=f"autocast the model (default {d.amp.value})")  # fmt: skip
     pred.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers apart from their convolutions")
     pred.add_argument("--geo-prior", metavar="PRIOR", help="multiply by this geo prior (inatcomp geoprior train)")
     pred.add_argument("--locations", help="the images' places for --geo-prior (default: beside --data, else --data)")
     pred.set_defaults(func=_cmd_predict)
 
-    ens = sub.add_parser("ensemble", help="combine prediction folders (streaming)")
+
+def _add_chunk_rows(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--chunk-rows", type=int, help="rows per chunk (default: about 64 MB)")
+
+
+def _add_ensemble_arguments(ens: argparse.ArgumentParser) -> None:
+    from inatcomp.ensemble import EnsembleMode
+
     ens.add_argument("predictions", nargs="+", help="prediction folders (same images and categories, any order)")
     ens.add_argument("--out", required=True, help="prediction folder to write")
     ens.add_argument("--weights", type=float, nargs="+", help="one weight per member (default equal)")
-    ens.add_argument("--mode", choices=["mean-prob", "mean-logit", "rank"], default="mean-prob")
+    ens.add_argument("--mode", choices=[m.value for m in EnsembleMode], default=EnsembleMode.MEAN_PROB.value)
     ens.add_argument("--fit-weights", nargs="+", metavar="VAL_PRED", help="fit the weights on these val predictions")
     ens.add_argument("--labels", metavar="VAL.json", help="labels of the val predictions for --fit-weights")
     ens.add_argument("--grid", type=int, default=10, help="simplex grid steps of --fit-weights (default 10)")
-    ens.add_argument("--chunk-rows", type=int, help="rows per chunk (default: about 64 MB)")
+    _add_chunk_rows(ens)
     ens.set_defaults(func=_cmd_ensemble)
 
-    submit = sub.add_parser("submit", help="write a submission CSV from a prediction folder")
+
+def _add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("predictions", help="prediction folder")
-    submit.add_argument("--format", required=True, choices=formats, help="the competition year's format")
+    submit.add_argument("--format", required=True, choices=_submission_formats(), help="the competition year's format")
     submit.add_argument("--out", required=True, help="submission CSV (submissions/NAME.csv)")
-    submit.add_argument("--chunk-rows", type=int, help="rows per chunk (default: about 64 MB)")
+    _add_chunk_rows(submit)
     submit.set_defaults(func=_cmd_submit)
 
-    score_pred = sub.add_parser("score-pred", help="top-1/top-k error of a prediction folder against val labels")
+
+def _add_score_pred_arguments(score_pred: argparse.ArgumentParser) -> None:
     score_pred.add_argument("predictions", help="prediction folder")
     score_pred.add_argument("--labels", required=True, metavar="VAL.json", help="labelled competition JSON")
     score_pred.add_argument("--k", type=int, default=3, help="k of the top-k error (default 3)")
     score_pred.add_argument("--json", action="store_true", help="print JSON")
     score_pred.add_argument("--dataset", help="the built release folder: adds the per-supercategory analyses")
-    score_pred.add_argument("--chunk-rows", type=int, help="rows per chunk (default: about 64 MB)")
+    _add_chunk_rows(score_pred)
     score_pred.set_defaults(func=_cmd_score_pred)
 
-    _add_geoprior_parser(sub)
+
+#: ``inatcomp``'s subcommands in the order ``--help`` lists them: name, one-line help, the function adding its options.
+_COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("synth", "write a synthetic iNaturalist observation export with photos", _add_synth_arguments),
+    ("synth-preview", "a PNG of photos of two sibling species of a synthetic export", _add_synth_preview_arguments),
+    ("validate", "check files against their schemas and cross-file rules", _add_validate_arguments),
+    ("build", "build a challenge dataset from an observation export", _add_build_arguments),
+    ("split-val", "split a val JSON into val and minival by observer", _add_split_val_arguments),
+    ("train", "train a timm model on a competition dataset", _add_train_parser_arguments),
+    ("demo", "run the main job on a synthetic export", _add_demo_arguments),
+    ("score", "top-1/top-k error of a submission (Public, Private, all) and analyses", _add_score_arguments),
+    ("leaderboard", "Kaggle-like public/private leaderboard of submissions", _add_leaderboard_arguments),
+    ("predict", "predict a competition JSON with test-time augmentation", _add_predict_arguments),
+    ("ensemble", "combine prediction folders (streaming)", _add_ensemble_arguments),
+    ("submit", "write a submission CSV from a prediction folder", _add_submit_arguments),
+    ("score-pred", "top-1/top-k error of a prediction folder against val labels", _add_score_pred_arguments),
+    ("geoprior", "a spatio-temporal prior (place, date) combined with image predictions", _add_geoprior_arguments),
+)
+
+
+def get_args_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the ``inatcomp`` command.
+
+    Args:
+        command: Fill in only this subcommand's options (the others are listed, with their help line, but
+            left empty; ``""`` fills none). :func:`main` passes the command being run, so a command imports only
+            what its own options need: ``score`` never pays for the training options' modules. ``None`` builds
+            them all.
+    """
+    parser = argparse.ArgumentParser(prog="inatcomp", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text, add_arguments in _COMMANDS:
+        command_parser = sub.add_parser(name, help=text, description=text)
+        if command is None or command == name:
+            add_arguments(command_parser)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``inatcomp`` console script."""
-    args = get_args_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = get_args_parser(_command_of(argv) or "").parse_args(argv)  # "": the command list alone
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

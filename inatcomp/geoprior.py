@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from inatcomp.options import resolve_device
+
 __all__ = [
     "PRIOR_FORMAT",
     "GeoPrior",
@@ -594,7 +596,7 @@ def train_prior(
     starts = np.concatenate([[0], np.cumsum(per_class)[:-1]])
     pos_weight = float(config.pos_weight if config.pos_weight is not None else classes)
     steps_per_epoch = max(math.ceil(len(label) / config.batch_size), config.min_steps_per_epoch)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(config.device)
     rng = np.random.default_rng([config.seed, 29])
     inputs = 6 if config.use_dates else 4
     start_time = time.perf_counter()

@@ -7,8 +7,9 @@ scoring commands never import torch, timm or torchvision.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
-__all__ = ["AmpMode", "enum_choice"]
+__all__ = ["AmpMode", "enum_choice", "resolve_device"]
 
 
 class AmpMode(enum.Enum):
@@ -32,3 +33,21 @@ def enum_choice(enum_type: type[enum.Enum], value: object, *, option: str) -> en
     except ValueError:
         choices = ", ".join(str(member.value) for member in enum_type)
         raise ValueError(f"{option}: {value!r} is not one of {choices}") from None
+
+
+def resolve_device(name: str | None = None) -> Any:
+    """The ``torch.device`` a run uses: ``None`` or ``auto`` is CUDA when available, else the CPU.
+
+    The one device resolver of training, prediction and the geo prior; it imports torch only when called.
+
+    Raises:
+        ValueError: A name torch does not know as a device, naming it.
+    """
+    import torch
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {name!r}: not a torch device (cpu, cuda, cuda:1, mps ...): {error}") from None

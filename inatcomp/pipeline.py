@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from inatcomp.predict import PREDICT_DEFAULTS
 from inatcomp.splits import Preset
 
 __all__ = [
@@ -224,8 +225,8 @@ def predict_run(
     release: Release,
     out: str | os.PathLike,
     *,
-    tta: str = "center",
-    batch_size: int = 64,
+    tta: str = PREDICT_DEFAULTS.tta.value,
+    batch_size: int = PREDICT_DEFAULTS.batch_size,
     amp: str | None = None,
     parts: tuple[str, ...] = ("val", "test"),
 ) -> tuple[dict[str, Path], dict[str, Any]]:

@@ -27,10 +27,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from inatcomp.options import AmpMode, enum_choice, resolve_device
 from inatcomp.predictions import PredictionWriter
 
 __all__ = [
+    "PREDICT_DEFAULTS",
     "AverageMode",
+    "PredictOptions",
     "TTAMode",
     "View",
     "decode_factor",
@@ -497,36 +500,165 @@ def load_model(checkpoint: str | os.PathLike, *, device: Any = "cpu") -> tuple[A
     return model.to(device).eval(), metadata
 
 
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """The defaults of :func:`predict`, in one place: the library, ``inatcomp predict`` and the kernels read them.
+
+    Attributes:
+        tta: The views preset.
+        average: How the views of an image are combined.
+        batch_size: Images per batch (all their views go through the model together).
+        workers: Loader processes decoding images; ``None``: none on the CPU (decoding runs in a prefetch thread
+            beside the model, which needs the cores), up to 8 with CUDA.
+        amp: Autocast dtype of the model.
+        channels_last: Run the model in channels-last memory format.
+        fold_bn: Fold each BatchNorm into the convolution before it.
+    """
+
+    tta: TTAMode = TTAMode.CENTER
+    average: AverageMode = AverageMode.PROB
+    batch_size: int = 64
+    workers: int | None = None
+    amp: AmpMode = AmpMode.OFF
+    channels_last: bool = True
+    fold_bn: bool = True
+
+
+#: The one set of prediction defaults.
+PREDICT_DEFAULTS = PredictOptions()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Eval:
+    """The eval-time model and what its checkpoint says about its input."""
+
+    model: Any
+    metadata: dict[str, Any]
+    folded: int
+    crop_size: int
+    crop_pct: float
+    interpolation: Any
+    mean: Any
+    std: Any
+    category_ids: np.ndarray
+
+
+def _load_eval_model(checkpoint: str | os.PathLike, *, device: Any, fold_bn: bool, channels_last: bool) -> _Eval:
+    """The checkpoint's model ready to predict (BatchNorm folded, memory format set) and its data config."""
+    import torch
+
+    from inatcomp.data import Interpolation
+
+    model, metadata = load_model(checkpoint, device=device)
+    folded = 0
+    if fold_bn:
+        from inatcomp.models import fold_batchnorm
+
+        model, folded = fold_batchnorm(model)
+        _logger.info("folded %d BatchNorm layer(s) into their convolutions", folded)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    config = metadata.get("data_config") or {}
+    size = config.get("input_size", [3, 224, 224])
+    return _Eval(
+        model=model,
+        metadata=metadata,
+        folded=folded,
+        crop_size=int(max(size[1], size[2])),
+        crop_pct=float(config.get("crop_pct", 0.875)),
+        interpolation=Interpolation(config.get("interpolation", "bicubic")),
+        mean=torch.tensor(config.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1) * 255,
+        std=torch.tensor(config.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1) * 255,
+        category_ids=np.asarray(metadata["category_ids"], dtype=np.int64),
+    )
+
+
+def _view_loader(
+    base: Any, ev: _Eval, *, tta: TTAMode, views: Sequence[View] | None, batch_size: int, workers: int, device: Any
+) -> Any:
+    """Batches of every image's views, decoded once each (in ``workers`` processes, or in this one)."""
+    from torch.utils.data import DataLoader
+
+    from inatcomp.data import seed_worker
+
+    dataset = _ViewDataset(
+        [base.path(i) for i in range(len(base))],
+        mode=tta,
+        crop_size=ev.crop_size,
+        crop_pct=ev.crop_pct,
+        interpolation=ev.interpolation.cv2_flag,
+        views=views,  # type: ignore[arg-type]
+    )
+    return DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=seed_worker,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def _predict_batches(
+    loader: Any, ev: _Eval, writer: PredictionWriter, *, image_ids: np.ndarray, amp: AmpMode, average: AverageMode,
+    device: Any, channels_last: bool, in_process: bool,
+) -> tuple[list[int], int]:  # fmt: skip
+    """Run every batch through the model and write its averaged rows; returns the failed image ids and views."""
+    import torch
+
+    amp_dtype = {AmpMode.BF16: torch.bfloat16, AmpMode.FP16: torch.float16}.get(amp)
+    # Under autocast the batch is handed over in the autocast dtype, rounded as autocast would round it.
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    normalise = _InputBuffer(ev.mean, ev.std, memory_format, amp_dtype)
+    failed_ids: list[int] = []
+    n_views = 0
+    with torch.inference_mode():
+        # In-process decoding (workers=0) still overlaps the model through a prefetch thread.
+        for batch_views, counts, index, failed in prefetch(loader) if in_process else loader:
+            logits = torch.empty((0, len(ev.category_ids)))
+            if len(batch_views):
+                x = normalise(batch_views.to(device, non_blocking=True))
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    logits = ev.model(x).float().cpu()
+            writer.write(_average(logits, counts, average).numpy())
+            n_views += len(batch_views)
+            failed_ids += image_ids[index[failed.bool()].numpy()].tolist()
+    return failed_ids, n_views
+
+
 def predict(
     *,
     checkpoint: str | os.PathLike,
     data: str | os.PathLike,
     images: str | os.PathLike | None = None,
-    tta: TTAMode | str = TTAMode.CENTER,
+    tta: TTAMode | str = PREDICT_DEFAULTS.tta,
     out: str | os.PathLike,
     views: Sequence[View] | str | os.PathLike | None = None,
-    average: AverageMode | str = AverageMode.PROB,
-    batch_size: int = 32,
-    workers: int = 0,
+    average: AverageMode | str = PREDICT_DEFAULTS.average,
+    batch_size: int = PREDICT_DEFAULTS.batch_size,
+    workers: int | None = PREDICT_DEFAULTS.workers,
     device: str | None = None,
-    channels_last: bool = True,
-    amp: str | None = None,
-    fold_bn: bool = True,
+    channels_last: bool = PREDICT_DEFAULTS.channels_last,
+    amp: AmpMode | str | None = PREDICT_DEFAULTS.amp,
+    fold_bn: bool = PREDICT_DEFAULTS.fold_bn,
     geo_prior: str | os.PathLike | None = None,
     locations: str | os.PathLike | None = None,
 ) -> Path:
     """Predict every image of a competition JSON with test-time augmentation and write a prediction folder.
 
+    Defaults are :data:`PREDICT_DEFAULTS` (:class:`PredictOptions` documents each).
+
     Args:
         checkpoint: A checkpoint file, stem or run folder (its ``best``).
-        data: The competition JSON (test, or val for :func:`score_predictions`).
+        data: The competition JSON (test, or val for :func:`inatcomp.scoring.score_predictions`).
         images: Folder the ``file_name`` entries are relative to (``None``: the JSON's folder).
         tta: The views preset; :attr:`TTAMode.CUSTOM` with ``views``.
         out: The prediction folder to write.
         views: Custom views (a list, or a YAML/JSON file for :func:`load_views`); implies custom mode.
         average: Average the views' probabilities or logits.
         batch_size: Images per batch (all their views go through the model together).
-        workers: Loader processes decoding images (0: in this process).
+        workers: Loader processes decoding images (0: in this process; ``None``: see :class:`PredictOptions`).
         device: ``cpu``, ``cuda`` …; ``None`` picks CUDA when available.
         channels_last: Run the model in channels-last memory format.
         amp: ``bf16`` or ``fp16`` runs the model under ``torch.autocast`` (bf16 also on the CPU); ``None``/``off``
@@ -544,99 +676,40 @@ def predict(
     Raises:
         ValueError: Bad options, an unreadable checkpoint or JSON.
     """
-    import torch
-    from torch.utils.data import DataLoader
-
-    from inatcomp.data import CompetitionDataset, Interpolation, seed_worker
+    from inatcomp.data import CompetitionDataset
 
     if views is not None:
         views = load_views(views) if isinstance(views, str | os.PathLike) else list(views)
         tta = TTAMode.CUSTOM
-    tta, average = TTAMode(tta), AverageMode(average)
+    tta, average = enum_choice(TTAMode, tta, option="tta"), enum_choice(AverageMode, average, option="average")
+    amp = enum_choice(AmpMode, amp or AmpMode.OFF, option="amp")
     if tta is TTAMode.CUSTOM and not views:
         raise ValueError("TTA mode custom needs views (--views FILE)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp_dtype = {None: None, "off": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, "bad")
-    if amp_dtype == "bad":
-        raise ValueError(f"amp must be off, bf16 or fp16, got {amp!r}")
+    torch_device = resolve_device(device)
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if torch_device.type == "cuda" else 0
     geo = None
     if geo_prior is not None:  # loaded first: a bad prior or location file fails before the images are read
         from inatcomp.geoprior import apply_prior, find_locations, load_locations, load_prior
 
         geo = load_prior(geo_prior), load_locations(find_locations(data, locations))
-    model, metadata = load_model(checkpoint, device=torch_device)
-    folded = 0
-    if fold_bn:
-        from inatcomp.models import fold_batchnorm
-
-        model, folded = fold_batchnorm(model)
-        _logger.info("folded %d BatchNorm layer(s) into their convolutions", folded)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    config = metadata.get("data_config") or {}
-    size = config.get("input_size", [3, 224, 224])
-    crop_size = int(max(size[1], size[2]))
-    crop_pct = float(config.get("crop_pct", 0.875))
-    interpolation = Interpolation(config.get("interpolation", "bicubic"))
-    mean = torch.tensor(config.get("mean", (0.485, 0.456, 0.406)), device=torch_device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(config.get("std", (0.229, 0.224, 0.225)), device=torch_device).view(1, 3, 1, 1) * 255
-    category_ids = np.asarray(metadata["category_ids"], dtype=np.int64)
-
-    base = CompetitionDataset(data, images, category_ids=category_ids)
-    dataset = _ViewDataset(
-        [base.path(i) for i in range(len(base))],
-        mode=tta,
-        crop_size=crop_size,
-        crop_pct=crop_pct,
-        interpolation=interpolation.cv2_flag,
-        views=views,  # type: ignore[arg-type]
-    )
-    loader = DataLoader(
-        dataset,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        worker_init_fn=seed_worker,
-        pin_memory=torch_device.type == "cuda",
-    )
+    ev = _load_eval_model(checkpoint, device=torch_device, fold_bn=fold_bn, channels_last=channels_last)
+    base = CompetitionDataset(data, images, category_ids=ev.category_ids)
+    loader = _view_loader(base, ev, tta=tta, views=views, batch_size=batch_size, workers=workers, device=torch_device)
     header = {
-        "created_by": "inatcomp predict",
-        "checkpoint": str(checkpoint),
-        "model": metadata["model"],
-        "data": str(data),
-        "tta": tta.value,
-        "views": [dataclasses.asdict(v) for v in views] if views else None,
-        "average": average.value,
-        "crop_size": crop_size,
-        "amp": amp or "off",
-        "folded_batchnorm": folded,
-    }
-    # Under autocast the batch is handed over in the autocast dtype, rounded as autocast would round it.
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    normalise = _InputBuffer(mean, std, memory_format, amp_dtype)
-    failed_ids: list[int] = []
+        "created_by": "inatcomp predict", "checkpoint": str(checkpoint), "model": ev.metadata["model"],
+        "data": str(data), "tta": tta.value, "views": [dataclasses.asdict(v) for v in views] if views else None,
+        "average": average.value, "crop_size": ev.crop_size, "amp": amp.value, "folded_batchnorm": ev.folded,
+    }  # fmt: skip
     start = time.perf_counter()
-    n_views = 0
-    with (
-        PredictionWriter(out, image_ids=base.image_ids, category_ids=category_ids, header=header) as writer,
-        torch.inference_mode(),
-    ):
-        # In-process decoding (workers=0) still overlaps the model through a prefetch thread.
-        for batch_views, counts, index, failed in prefetch(loader) if workers == 0 else loader:
-            logits = torch.empty((0, len(category_ids)))
-            if len(batch_views):
-                x = normalise(batch_views.to(torch_device, non_blocking=True))
-                with torch.autocast(torch_device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    logits = model(x).float().cpu()
-            writer.write(_average(logits, counts, average).numpy())
-            n_views += len(batch_views)
-            failed_ids += base.image_ids[index[failed.bool()].numpy()].tolist()
-        writer.header["failed_images"] = len(failed_ids)
-        writer.header["failed_image_ids"] = failed_ids
-        writer.header["views_total"] = n_views
+    with PredictionWriter(out, image_ids=base.image_ids, category_ids=ev.category_ids, header=header) as writer:
+        failed_ids, n_views = _predict_batches(
+            loader, ev, writer, image_ids=base.image_ids, amp=amp, average=average, device=torch_device,
+            channels_last=channels_last, in_process=workers == 0,
+        )  # fmt: skip
+        writer.header.update(failed_images=len(failed_ids), failed_image_ids=failed_ids, views_total=n_views)
     seconds = time.perf_counter() - start
     if failed_ids:
         _logger.warning("%d unreadable image(s) got a uniform prediction (listed in the header)", len(failed_ids))

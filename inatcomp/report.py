@@ -106,6 +106,16 @@ def score_markdown(result: ScoreResult) -> str:
     return "\n".join(parts) + "\n"
 
 
+def prediction_score_markdown(result: dict[str, Any]) -> str:
+    """A Markdown report of :func:`inatcomp.scoring.score_predictions`: its figures, then any analyses."""
+    figures = [(key, value) for key, value in result.items() if key != "analysis"]
+    rows = [[key, f"{value:.4f}" if isinstance(value, float) else value] for key, value in figures]
+    parts = [markdown_table(["metric", "value"], rows)]
+    if result.get("analysis"):
+        parts += ["", *_analysis_markdown(result["analysis"])]
+    return "\n".join(parts) + "\n"
+
+
 def _analysis_markdown(analysis: dict[str, Any]) -> list[str]:
     parts = [
         "## Per supercategory",

@@ -28,7 +28,7 @@ from inatcomp.predict import (
     predict,
     view_boxes,
 )
-from inatcomp.predictions import PredictionWriter, open_predictions, top_k_columns
+from inatcomp.predictions import open_predictions
 from inatcomp.scoring import score_predictions
 from inatcomp.splits import Preset, rules_for
 from inatcomp.synth import SynthConfig, write_export
@@ -270,51 +270,6 @@ def test_predict_matches_the_straightforward_computation(release, checkpoint, tm
     np.testing.assert_allclose(got, np.stack(expected), rtol=0, atol=2e-4)
 
 
-def test_top_k_columns_orders_by_score_then_column():
-    scores = np.array([[0.1, 0.5, 0.2, 0.2], [0.25, 0.25, 0.25, 0.25]], dtype=np.float16)
-    np.testing.assert_array_equal(top_k_columns(scores, 3), [[1, 2, 3], [0, 1, 2]])
-    np.testing.assert_array_equal(top_k_columns(scores, 9), [[1, 2, 3, 0], [0, 1, 2, 3]])
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The file format
-
-
-def test_prediction_folder_round_trip_in_chunks(tmp_path):
-    rng = np.random.default_rng(0)
-    scores = rng.dirichlet(np.ones(7), size=23).astype(np.float16)
-    ids, cats = np.arange(100, 123), np.array([5, 3, 9, 1, 7, 2, 8])
-    out = tmp_path / "a.pred"
-    with PredictionWriter(out, image_ids=ids, category_ids=cats, header={"model": "x"}) as writer:
-        for start in range(0, 23, 5):
-            writer.write(scores[start : start + 5])
-        writer.header["failed_images"] = 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pred"]  # no temporary left
-    preds = open_predictions(out)
-    assert preds.header["model"] == "x" and preds.header["failed_images"] == 1
-    np.testing.assert_array_equal(preds.image_ids, ids)
-    np.testing.assert_array_equal(preds.category_ids, cats)
-    np.testing.assert_array_equal(preds.memmap(), scores)
-    np.testing.assert_array_equal(np.concatenate([c for _, c in preds.iter_chunks(4)]), scores)
-    rows = np.array([5, 0, 6, 7, 22, 1])
-    np.testing.assert_array_equal(preds.take_rows(rows), scores[rows])
-    raw = np.fromfile(out / "scores.f16", dtype="<f2").reshape(23, 7)  # plain little-endian float16
-    np.testing.assert_array_equal(raw, scores)
-
-
-def test_writer_refuses_wrong_rows_and_foreign_folders(tmp_path):
-    writer = PredictionWriter(tmp_path / "b.pred", image_ids=[1, 2], category_ids=[1])
-    writer.write(np.ones((1, 1)))
-    with pytest.raises(ValueError, match="rows written"):
-        writer.close()
-    assert not any(tmp_path.iterdir())
-    (tmp_path / "mine").mkdir()
-    with pytest.raises(ValueError, match="not a prediction folder"):
-        PredictionWriter(tmp_path / "mine", image_ids=[1], category_ids=[1])
-    with pytest.raises(ValueError, match="not a prediction folder"):
-        open_predictions(tmp_path / "mine")
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Predicting
 
@@ -374,32 +329,6 @@ def test_unreadable_images_get_uniform_rows_and_are_counted(release, checkpoint,
     np.testing.assert_array_equal(scores[[1, 4]], [uniform, uniform])
     assert not np.allclose(scores[0], uniform)
     assert "unreadable image" in caplog.text
-
-
-def test_score_predictions_on_a_constructed_file(tmp_path):
-    labels = tmp_path / "val.json"
-    images = [{"id": i, "width": 1, "height": 1, "file_name": f"{i}.jpg"} for i in (10, 11, 12, 13)]
-    annotations = [
-        {"id": i, "image_id": im, "category_id": c} for i, (im, c) in enumerate(zip((10, 11, 12, 13), (1, 2, 3, 9)))
-    ]
-    labels.write_text(json.dumps({"images": images, "annotations": annotations, "categories": []}))
-    scores = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.3, 0.3, 0.4]])
-    with PredictionWriter(tmp_path / "s.pred", image_ids=[13, 12, 11, 10], category_ids=[1, 2, 3]) as writer:
-        writer.write(scores[::-1])
-    result = score_predictions(tmp_path / "s.pred", labels, k=2)
-    # 10: right; 11: second; 12: right; 13: label 9 outside the head.
-    assert result["top1_error"] == 0.5 and result["top2_error"] == 0.25 and result["outside_head"] == 1
-    with pytest.raises(ValueError, match="not predicted"):
-        score_predictions(tmp_path / "s.pred", _more(labels), k=2)
-
-
-def _more(labels):
-    data = json.loads(labels.read_text())
-    data["images"].append({"id": 99, "width": 1, "height": 1, "file_name": "99.jpg"})
-    data["annotations"].append({"id": 99, "image_id": 99, "category_id": 1})
-    path = labels.with_name("more.json")
-    path.write_text(json.dumps(data))
-    return path
 
 
 def test_prediction_headers_match_their_schema(release, checkpoint, tmp_path):

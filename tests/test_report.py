@@ -121,7 +121,7 @@ def test_cli_leaderboard(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "| 1 | a | 0.50000 | 0.00000 | 1 | 0 | top-3 error |" in text
     assert "line 4: 2 label(s); expected at least 3" in text
     assert (out / "leaderboard.md").read_text(encoding="utf-8") == text
-    assert main(["leaderboard", str(a), "--solution", str(tmp_path / "missing.csv")]) == 1
+    assert main(["leaderboard", str(a), "--solution", str(tmp_path / "missing.csv")]) == 2
 
 
 def test_score_report_files(tmp_path: Path) -> None:

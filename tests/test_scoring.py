@@ -391,8 +391,8 @@ def test_cli_score(tmp_path: Path, solution: Path, capsys: pytest.CaptureFixture
 def test_cli_score_errors(tmp_path: Path, solution: Path, caplog: pytest.LogCaptureFixture) -> None:
     sub = write(tmp_path / "s.csv", "id,predicted\n1,10 2\n")
     with caplog.at_level(logging.ERROR):
-        assert main(["score", str(sub), "--solution", str(solution), "--format", "inat2018"]) == 1
+        assert main(["score", str(sub), "--solution", str(solution), "--format", "inat2018"]) == 2
     assert "line 2: 2 label(s); expected at least 3" in caplog.text
     assert "Traceback" not in caplog.text
-    assert main(["score", str(tmp_path / "nope.csv"), "--solution", str(solution)]) == 1
-    assert main(["score", str(sub), "--solution", str(solution), "--max-size-mb", "0.000001"]) == 1
+    assert main(["score", str(tmp_path / "nope.csv"), "--solution", str(solution)]) == 2
+    assert main(["score", str(sub), "--solution", str(solution), "--max-size-mb", "0.000001"]) == 2

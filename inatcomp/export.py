@@ -1,4 +1,4 @@
-"""Reading an iNaturalist Open Data observation export (the four tables of formats.md §1).
+"""Reading an iNaturalist Open Data observation export (the four tables of docs/formats.md §1).
 
 Each table may be plain tab-separated text (``taxa.csv``), gzipped (``taxa.csv.gz``) or Parquet
 (``taxa.parquet``). Only the columns a stage uses are read, with pyarrow's multi-threaded parser, so a
@@ -162,12 +162,13 @@ def read_export(folder: str | os.PathLike, *, columns: dict[str, list[str]] | No
 def ancestry_parents(ancestry: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """The parent id (last ancestor) of each taxon from its ancestry string; -1 for the root.
 
-    Accepts ``/`` and ``\\`` as separators.
+    Accepts ``/`` and ``\\`` as separators; separators at either end are ignored.
 
     Raises:
         ValueError: A part of an ancestry is not an integer.
     """
-    parts = pc.split_pattern(pc.replace_substring(ancestry, "\\", "/"), "/")
+    # Stray separators at either end ("48460/1/") name no ancestor: trimmed, as taxonomy.split_ancestry skips them.
+    parts = pc.split_pattern(pc.utf8_trim(pc.replace_substring(ancestry, "\\", "/"), "/"), "/")
     lengths = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
     last = pc.take(pc.list_flatten(parts), pa.array(np.cumsum(lengths) - 1))
     last = pc.if_else(pc.equal(last, ""), pa.scalar(None, pa.string()), last)

@@ -1,6 +1,6 @@
 """Scoring: top-k error of Kaggle submissions against a solution, and analyses of the mistakes.
 
-Files read here (see ``/work/shared/formats.md`` §4 and ``data_schema/``):
+Files read here (see ``docs/formats.md`` §4 and ``data_schema/``):
 
 * **Submission**: comma-separated UTF-8 text, header ``id,predicted`` (iNat2017, 2018, 2019) or ``Id,Predicted``
   (iNat2021); ``predicted`` is category ids separated by spaces, most confident first (2017: 5 labels, 2018: 3,

@@ -1,6 +1,6 @@
 """Kaggle submissions from prediction files, and checking a submission against a test file.
 
-``inatcomp submit`` writes a year's CSV (formats.md §4: header ``id,predicted``, or ``Id,Predicted`` for 2021; 5
+``inatcomp submit`` writes a year's CSV (docs/formats.md §4: header ``id,predicted``, or ``Id,Predicted`` for 2021; 5
 labels in 2017 and 2021, 3 in 2018, 1 in 2019; category ids separated by single spaces, most confident first)
 from a prediction folder, streaming in row chunks and renaming a temporary file into place at the end.
 

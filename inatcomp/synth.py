@@ -1,7 +1,7 @@
 """Synthetic iNaturalist observation exports with images, for demos, tests and benchmarks.
 
 ``write_export`` writes the four iNaturalist Open Data tables (``taxa``, ``observations``, ``photos``,
-``observers``; tab-separated with a header, optionally gzipped) exactly as ``shared/formats.md`` §1
+``observers``; tab-separated with a header, optionally gzipped) exactly as ``docs/formats.md`` §1
 describes, and one JPEG per photo at ``photos/<photo_id>/medium.jpg``. Beside them it writes two
 files that no real export has, for evaluating what later stages recover: ``synth_species.csv``
 (each species' range, season and frequency) and ``synth_truth.csv`` (the true species of every

@@ -50,7 +50,7 @@ CATEGORY_RANKS = (Rank.KINGDOM, Rank.PHYLUM, Rank.CLASS, Rank.ORDER, Rank.FAMILY
 
 
 class Supercategory(enum.Enum):
-    """The 14 supercategories of iNat2018 (formats.md §2)."""
+    """The 14 supercategories of iNat2018 (docs/formats.md §2)."""
 
     PLANTAE = "Plantae"
     INSECTA = "Insecta"

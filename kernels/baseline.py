@@ -1,4 +1,4 @@
-"""The iNat2018 competition baseline: Inception-v3, one centre crop (../shared/formats.md §5).
+"""The iNat2018 competition baseline: Inception-v3, one centre crop (docs/formats.md §5).
 
 Recipe of the official PyTorch baseline: Inception-v3 (ImageNet weights, a new head over the release's
 classes), SGD lr 0.0045, momentum 0.9, weight decay 1e-4, batch 64, lr ×0.1 every 30 epochs, 75 epochs,

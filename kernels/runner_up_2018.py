@@ -1,6 +1,6 @@
 """The iNat2018 runner-up's recipe: balanced batches, label and taxonomy smoothing, upper windows, an ensemble.
 
-Second place in 2018 (private top-3 error 0.13981, ../shared/formats.md §5) trained with class-balanced
+Second place in 2018 (private top-3 error 0.13981, docs/formats.md §5) trained with class-balanced
 batches, label smoothing and taxonomy-aware smoothing (part of the smoothing mass goes to the true species'
 genus and family), predicted with extra views along the upper part of each photo (subjects sit high in
 iNaturalist photos), and averaged several models. Here: each ``--models`` entry is trained with that recipe,

@@ -1,6 +1,6 @@
 """The iNat2018 winner's recipe: covariance pooling, higher resolution, val fine-tuning, dense TTA, an ensemble.
 
-First place in 2018 (private top-3 error 0.12858, ../shared/formats.md §5) replaced global average pooling by
+First place in 2018 (private top-3 error 0.12858, docs/formats.md §5) replaced global average pooling by
 iSQRT-COV (a covariance matrix of the last feature map, normalised by a Newton–Schulz matrix square root),
 trained at a higher resolution, fine-tuned on the balanced val set with a small learning rate, predicted with
 dense multi-crop, multi-scale views, and averaged several models. Here, for each ``--models`` entry:

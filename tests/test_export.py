@@ -148,14 +148,11 @@ def test_ancestry_parents_take_the_last_id_with_either_separator():
     assert ancestry_parents(ancestry).tolist() == [-1, 48460, 2, 3, 7]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="export.ancestry_parents takes the empty part after a trailing separator as 'no parent' (-1, a root), "
-    "where taxonomy.split_ancestry skips empty parts and gives parent 1",
-)
 def test_ancestry_parents_agree_with_split_ancestry_on_a_trailing_separator():
     from inatcomp.taxonomy import split_ancestry
 
+    texts = ["48460/1/", "/48460/1", "48460\\1\\", "48460", ""]
+    assert ancestry_parents(pa.array(texts)).tolist() == [1, 1, 1, 48460, -1]
     assert ancestry_parents(pa.array(["48460/1/"])).tolist() == [split_ancestry("48460/1/")[-1]]
 
 

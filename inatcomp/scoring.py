@@ -365,53 +365,98 @@ def analyse(
         raise ValueError("no images to analyse")
     records = {int(c["id"]): c for c in categories}
     hit = top1 == expected
-    classes, inverse = np.unique(expected, return_inverse=True)
-    class_images = np.bincount(inverse)
-    class_accuracy = np.bincount(inverse, weights=hit) / class_images
-    class_train = np.array([int(train_counts.get(int(c), 0)) for c in classes], dtype=np.int64)
+    stats = _class_stats(expected, hit, train_counts)
+    wrong = ~hit
+    pairs = np.stack([expected[wrong], top1[wrong]], axis=1)
+    return {
+        "images": int(len(expected)),
+        "classes": int(len(stats.classes)),
+        "top1_accuracy": float(hit.mean()),
+        "mean_class_accuracy": float(stats.accuracy.mean()),
+        "supercategories": _supercategory_rows(stats, records),
+        "train_count_bins": _train_count_rows(stats, bins),
+        "confusions": _confusions(pairs, records, top_confusions),
+        "mistakes": _mistakes(pairs, records),
+    }
 
-    def name(cid: int) -> str:
-        record = records.get(cid)
-        return str(record.get("name", cid)) if record else f"(unknown category {cid})"
 
-    def group_row(mask: np.ndarray) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _ClassStats:
+    """Per expected class: its id, images, top-1 accuracy and training images."""
+
+    classes: np.ndarray
+    images: np.ndarray
+    accuracy: np.ndarray
+    train: np.ndarray
+
+    def group_row(self, mask: np.ndarray) -> dict[str, Any]:
+        """The classes under ``mask`` together: their mean per-class accuracy."""
         return {
             "classes": int(mask.sum()),
-            "train_images": int(class_train[mask].sum()),
-            "images": int(class_images[mask].sum()),
-            "accuracy": float(class_accuracy[mask].mean()) if mask.any() else None,
+            "train_images": int(self.train[mask].sum()),
+            "images": int(self.images[mask].sum()),
+            "accuracy": float(self.accuracy[mask].mean()) if mask.any() else None,
         }
 
+
+def _class_stats(expected: np.ndarray, hit: np.ndarray, train_counts: dict[int, int]) -> _ClassStats:
+    classes, inverse = np.unique(expected, return_inverse=True)
+    images = np.bincount(inverse)
+    return _ClassStats(
+        classes=classes,
+        images=images,
+        accuracy=np.bincount(inverse, weights=hit) / images,
+        train=np.array([int(train_counts.get(int(c), 0)) for c in classes], dtype=np.int64),
+    )
+
+
+def _supercategory_rows(stats: _ClassStats, records: dict[int, dict]) -> list[dict[str, Any]]:
+    """One row per supercategory (the kingdom where a record has none), most classes first."""
     supers = np.array(
         [
             str(records.get(int(c), {}).get("supercategory") or records.get(int(c), {}).get("kingdom") or "(none)")
-            for c in classes
+            for c in stats.classes
         ]
     )
-    super_rows = [{"supercategory": str(s), **group_row(supers == s)} for s in np.unique(supers)]
-    super_rows.sort(key=lambda row: (-row["classes"], row["supercategory"]))
+    rows = [{"supercategory": str(s), **stats.group_row(supers == s)} for s in np.unique(supers)]
+    rows.sort(key=lambda row: (-row["classes"], row["supercategory"]))
+    return rows
 
-    bin_rows = []
+
+def _train_count_rows(stats: _ClassStats, bins: Sequence[tuple[int, int | None]]) -> list[dict[str, Any]]:
+    """One row per training-count bin that holds a class."""
+    rows = []
     for low, high in bins:
-        mask = (class_train >= low) & (class_train <= (np.iinfo(np.int64).max if high is None else high))
+        mask = (stats.train >= low) & (stats.train <= (np.iinfo(np.int64).max if high is None else high))
         if mask.any():
-            row = group_row(mask)
+            row = stats.group_row(mask)
             del row["train_images"]
-            bin_rows.append({"bin": _bin_label(low, high), "low": low, "high": high, **row})
+            rows.append({"bin": _bin_label(low, high), "low": low, "high": high, **row})
+    return rows
 
-    wrong = ~hit
-    pairs = np.stack([expected[wrong], top1[wrong]], axis=1)
-    confusions = []
+
+def _category_name(records: dict[int, dict], cid: int) -> str:
+    record = records.get(cid)
+    return str(record.get("name", cid)) if record else f"(unknown category {cid})"
+
+
+def _confusions(pairs: np.ndarray, records: dict[int, dict], top: int) -> list[dict[str, Any]]:
+    """The ``top`` most frequent (expected, predicted) pairs among the mistakes."""
+    confusions: list[dict[str, Any]] = []
     if len(pairs):
         unique_pairs, pair_counts = np.unique(pairs, axis=0, return_counts=True)
-        order = np.lexsort((unique_pairs[:, 1], unique_pairs[:, 0], -pair_counts))[:top_confusions]
+        order = np.lexsort((unique_pairs[:, 1], unique_pairs[:, 0], -pair_counts))[:top]
         for (exp_id, pred_id), count in zip(unique_pairs[order].tolist(), pair_counts[order].tolist()):
             confusions.append(
-                {"expected_id": exp_id, "expected": name(exp_id), "predicted_id": pred_id, "predicted": name(pred_id)}
-                | {"count": count}
+                {"expected_id": exp_id, "expected": _category_name(records, exp_id), "predicted_id": pred_id}
+                | {"predicted": _category_name(records, pred_id), "count": count}
             )
+    return confusions
 
-    mistakes: dict[str, Any] = {"count": int(wrong.sum())}
+
+def _mistakes(pairs: np.ndarray, records: dict[int, dict]) -> dict[str, Any]:
+    """How many mistakes stay in the expected genus and family (None where the ranks are unknown)."""
+    mistakes: dict[str, Any] = {"count": len(pairs)}
     cat_ids = np.array(sorted(records), dtype=np.int64)
     idx_exp, known_exp = _lookup(cat_ids, pairs[:, 0])
     idx_pred, known_pred = _lookup(cat_ids, pairs[:, 1])
@@ -427,17 +472,7 @@ def analyse(
         same = int(((e_code == p_code) & (e_code >= 0)).sum())
         mistakes[f"same_{rank}"] = same
         mistakes[f"same_{rank}_share"] = same / len(pairs) if len(pairs) else None
-
-    return {
-        "images": int(len(expected)),
-        "classes": int(len(classes)),
-        "top1_accuracy": float(hit.mean()),
-        "mean_class_accuracy": float(class_accuracy.mean()),
-        "supercategories": super_rows,
-        "train_count_bins": bin_rows,
-        "confusions": confusions,
-        "mistakes": mistakes,
-    }
+    return mistakes
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -776,10 +811,28 @@ def read_submission(
     path = Path(path)
     if k is not None and k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    text = _submission_text(path, max_bytes=max_bytes, max_rows=max_rows)
+    problems = _Problems(path)
+    grid = _grid(text, 2, problems)
+    ids, ok = _int_field(grid, 0, "id", problems)
+    tokens = _label_tokens(grid, problems)
+    ok &= tokens.ok
+    format, k = _submission_format(path, text.header.strip(), tokens, format=format, k=k, problems=problems)
+    need = max(k, format.official_k if format else 1)
+    few = np.flatnonzero(tokens.ok & (tokens.counts < need))
+    ok[few] = False
+    problems.add(grid.text.lines[few], lambda i: f"{tokens.counts[few[i]]} label(s); expected at least {need}")
+    labels = _label_matrix(grid, tokens, ok, problems)
+    _check_unique(ids[ok], grid.text.lines[ok], "id", problems)
+    problems.raise_if_any()
+    return Submission(path=path, format=format, k=k, ids=ids, labels=labels, lines=grid.text.lines)
+
+
+def _submission_text(path: Path, *, max_bytes: int | None, max_rows: int | None) -> _Text:
+    """The file's lines, once its size, header, row count and line lengths pass (nothing parsed yet)."""
     if max_rows is not None:
         max_bytes = min(max_bytes or DEFAULT_MAX_BYTES, 1024 + max_rows * MAX_ROW_BYTES)
     text = _read_text(path, max_bytes)
-    problems = _Problems(path)
     header = text.header.strip()
     if header.lower().replace(" ", "") != "id,predicted":
         raise ValueError(
@@ -793,17 +846,30 @@ def read_submission(
             f"{path}: line {text.lines[max_rows]}: more rows ({len(text.lines):,}) than the solution has images "
             f"({max_rows:,})"
         )
+    problems = _Problems(path)
     long = np.flatnonzero(text.ends - text.starts > MAX_LINE_BYTES)
     problems.add(
         text.lines[long],
         lambda i: f"{text.ends[long[i]] - text.starts[long[i]]:,} bytes long; at most {MAX_LINE_BYTES} expected",
     )
     problems.raise_if_any()
-    grid = _grid(text, 2, problems)
-    ids, ok = _int_field(grid, 0, "id", problems)
-    rows = len(ok)
-    ok_labels = grid.ok.copy()
+    return text
 
+
+@dataclasses.dataclass(frozen=True)
+class _LabelTokens:
+    """The label tokens of every row: ``ok`` rows have only sound labels; ``counts`` labels per row."""
+
+    ok: np.ndarray
+    counts: np.ndarray
+    sel: np.ndarray  #: the grid's tokens in the label field
+    row: np.ndarray  #: each such token's row
+
+
+def _label_tokens(grid: _Grid, problems: _Problems) -> _LabelTokens:
+    """Check every row's labels: integers, of at most :data:`MAX_DIGITS` digits, at most :data:`MAX_LABELS`."""
+    rows = len(grid.ok)
+    ok_labels = grid.ok.copy()
     bad = np.flatnonzero(grid.bad_field == 1)
     bad_rows, first_bad = np.unique(grid.bad_row[bad], return_index=True)
     bad_rows, first_bad = bad_rows[grid.ok[bad_rows]], bad[first_bad[grid.ok[bad_rows]]]
@@ -818,7 +884,6 @@ def read_submission(
 
     problems.add(grid.text.lines[bad_rows], describe_bad)
     sel = np.flatnonzero(grid.tok_field == 1)
-    tok_row = grid.tok_row[sel]
     huge = sel[grid.tok_len[sel] > MAX_DIGITS]
     huge_rows, huge_first = np.unique(grid.tok_row[huge], return_index=True)
     keep = ok_labels[huge_rows]
@@ -830,29 +895,35 @@ def read_submission(
             grid.text.data[grid.tok_start[huge_first[i]] : grid.tok_start[huge_first[i]] + 64].split()[0], "label"
         ),
     )
-    counts = np.bincount(tok_row, minlength=rows)[:rows]
+    counts = np.bincount(grid.tok_row[sel], minlength=rows)[:rows]
     many = np.flatnonzero(ok_labels & (counts > MAX_LABELS))
     ok_labels[many] = False
     problems.add(grid.text.lines[many], lambda i: f"{counts[many[i]]} labels; at most {MAX_LABELS} are allowed")
-    ok &= ok_labels
+    return _LabelTokens(ok=ok_labels, counts=counts, sel=sel, row=grid.tok_row[sel])
 
+
+def _submission_format(
+    path: Path, header: str, tokens: _LabelTokens, *, format: SubmissionFormat | None, k: int | None,
+    problems: _Problems,
+) -> tuple[SubmissionFormat | None, int]:  # fmt: skip
+    """The format (given, or guessed from the header and the labels per row) and the k to report."""
     if format is None:
-        format = _guess_format(header, counts[ok_labels])
+        format = _guess_format(header, tokens.counts[tokens.ok])
         if format is None and k is None:
             problems.raise_if_any()  # the rows' own problems first
-            common = int(np.bincount(counts[ok_labels]).argmax()) if ok_labels.any() else 0
+            common = int(np.bincount(tokens.counts[tokens.ok]).argmax()) if tokens.ok.any() else 0
             raise ValueError(
                 f"{path}: cannot tell the competition year from {common} label(s) per row; pass --format or --k"
             )
         _logger.debug("%s: format %s", path, format.value if format else "unknown")
-    k = k if k is not None else format.default_k
-    need = max(k, format.official_k if format else 1)
-    few = np.flatnonzero(ok_labels & (counts < need))
-    ok[few] = False
-    problems.add(grid.text.lines[few], lambda i: f"{counts[few[i]]} label(s); expected at least {need}")
+    return format, k if k is not None else format.default_k
 
+
+def _label_matrix(grid: _Grid, tokens: _LabelTokens, ok: np.ndarray, problems: _Problems) -> np.ndarray:
+    """``[rows, width]`` labels (-1 padded) of the sound rows; a row repeating a label is refused."""
+    counts, sel, tok_row = tokens.counts, tokens.sel, tokens.row
     width = int(counts[ok].max()) if ok.any() else 1
-    labels = np.full((rows, width), -1, dtype=np.int64)
+    labels = np.full((len(ok), width), -1, dtype=np.int64)
     column = np.arange(len(sel)) - np.concatenate(([0], np.cumsum(counts)[:-1]))[tok_row]
     use = ok[tok_row] & (column < width)
     labels[tok_row[use], column[use]] = grid.tok_value[sel[use]]
@@ -866,9 +937,7 @@ def read_submission(
         return f"label {value} repeated in {_show(grid.field_bytes(repeated[i], 1))}"
 
     problems.add(grid.text.lines[repeated], describe_repeat)
-    _check_unique(ids[ok], grid.text.lines[ok], "id", problems)
-    problems.raise_if_any()
-    return Submission(path=path, format=format, k=k, ids=ids, labels=labels, lines=grid.text.lines)
+    return labels
 
 
 @dataclasses.dataclass

@@ -19,7 +19,6 @@ import enum
 import json
 import logging
 import os
-import re
 import types
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from inatcomp.formats import write_atomic
 from inatcomp.heads import CovarianceModel, HeadType
+from inatcomp.options import FreezeMode, parse_freeze
 
 __all__ = [
     "FreezeMode",
@@ -47,6 +47,7 @@ __all__ = [
     "taxon_keys",
     "transfer_classifier",
     "create_model",
+    "resolve_device",
     "head_metadata",
     "head_options",
     "save_checkpoint",
@@ -118,6 +119,20 @@ def create_model(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device a ``--device`` option names: ``auto`` (or ``None``) is CUDA when available, else the CPU.
+
+    Raises:
+        ValueError: A name torch does not know as a device, naming it.
+    """
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device: {name!r} is not a device (auto, cpu, cuda, cuda:N, mps, ...)") from None
 
 
 def head_metadata(model: torch.nn.Module) -> dict[str, Any]:
@@ -486,14 +501,6 @@ def transfer_classifier(
 # --- freezing ----------------------------------------------------------------------------------------------------
 
 
-class FreezeMode(enum.Enum):
-    """Which parts of a model stay fixed during training."""
-
-    NONE = "none"  #: everything trains
-    BACKBONE = "backbone"  #: only the classifier trains
-    ALL_BUT_LAST = "all-but-last"  #: the last N stages train, with everything after them (final norm, head)
-
-
 @dataclasses.dataclass(frozen=True)
 class FreezeReport:
     """What :func:`freeze_model` froze.
@@ -513,24 +520,6 @@ class FreezeReport:
     frozen_parameters: int
     frozen_norms: int
     trainable_modules: list[str]
-
-
-_FREEZE_PATTERN = re.compile(r"all-but-last-(\d+)")
-
-
-def parse_freeze(text: str) -> tuple[FreezeMode, int]:
-    """Parse ``none``, ``backbone`` or ``all-but-last-N`` (N ≥ 1) into a mode and N.
-
-    Raises:
-        ValueError: Anything else.
-    """
-    text = str(text).strip().lower().replace("_", "-")
-    found = _FREEZE_PATTERN.fullmatch(text)
-    if found and int(found.group(1)) >= 1:
-        return FreezeMode.ALL_BUT_LAST, int(found.group(1))
-    if text in (FreezeMode.NONE.value, FreezeMode.BACKBONE.value):
-        return FreezeMode(text), 0
-    raise ValueError(f"freeze: {text!r} is not one of none, backbone, all-but-last-N (N ≥ 1)")
 
 
 def _stay_in_eval(self: torch.nn.Module, mode: bool = True) -> torch.nn.Module:

@@ -7,8 +7,9 @@ scoring commands never import torch, timm or torchvision.
 from __future__ import annotations
 
 import enum
+import re
 
-__all__ = ["AmpMode", "enum_choice"]
+__all__ = ["AmpMode", "FreezeMode", "enum_choice", "parse_freeze"]
 
 
 class AmpMode(enum.Enum):
@@ -32,3 +33,31 @@ def enum_choice(enum_type: type[enum.Enum], value: object, *, option: str) -> en
     except ValueError:
         choices = ", ".join(str(member.value) for member in enum_type)
         raise ValueError(f"{option}: {value!r} is not one of {choices}") from None
+
+
+class FreezeMode(enum.Enum):
+    """Which parts of a model stay fixed during training."""
+
+    NONE = "none"  #: everything trains
+    BACKBONE = "backbone"  #: only the classifier trains
+    ALL_BUT_LAST = "all-but-last"  #: the last N stages train, with everything after them (final norm, head)
+
+
+_FREEZE_PATTERN = re.compile(r"all-but-last-(\d+)")
+
+
+def parse_freeze(text: str) -> tuple[FreezeMode, int]:
+    """Parse ``none``, ``backbone`` or ``all-but-last-N`` (N ≥ 1) into a mode and N.
+
+    Here rather than in :mod:`inatcomp.models` so a training config is checked without importing torch.
+
+    Raises:
+        ValueError: Anything else.
+    """
+    text = str(text).strip().lower().replace("_", "-")
+    found = _FREEZE_PATTERN.fullmatch(text)
+    if found and int(found.group(1)) >= 1:
+        return FreezeMode.ALL_BUT_LAST, int(found.group(1))
+    if text in (FreezeMode.NONE.value, FreezeMode.BACKBONE.value):
+        return FreezeMode(text), 0
+    raise ValueError(f"freeze: {text!r} is not one of none, backbone, all-but-last-N (N ≥ 1)")

@@ -14,6 +14,7 @@ from inatcomp.models import (
     fold_batchnorm,
     load_checkpoint,
     resolve_checkpoint,
+    resolve_device,
     save_checkpoint,
     unflatten_state,
 )
@@ -105,3 +106,14 @@ def test_folding_refuses_training_mode_and_keeps_untraceable_models():
     # timm's BatchNormAct2d (normalisation and activation in one layer) is traced through, not folded.
     fused_act = create_model("mobilenetv3_small_050", num_classes=3).eval()
     assert fold_batchnorm(fused_act) == (fused_act, 0)
+
+
+def test_resolve_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "cuda:x"):
+        with pytest.raises(ValueError, match=f"device: '{bad}' is not a device"):
+            resolve_device(bad)

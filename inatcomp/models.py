@@ -19,7 +19,6 @@ import enum
 import json
 import logging
 import os
-import re
 import types
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from inatcomp.formats import write_atomic
 from inatcomp.heads import CovarianceModel, HeadType
+from inatcomp.options import FreezeMode, parse_freeze
 
 __all__ = [
     "FreezeMode",
@@ -486,14 +486,6 @@ def transfer_classifier(
 # --- freezing ----------------------------------------------------------------------------------------------------
 
 
-class FreezeMode(enum.Enum):
-    """Which parts of a model stay fixed during training."""
-
-    NONE = "none"  #: everything trains
-    BACKBONE = "backbone"  #: only the classifier trains
-    ALL_BUT_LAST = "all-but-last"  #: the last N stages train, with everything after them (final norm, head)
-
-
 @dataclasses.dataclass(frozen=True)
 class FreezeReport:
     """What :func:`freeze_model` froze.
@@ -513,24 +505,6 @@ class FreezeReport:
     frozen_parameters: int
     frozen_norms: int
     trainable_modules: list[str]
-
-
-_FREEZE_PATTERN = re.compile(r"all-but-last-(\d+)")
-
-
-def parse_freeze(text: str) -> tuple[FreezeMode, int]:
-    """Parse ``none``, ``backbone`` or ``all-but-last-N`` (N ≥ 1) into a mode and N.
-
-    Raises:
-        ValueError: Anything else.
-    """
-    text = str(text).strip().lower().replace("_", "-")
-    found = _FREEZE_PATTERN.fullmatch(text)
-    if found and int(found.group(1)) >= 1:
-        return FreezeMode.ALL_BUT_LAST, int(found.group(1))
-    if text in (FreezeMode.NONE.value, FreezeMode.BACKBONE.value):
-        return FreezeMode(text), 0
-    raise ValueError(f"freeze: {text!r} is not one of none, backbone, all-but-last-N (N ≥ 1)")
 
 
 def _stay_in_eval(self: torch.nn.Module, mode: bool = True) -> torch.nn.Module:

@@ -7,9 +7,10 @@ scoring commands never import torch, timm or torchvision.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any
 
-__all__ = ["AmpMode", "enum_choice", "resolve_device"]
+__all__ = ["AmpMode", "FreezeMode", "enum_choice", "parse_freeze", "resolve_device"]
 
 
 class AmpMode(enum.Enum):
@@ -49,5 +50,33 @@ def resolve_device(name: str | None = None) -> Any:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(name)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device {name!r}: not a torch device (cpu, cuda, cuda:1, mps ...): {error}") from None
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device: {name!r} is not a device (auto, cpu, cuda, cuda:N, mps, ...)") from None
+
+
+class FreezeMode(enum.Enum):
+    """Which parts of a model stay fixed during training."""
+
+    NONE = "none"  #: everything trains
+    BACKBONE = "backbone"  #: only the classifier trains
+    ALL_BUT_LAST = "all-but-last"  #: the last N stages train, with everything after them (final norm, head)
+
+
+_FREEZE_PATTERN = re.compile(r"all-but-last-(\d+)")
+
+
+def parse_freeze(text: str) -> tuple[FreezeMode, int]:
+    """Parse ``none``, ``backbone`` or ``all-but-last-N`` (N ≥ 1) into a mode and N.
+
+    Here rather than in :mod:`inatcomp.models` so a training config is checked without importing torch.
+
+    Raises:
+        ValueError: Anything else.
+    """
+    text = str(text).strip().lower().replace("_", "-")
+    found = _FREEZE_PATTERN.fullmatch(text)
+    if found and int(found.group(1)) >= 1:
+        return FreezeMode.ALL_BUT_LAST, int(found.group(1))
+    if text in (FreezeMode.NONE.value, FreezeMode.BACKBONE.value):
+        return FreezeMode(text), 0
+    raise ValueError(f"freeze: {text!r} is not one of none, backbone, all-but-last-N (N ≥ 1)")

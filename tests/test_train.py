@@ -165,10 +165,10 @@ def test_command_line_turns_off_a_switch_the_config_file_turns_on(tmp_path):
 
 
 def test_progressive_stages_change_size_batch_and_dropout_at_their_boundaries(release, tmp_path, monkeypatch):
-    import inatcomp.train as train_module
+    import inatcomp.train.recipes as recipes_module
 
     seen: list[tuple[int, int, float]] = []  # (batch, side, dropout) of each training forward pass
-    real_create_model = train_module.create_model
+    real_create_model = recipes_module.create_model
 
     def spied(*args, **kwargs):
         model = real_create_model(*args, **kwargs)
@@ -179,7 +179,7 @@ def test_progressive_stages_change_size_batch_and_dropout_at_their_boundaries(re
         )
         return model
 
-    monkeypatch.setattr(train_module, "create_model", spied)
+    monkeypatch.setattr(recipes_module, "create_model", spied)
     stages = [
         {"epochs": 1, "img_size": 32, "batch_size": 32, "magnitude": 0.0, "drop_rate": 0.0},
         {"epochs": 2, "img_size": 48, "batch_size": 16, "drop_rate": 0.3, "lr_scale": 0.5},
@@ -218,3 +218,104 @@ def test_progressive_stage_errors_name_the_stage(tmp_path, stages, message):
         resolve_config(
             overrides={"train": "t.json", "images": ".", "out": str(tmp_path), "epochs": 2, "progressive": stages}
         )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("sampler: bogus", "sampler: 'bogus' is not one of random, class-balanced, sqrt"),
+        ("loss: focal", "loss: 'focal' is not one of ce, class-balanced"),
+        ("head: gem", "head: 'gem' is not one of avg, isqrtcov"),
+    ],
+)
+def test_a_bad_choice_in_the_config_file_fails_in_resolve_config(tmp_path, line, message):
+    config_file = tmp_path / "recipe.yaml"
+    # init names no checkpoint: the choice fails first, before anything is read or loaded.
+    config_file.write_text(f"{line}\ninit: {tmp_path / 'missing'}\n")
+    with pytest.raises(ValueError, match=message):
+        resolve_config(config_file=config_file, overrides={"train": "t", "images": "i", "out": "o"})
+
+
+def test_the_config_holds_enum_members_and_its_saved_form_round_trips(tmp_path):
+    from inatcomp.options import AmpMode
+    from inatcomp.train import (
+        HeadOption,
+        LossOption,
+        NewTaxaInitOption,
+        OptimizerType,
+        SamplerOption,
+        ScheduleType,
+        TrainConfig,
+        TransferMatchOption,
+    )
+    from inatcomp.train.checkpointing import config_yaml
+
+    options = {"train": "t", "images": "i", "out": "o", "sampler": "class-balanced", "loss": "class_balanced",
+               "optimizer": "adamw", "schedule": "cosine", "amp": "bf16", "transfer_match": "name",
+               "new_taxa_init": "mean", "head": "isqrtcov"}  # fmt: skip
+    config = resolve_config(overrides=options)
+    assert (config.sampler, config.loss, config.optimizer, config.schedule, config.amp) == (
+        SamplerOption.CLASS_BALANCED, LossOption.CLASS_BALANCED, OptimizerType.ADAMW, ScheduleType.COSINE,
+        AmpMode.BF16,
+    )  # fmt: skip
+    assert (config.transfer_match, config.new_taxa_init, config.head) == (
+        TransferMatchOption.NAME, NewTaxaInitOption.MEAN, HeadOption.ISQRTCOV
+    )  # fmt: skip
+    assert TrainConfig().sampler is SamplerOption.RANDOM and TrainConfig(amp=AmpMode.FP16).amp is AmpMode.FP16
+    with pytest.raises(ValueError, match="optimizer: 'adam' is not one of sgd, adamw"):
+        TrainConfig(optimizer="adam")
+    # config.yaml holds plain strings, as a config file writes them, and reads back to the same config.
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_yaml(config))
+    plain = yaml.safe_load(saved.read_text())
+    assert (plain["sampler"], plain["loss"], plain["amp"], plain["head"]) == ("class-balanced", "class-balanced",
+                                                                            "bf16", "isqrtcov")  # fmt: skip
+    assert resolve_config(config_file=saved) == config
+    assert json.loads(json.dumps(config.to_dict())) == plain
+
+
+def test_every_choice_field_is_annotated_with_its_enum():
+    import dataclasses
+    import enum
+    import typing
+
+    from inatcomp.train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    choices = {f.name: [m.value for m in hints[f.name]] for f in dataclasses.fields(TrainConfig)
+               if isinstance(hints[f.name], type) and issubclass(hints[f.name], enum.Enum)}  # fmt: skip
+    assert choices == {
+        "transfer_match": ["auto", "id", "name"],
+        "new_taxa_init": ["zero", "mean"],
+        "head": ["avg", "isqrtcov"],
+        "sampler": ["random", "class-balanced", "sqrt"],
+        "loss": ["ce", "class-balanced"],
+        "optimizer": ["sgd", "adamw"],
+        "schedule": ["step", "cosine"],
+        "amp": ["off", "bf16", "fp16"],
+    }
+
+
+@pytest.mark.parametrize(
+    "statement", ["import inatcomp.train.config", "from inatcomp.train import TrainConfig, resolve_config"]
+)
+def test_the_config_imports_no_torch(statement, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import inatcomp
+
+    root = str(Path(inatcomp.__file__).parents[1])  # the code under test, not another installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+    config_file = tmp_path / "recipe.yaml"
+    config_file.write_text("sampler: sqrt\nfreeze: all-but-last-2\n")
+    code = (
+        f"{statement}\nimport sys\nfrom inatcomp.train import resolve_config\n"
+        f"resolve_config(config_file={str(config_file)!r}, overrides={{'train': 't', 'images': 'i', 'out': 'o'}})\n"
+        "print(sorted({'torch', 'timm', 'torchvision'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,175 @@
+"""The epoch loop: :func:`train` builds the run's parts, then trains, evaluates and checkpoints epoch by epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from inatcomp.formats import write_atomic
+from inatcomp.models import load_checkpoint, save_checkpoint
+from inatcomp.train.checkpointing import Progress, checkpoint_metadata, config_yaml, training_state, write_metrics
+from inatcomp.train.config import Stage, TrainConfig, progressive_stages, stage_at
+from inatcomp.train.distributed import DistributedContext, init_distributed
+from inatcomp.train.engine import evaluate, train_one_epoch
+from inatcomp.train.parts import RunParts, build_parts, enter_stage, steps_in
+from inatcomp.train.seeding import seed_epoch, seed_run
+
+__all__ = ["TrainResult", "train"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run produced."""
+
+    run_dir: Path
+    metrics: list[dict[str, float]]
+    best_checkpoint: Path
+    last_checkpoint: Path
+
+
+def train(config: TrainConfig, *, resume: bool = False, stop_after_epochs: int | None = None) -> TrainResult:
+    """Train a model as configured; with ``resume`` continue the run in ``config.out`` exactly.
+
+    Launched under ``torchrun`` the run is one of ``WORLD_SIZE`` processes (see :mod:`inatcomp.train`); the
+    process group is started here when none runs yet, and destroyed at the end.
+
+    Args:
+        config: The resolved configuration.
+        resume: Continue from the run folder's ``last`` checkpoint and training state.
+        stop_after_epochs: Stop after this many epochs in this call (the schedule still spans
+            ``config.epochs``), as an interrupted run would; resume later to finish.
+
+    Raises:
+        ValueError: Bad options, unreadable data, or (with ``resume``) no checkpoint to continue from.
+    """
+    config.check()
+    context, device, owns_group = init_distributed(config.device)
+    # Ranks other than 0 log warnings only (an unreadable image in their shard), not progress.
+    package_logger = logging.getLogger("inatcomp")
+    level = package_logger.level
+    if not context.is_main:
+        package_logger.setLevel(max(level, logging.WARNING))
+    try:
+        result = _train(config, context=context, device=device, resume=resume, stop_after_epochs=stop_after_epochs)
+        if context.enabled:
+            dist.barrier()  # every rank returns once rank 0's files are written
+        return result
+    finally:
+        package_logger.setLevel(level)
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    config: TrainConfig,
+    *,
+    context: DistributedContext,
+    device: torch.device,
+    resume: bool,
+    stop_after_epochs: int | None,
+) -> TrainResult:
+    """Build (or restore) the run's parts and progress, write ``config.yaml``, then run the epochs."""
+    run_dir = Path(config.out)
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    seed_run(config.seed)
+    checkpoint = load_checkpoint(run_dir, with_training_state=True) if resume else None
+    parts = build_parts(config, context=context, device=device, checkpoint=checkpoint)
+    progress = Progress() if checkpoint is None else Progress.resumed(checkpoint[1], checkpoint[2])
+    if context.is_main:
+        if checkpoint is not None:
+            _logger.info("resuming %s at epoch %d", run_dir, progress.start_epoch)
+        write_atomic(run_dir / "config.yaml", config_yaml(config))
+    stages = progressive_stages(config)
+    end_epoch = (
+        config.epochs if stop_after_epochs is None else min(config.epochs, progress.start_epoch + stop_after_epochs)
+    )
+    stage = data_config = None
+    for epoch in range(progress.start_epoch, end_epoch):
+        epoch_start = time.perf_counter()
+        if stage_at(stages, epoch) != stage:
+            stage = stage_at(stages, epoch)
+            data_config = enter_stage(parts, stage, log=context.is_main and len(stages) > 1)
+        row = _run_epoch(parts, stage, epoch)
+        _finish_epoch(parts, progress, row, run_dir=run_dir, data_config=data_config, epoch_start=epoch_start)
+    return TrainResult(run_dir=run_dir, metrics=progress.history, best_checkpoint=run_dir / "best.safetensors",
+                       last_checkpoint=run_dir / "last.safetensors")  # fmt: skip
+
+
+def _run_epoch(parts: RunParts, stage: Stage, epoch: int) -> dict[str, Any]:
+    """Train one epoch of the stage and evaluate on this rank's val shard; returns the epoch's metrics row."""
+    from inatcomp.data import create_loader
+    from inatcomp.data.samplers import DrawSampler
+
+    config, context, device, sampler = parts.config, parts.context, parts.device, parts.sampler
+    steps_per_epoch = steps_in(parts, stage)
+    sampler.set_epoch(epoch)
+    seed_epoch(config.seed, epoch, context.rank)
+    # A fresh loader per epoch; each sample's augmentation is seeded by its draw (see SeedPerDraw).
+    loader = create_loader(
+        dataset=parts.draws,
+        batch_size=stage.batch_size,
+        sampler=DrawSampler(sampler),
+        num_workers=config.workers,
+        drop_last=len(sampler) >= stage.batch_size,
+        seed=config.seed * 1_000_003 + epoch,
+        pin_memory=device.type == "cuda",
+    )
+    row: dict[str, Any] = {"epoch": epoch, "img_size": stage.img_size, "batch_size": stage.batch_size}
+    row.update(
+        train_one_epoch(
+            model=parts.trained,
+            criterion=parts.criterion,
+            optimizer=parts.optimizer,
+            loader=((b.image, b.label, b.skipped) for b in loader),
+            device=device,
+            config=config,
+            epoch=epoch,
+            steps_per_epoch=steps_per_epoch,
+            scaler=parts.scaler,
+            ema=parts.ema,
+            distributed=context.enabled,
+            lr_scale=stage.lr_scale,
+        )
+    )
+    val_shard = parts.val_shard
+    if val_shard is not None:
+        val_loader = create_loader(
+            dataset=val_shard, batch_size=config.val_batch_size or stage.batch_size, num_workers=config.workers
+        )
+        row.update(evaluate(parts.evaluated, ((b.image, b.label, b.skipped) for b in val_loader), device,
+                            amp=config.amp, distributed=context.enabled))  # fmt: skip
+    if parts.transfer is not None:
+        transfer = parts.transfer
+        row.update(taxa_carried=transfer["carried"], taxa_added=transfer["added"], taxa_dropped=transfer["dropped"])
+    return row
+
+
+def _finish_epoch(
+    parts: RunParts, progress: Progress, row: dict[str, Any], *, run_dir: Path, data_config: Any, epoch_start: float
+) -> None:
+    """Record the epoch: the ``best`` checkpoint when it improved, then (rank 0) the log line, ``last`` and metrics."""
+    config, epoch = parts.config, row["epoch"]
+    error = row.get("val_top1_error", row["train_loss"])  # the same on every rank: reduced
+    metadata = checkpoint_metadata(config, parts.train_set, data_config, epoch, row, parts.transfer)
+    if error <= progress.best_error:
+        progress.best_error = error
+        if parts.context.is_main:
+            save_checkpoint(run_dir / "best", parts.evaluated, metadata)
+    # Wall time of the whole epoch: loader, steps, evaluation, best checkpoint (the last follows).
+    row["epoch_seconds"] = time.perf_counter() - epoch_start
+    progress.history.append(row)
+    parts.sampler.set_epoch(epoch + 1)
+    if not parts.context.is_main:
+        return
+    _logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+    save_checkpoint(run_dir / "last", parts.model, metadata, training_state=training_state(parts, progress))
+    write_metrics(run_dir, progress.history)

@@ -1,0 +1,213 @@
+"""The parts a run trains with, built from its config: datasets, model, sampler, loss, optimizer, EMA.
+
+A resumed run's parts are restored from its ``last`` checkpoint here (weights, EMA, sampler, optimizer and
+gradient scaler), in the order the first run built them, so the resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from inatcomp.models import set_drop_rate
+from inatcomp.options import AmpMode
+from inatcomp.train.config import LossOption, SamplerOption, Stage, TrainConfig
+from inatcomp.train.distributed import DistributedContext
+from inatcomp.train.ema import ModelEma
+from inatcomp.train.optim import create_optimizer
+from inatcomp.train.recipes import fill_category_records, head_categories, prepare_model
+from inatcomp.train.seeding import SeedPerDraw
+
+__all__ = ["RunParts", "build_parts", "create_criterion", "enter_stage", "steps_in"]
+
+_logger = logging.getLogger(__name__)
+
+#: A checkpoint as :func:`inatcomp.models.load_checkpoint` returns it with its training state.
+Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]
+
+
+@dataclasses.dataclass
+class RunParts:
+    """What a run trains with.
+
+    Attributes:
+        config: The resolved configuration.
+        context: This process's place among the ranks.
+        device: This process's device.
+        train_set: The training :class:`~inatcomp.data.CompetitionDataset` (its transform set per stage).
+        val_set: The validation dataset, or ``None``.
+        model: The model (unwrapped).
+        trained: The model as trained: wrapped in DistributedDataParallel under torchrun.
+        transfer: The ``--init`` transfer record, or ``None``.
+        sampler: The epoch sampler (sharded under torchrun).
+        criterion: The loss.
+        optimizer: The optimizer.
+        scaler: The gradient scaler (enabled for fp16 only).
+        ema: The weights' moving average, or ``None``.
+    """
+
+    config: TrainConfig
+    context: DistributedContext
+    device: torch.device
+    train_set: Any
+    val_set: Any | None
+    model: torch.nn.Module
+    trained: torch.nn.Module
+    transfer: dict[str, Any] | None
+    sampler: Any
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: ModelEma | None
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The model evaluated and saved as ``best``: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def draws(self) -> SeedPerDraw:
+        """The training set read by the sampler's draws, each sample seeded by its draw."""
+        return SeedPerDraw(self.train_set, self.config.seed)
+
+    @property
+    def val_shard(self) -> Any | None:
+        """This rank's share of the validation set (all of it in a single process)."""
+        if self.val_set is None or not self.context.enabled:
+            return self.val_set
+        return torch.utils.data.Subset(
+            self.val_set, range(self.context.rank, len(self.val_set), self.context.world_size)
+        )
+
+
+def _datasets(config: TrainConfig, resumed: Mapping[str, Any] | None) -> tuple[Any, Any | None]:
+    """The training and validation sets over the head's categories (the resumed run's, or ``categories_from``'s)."""
+    from inatcomp.data import CompetitionDataset
+
+    head_ids = head_records = None
+    if resumed is not None:  # the head of the run being resumed, whatever the JSON says now
+        head_ids, head_records = resumed["category_ids"], resumed.get("categories")
+    elif config.categories_from:
+        head_ids, head_records = head_categories(
+            config.init if config.categories_from == "init" else config.categories_from
+        )
+    train_set = CompetitionDataset(config.train, config.images, seed=config.seed, category_ids=head_ids)
+    fill_category_records(train_set, head_records)
+    val_set = CompetitionDataset(config.val, config.images, category_ids=train_set.category_ids) if config.val else None
+    return train_set, val_set
+
+
+def _sampler_for(config: TrainConfig, train_set: Any, context: DistributedContext) -> Any:
+    """The epoch sampler ``config.sampler`` names, sharded over the ranks."""
+    from inatcomp.data import SamplerType, create_sampler
+
+    sampler_types = {
+        SamplerOption.RANDOM: SamplerType.RANDOM,
+        SamplerOption.CLASS_BALANCED: SamplerType.CLASS_BALANCED,
+        SamplerOption.SQRT: SamplerType.SQRT,
+    }
+    return create_sampler(
+        sampler_type=sampler_types[config.sampler],
+        labels=train_set.labels,
+        num_samples=config.samples_per_epoch,
+        seed=config.seed,
+        rank=context.rank,
+        world_size=context.world_size,
+    )
+
+
+def create_criterion(config: TrainConfig, train_set: Any) -> torch.nn.Module:
+    """The loss ``config.loss`` names, with the label or taxonomy smoothing it asks for."""
+    from inatcomp.losses import LossType, create_loss
+
+    if config.loss is LossOption.CLASS_BALANCED:
+        loss_type = LossType.CLASS_BALANCED
+    elif config.taxonomy_smoothing:
+        loss_type = LossType.TAXONOMY_SMOOTHING
+    elif config.label_smoothing > 0:
+        loss_type = LossType.LABEL_SMOOTHING
+    else:
+        loss_type = LossType.CROSS_ENTROPY
+    return create_loss(
+        loss_type=loss_type,
+        smoothing=config.label_smoothing,
+        taxonomy=train_set.taxonomy() if config.taxonomy_smoothing else None,
+        class_counts=train_set.class_counts(),
+        beta=config.class_balanced_beta,
+        taxonomy_weights=tuple(config.taxonomy_weights),
+    )
+
+
+def build_parts(
+    config: TrainConfig, *, context: DistributedContext, device: torch.device, checkpoint: Checkpoint | None
+) -> RunParts:
+    """Build the run's parts; with a ``checkpoint`` (resuming) restore their states from it.
+
+    The order is the first run's whatever happens: the model's initial weights draw from the generators
+    seeded just before.
+    """
+    train_set, val_set = _datasets(config, checkpoint[1] if checkpoint is not None else None)
+    model, transfer = prepare_model(config, train_set, checkpoint_metadata=checkpoint[1] if checkpoint else None)
+    model.to(device)
+    sampler = _sampler_for(config, train_set, context)
+    criterion = create_criterion(config, train_set).to(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp is AmpMode.FP16)
+    ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
+    if checkpoint is not None:  # every rank loads the same checkpoint
+        state_dict, _, state = checkpoint
+        model.load_state_dict(state_dict)
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+        sampler.load_state_dict(state["sampler"])
+    trained = model
+    if context.enabled:
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = create_optimizer(config, model)
+    if checkpoint is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    return RunParts(
+        config=config, context=context, device=device, train_set=train_set, val_set=val_set, model=model,
+        trained=trained, transfer=transfer, sampler=sampler, criterion=criterion, optimizer=optimizer,
+        scaler=scaler, ema=ema,
+    )  # fmt: skip
+
+
+def enter_stage(parts: RunParts, stage: Stage, *, log: bool) -> Any:
+    """Set the stage's image size, augmentation and dropout; returns its data config.
+
+    Args:
+        parts: The run's parts.
+        stage: The stage entered.
+        log: Log the stage (rank 0 of a progressive run).
+    """
+    from inatcomp.data import create_transform, resolve_data_config
+
+    config = parts.config
+    stage_config = resolve_data_config(parts.model, input_size=stage.img_size, crop_pct=config.crop_pct)
+    parts.train_set.transform = create_transform(
+        config=stage_config, training=True, magnitude=stage.magnitude, color_jitter=config.color_jitter,
+        hue=config.hue, scale=(config.crop_scale[0], config.crop_scale[1]), seed=config.seed,
+    )  # fmt: skip
+    if parts.val_set is not None:
+        parts.val_set.transform = create_transform(config=stage_config, training=False)
+    if stage.drop_rate is not None:
+        set_drop_rate(parts.model, stage.drop_rate)
+    if log:
+        _logger.info("stage from epoch %d: %d px, batch %d, magnitude %.2f, dropout %s, lr ×%.3g",
+                     stage.first_epoch, stage.img_size, stage.batch_size, stage.magnitude, stage.drop_rate,
+                     stage.lr_scale)  # fmt: skip
+    return stage_config
+
+
+def steps_in(parts: RunParts, stage: Stage) -> int:
+    """Optimizer steps in an epoch of the stage."""
+    # The loader drops the last, incomplete batch whenever there is a full one (see the loop).
+    sampler, config = parts.sampler, parts.config
+    steps = len(sampler) // stage.batch_size if len(sampler) >= stage.batch_size else 1
+    return steps if config.max_steps_per_epoch is None else min(steps, config.max_steps_per_epoch)

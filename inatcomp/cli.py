@@ -169,18 +169,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-_TRAIN_CHOICES = {
-    "sampler": ["random", "class-balanced", "sqrt"],
-    "loss": ["ce", "class-balanced"],
-    "optimizer": ["sgd", "adamw"],
-    "schedule": ["step", "cosine"],
-    "amp": ["off", "bf16", "fp16"],
-    "transfer_match": ["auto", "id", "name"],
-    "new_taxa_init": ["zero", "mean"],
-    "head": ["avg", "isqrtcov"],
-}
-
-
 def _json_stages(text: str) -> list:
     """``--progressive`` as JSON (argparse reports the ValueError as a bad option value)."""
     import json
@@ -197,9 +185,10 @@ def _json_stages(text: str) -> list:
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Every TrainConfig field as an option; defaults are None so a config file can fill them."""
     import dataclasses
+    import enum
     import typing
 
-    from inatcomp.train import TrainConfig
+    from inatcomp.train.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
@@ -216,9 +205,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=field.name, type=_json_stages, metavar="JSON",
                                 help='stages, e.g. \'[{"epochs": 4, "img_size": 128}, {"epochs": 6}]\' '
                                 "(usually a progressive: block in the config file)")  # fmt: skip
-        elif field.name in _TRAIN_CHOICES:
-            parser.add_argument(flag, dest=field.name, choices=_TRAIN_CHOICES[field.name], default=None,
-                                help=f"default {field.default!r}")  # fmt: skip
+        elif isinstance(hint, type) and issubclass(hint, enum.Enum):  # the config's choice Enums
+            parser.add_argument(flag, dest=field.name, choices=[m.value for m in hint], default=None,
+                                help=f"default {field.default.value}")  # fmt: skip
         else:
             kind = next((t for t in (int, float, str) if t == hint or t in typing.get_args(hint)), str)
             parser.add_argument(flag, dest=field.name, type=kind, default=None, help=f"default {field.default!r}"

@@ -109,7 +109,7 @@ class NewTaxaInitOption(enum.Enum):
 class TrainConfig:
     """Every option of a training run; a YAML config file holds the same keys.
 
-    The defaults follow the 2018 baseline recipe (formats.md §5) where it speaks: SGD, momentum 0.9,
+    The defaults follow the 2018 baseline recipe (docs/formats.md §5) where it speaks: SGD, momentum 0.9,
     weight decay 1e-4, lr ×0.1 every 30 epochs. ``batch_size`` and ``val_batch_size`` are per process
     (under torchrun the global batch is ``batch_size × WORLD_SIZE``).
 

@@ -681,3 +681,25 @@ def test_observation_classes_by_dense_table_equal_binary_search(hand, monkeypatc
     assert dense[0].tolist() == searched[0].tolist() and dense[1].tolist() == searched[1].tolist()
     assert dense[1][-1] == inclusion._REASONS.index("no taxon")
     assert (dense[1][len(taxa.taxon_ids) : -1] == inclusion._REASONS.index("unknown taxon")).all()
+
+
+def test_rule_overrides_are_the_numeric_rules_and_rules_for_takes_each():
+    import dataclasses
+    import typing
+
+    from inatcomp.splits import BuildRules, rule_overrides
+
+    overrides = rule_overrides()
+    hints = typing.get_type_hints(BuildRules)
+    numbers = (int, float, int | None, float | None)
+    numeric = [f.name for f in dataclasses.fields(BuildRules) if hints[f.name] in numbers]
+    assert [o.name for o in overrides] == [name for name in numeric if name != "year"]  # the year stays the preset's
+    assert not {"preset", "photo_choice", "research_only", "leaf_genera", "year"} & {o.name for o in overrides}
+    by_name = {o.name: o for o in overrides}
+    assert by_name["val_fraction"].type is float and by_name["max_train"].type is int
+    assert by_name["test_per_class"].help.endswith("(and so follows train's long tail).")  # continuation lines joined
+    for override in overrides:
+        assert override.help, override.name
+        preset_value = getattr(rules_for(Preset.INAT2018), override.name)
+        value = override.type("1" if preset_value is None else str(preset_value))  # as the command line parses it
+        assert getattr(rules_for(Preset.INAT2018, **{override.name: value}), override.name) == value

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import logging
+import typing
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -27,6 +29,8 @@ __all__ = [
     "Split",
     "BuildRules",
     "rules_for",
+    "RuleOverride",
+    "rule_overrides",
     "assign_observers",
     "rank_within_groups",
     "first_within_groups",
@@ -170,6 +174,65 @@ def rules_for(preset: Preset, **overrides: object) -> BuildRules:
     rules = dataclasses.replace(_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     rules.check()
     return rules
+
+
+#: Numeric rules that stay the preset's: the year names the release's files and goes with its formats.
+_PRESET_ONLY = frozenset({"year"})
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleOverride:
+    """A rule of :class:`BuildRules` that the command line may override (``--min-train`` for ``min_train``).
+
+    Attributes:
+        name: The field of :class:`BuildRules`.
+        type: The type of its values, ``int`` or ``float`` (also for a rule whose preset value may be ``None``).
+        help: The rule's description, from the attributes of :class:`BuildRules`'s docstring.
+    """
+
+    name: str
+    type: type
+    help: str
+
+
+def rule_overrides() -> tuple[RuleOverride, ...]:
+    """The rules the command line may override, in :class:`BuildRules`'s field order: its numeric fields.
+
+    A numeric field (``int`` or ``float``, or either or ``None``) is one, but for the year, which stays the
+    preset's. The other rules have flags of their own (``photo_choice``, ``research_only``) or are the preset's.
+    """
+    hints = typing.get_type_hints(BuildRules)
+    docs = _attribute_docs(BuildRules)
+    found = []
+    for field in dataclasses.fields(BuildRules):
+        kind = _numeric_type(hints[field.name])
+        if kind is not None and field.name not in _PRESET_ONLY:
+            found.append(RuleOverride(name=field.name, type=kind, help=docs.get(field.name, "")))
+    return tuple(found)
+
+
+def _numeric_type(hint: object) -> type | None:
+    """``int`` or ``float`` for a hint that is one of them, alone or with ``None``; else None (bool is not)."""
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else None
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """The descriptions of a Google-style ``Attributes:`` section of a class's docstring, by name, one line each."""
+    docs: dict[str, list[str]] = {}
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    inside, name = False, None
+    for line in lines:
+        if line.strip() == "Attributes:":
+            inside = True
+        elif inside and line.startswith("        ") and name:  # a description's next line
+            docs[name].append(line.strip())
+        elif inside and line.startswith("    ") and ":" in line:
+            name, _, text = line.strip().partition(":")
+            docs[name] = [text.strip()]
+        elif inside and line.strip():
+            break  # the next section
+    return {k: " ".join(v) for k, v in docs.items()}
 
 
 def stable_argsort(values: np.ndarray) -> np.ndarray:

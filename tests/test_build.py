@@ -543,7 +543,7 @@ def test_uuid_join_matches_arrow_index_in():
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from inatcomp.build import _index_in
+    from inatcomp.build.arrays import _index_in
 
     def uuid(i: int) -> str:
         return f"{i:08x}-1f3d-4a8b-9c2d-{i:012x}"
@@ -625,7 +625,7 @@ def test_sorting_helpers_equal_numpy(top, n):
 
 @pytest.mark.parametrize("top", [50, 1 << 30, 1 << 50])
 def test_unique_inverse_and_is_in_equal_numpy_for_small_and_large_ids(top):
-    from inatcomp.build import _is_in, _unique_inverse
+    from inatcomp.build.arrays import _is_in, _unique_inverse
 
     rng = np.random.default_rng(top % 97)
     values = rng.integers(0, top, 20_000)
@@ -639,7 +639,7 @@ def test_unique_inverse_and_is_in_equal_numpy_for_small_and_large_ids(top):
 
 @pytest.mark.parametrize("quota", [1, 3, 40])
 def test_within_quota_ranks_few_and_equals_ranking_all(quota):
-    from inatcomp.build import _within_quota
+    from inatcomp.build.sampling import _within_quota
     from inatcomp.splits import random_keys, rank_within_groups
 
     rng = np.random.default_rng(quota)
@@ -658,7 +658,7 @@ def test_within_quota_ranks_few_and_equals_ranking_all(quota):
 
 
 def test_observation_classes_by_dense_table_equal_binary_search(hand, monkeypatch):
-    import inatcomp.build as build_module
+    import inatcomp.build.inclusion as inclusion
     from inatcomp.export import ancestry_parents, read_export
     from inatcomp.taxonomy import TaxonIndex
 
@@ -675,9 +675,31 @@ def test_observation_classes_by_dense_table_equal_binary_search(hand, monkeypatc
     valid = np.ones(len(ids), dtype=bool)
     valid[-1] = False  # no taxon
     rules = rules_for(Preset.INAT2018)
-    dense = build_module._observation_classes(taxa, ids, valid, rules)
-    monkeypatch.setattr(build_module, "_dense", lambda top, n: False)  # every lookup by binary search
-    searched = build_module._observation_classes(taxa, ids, valid, rules)
+    dense = inclusion._observation_classes(taxa, ids, valid, rules)
+    monkeypatch.setattr(inclusion, "_dense", lambda top, n: False)  # every lookup by binary search
+    searched = inclusion._observation_classes(taxa, ids, valid, rules)
     assert dense[0].tolist() == searched[0].tolist() and dense[1].tolist() == searched[1].tolist()
-    assert dense[1][-1] == build_module._REASONS.index("no taxon")
-    assert (dense[1][len(taxa.taxon_ids) : -1] == build_module._REASONS.index("unknown taxon")).all()
+    assert dense[1][-1] == inclusion._REASONS.index("no taxon")
+    assert (dense[1][len(taxa.taxon_ids) : -1] == inclusion._REASONS.index("unknown taxon")).all()
+
+
+def test_rule_overrides_are_the_numeric_rules_and_rules_for_takes_each():
+    import dataclasses
+    import typing
+
+    from inatcomp.splits import BuildRules, rule_overrides
+
+    overrides = rule_overrides()
+    hints = typing.get_type_hints(BuildRules)
+    numbers = (int, float, int | None, float | None)
+    numeric = [f.name for f in dataclasses.fields(BuildRules) if hints[f.name] in numbers]
+    assert [o.name for o in overrides] == [name for name in numeric if name != "year"]  # the year stays the preset's
+    assert not {"preset", "photo_choice", "research_only", "leaf_genera", "year"} & {o.name for o in overrides}
+    by_name = {o.name: o for o in overrides}
+    assert by_name["val_fraction"].type is float and by_name["max_train"].type is int
+    assert by_name["test_per_class"].help.endswith("(and so follows train's long tail).")  # continuation lines joined
+    for override in overrides:
+        assert override.help, override.name
+        preset_value = getattr(rules_for(Preset.INAT2018), override.name)
+        value = override.type("1" if preset_value is None else str(preset_value))  # as the command line parses it
+        assert getattr(rules_for(Preset.INAT2018, **{override.name: value}), override.name) == value

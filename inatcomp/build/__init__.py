@@ -1,0 +1,37 @@
+"""Turning an observation export into a challenge dataset: ``inatcomp build``.
+
+The way through: read the four export tables (:mod:`inatcomp.export`) → give every observation a
+class or a reason why not (roll-up, hybrids, inactive or unknown taxa, quality grade; leaf genera and
+inclusion thresholds for ``production``) → keep the photos per observation the rules allow → put
+every observer in one split (:func:`inatcomp.splits.assign_observers`) → sample each class to its
+quotas → resize the images into the release layout → write the release files, the organizer's
+private files (solution, provenance) and an audit that re-checks leakage from the written files.
+
+One module per phase, in the order :func:`build_dataset` (:mod:`~inatcomp.build.release`) runs them:
+
+- :mod:`~inatcomp.build.inclusion`: each observation's class or the reason why not; photos joined to observations.
+- :mod:`~inatcomp.build.sampling`: photos per observation, observers' splits, per-class quotas, ``train_mini``.
+- :mod:`~inatcomp.build.categories`: category ids in taxonomic order and their records.
+- :mod:`~inatcomp.build.selection`: the chosen images in the release order, with what the files need from the export.
+- :mod:`~inatcomp.build.layout`: file and folder names of a release and of its images.
+- :mod:`~inatcomp.build.images`: the images resized into the release layout.
+- :mod:`~inatcomp.build.json_text`: the dataset JSON files, joined from Arrow text columns.
+- :mod:`~inatcomp.build.organizer`: solution, sample submission, provenance.
+- :mod:`~inatcomp.build.audit`: what each rule removed, and leakage re-checked from the written files.
+- :mod:`~inatcomp.build.stats`: statistics and the long-tail plot.
+- :mod:`~inatcomp.build.minival`: ``inatcomp split-val``, a val file split into val and minival by observer.
+- :mod:`~inatcomp.build.arrays`: the NumPy and Arrow kernels the phases share.
+
+Outputs, named as the releases (2018 shown; 2017 and 2021 use their own names):
+``train2018.json``, ``val2018.json``, ``test2018.json`` (no annotations),
+``{train,val,test}2018_locations.json``, ``categories.json``, ``solution.csv``,
+``sample_submission.csv``, ``provenance.csv``, ``audit.json`` + ``audit.md``, ``stats.json`` +
+``stats.md`` + ``long_tail.png``, and the images under ``train_val2018/`` and ``test2018/``.
+"""
+
+from inatcomp.build.audit import check_leakage
+from inatcomp.build.layout import release_names
+from inatcomp.build.minival import split_val
+from inatcomp.build.release import BUILD_COLUMNS, BuildResult, build_dataset
+
+__all__ = ["BUILD_COLUMNS", "BuildResult", "build_dataset", "check_leakage", "release_names", "split_val"]

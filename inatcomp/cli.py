@@ -96,9 +96,9 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from inatcomp.build import build_dataset
-    from inatcomp.splits import PhotoChoice, Preset, rules_for
+    from inatcomp.splits import PhotoChoice, Preset, rule_overrides, rules_for
 
-    overrides = {name: getattr(args, name) for name in _build_overrides()}
+    overrides = {rule.name: getattr(args, rule.name) for rule in rule_overrides()}
     if args.photo_choice:
         overrides["photo_choice"] = PhotoChoice(args.photo_choice)
     if args.all_grades:
@@ -124,29 +124,6 @@ def _cmd_split_val(args: argparse.Namespace) -> int:
     sizes = split_val(args.val_json, args.out, minival_frac=args.minival_frac, seed=args.seed, per_class=args.per_class)
     _logger.info("wrote %s: %s", args.out, sizes)
     return 0
-
-
-def _build_overrides() -> dict[str, type]:
-    """Build rules the command line may override (argument name = BuildRules field) and their types."""
-    return _BUILD_OVERRIDES
-
-
-#: Build rules the command line may override (argument name = BuildRules field).
-_BUILD_OVERRIDES = {
-    "min_observations": int,
-    "min_research_observations": int,
-    "min_photos": int,
-    "photos_per_observation": int,
-    "val_per_class": int,
-    "val_fraction": float,
-    "min_train": int,
-    "max_train": int,
-    "train_mini_per_class": int,
-    "test_fraction": float,
-    "test_per_class": int,
-    "private_fraction": float,
-    "max_image_side": int,
-}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -414,7 +391,7 @@ def _add_validate_arguments(validate: argparse.ArgumentParser) -> None:
 
 
 def _add_build_arguments(build: argparse.ArgumentParser) -> None:
-    from inatcomp.splits import PhotoChoice, Preset
+    from inatcomp.splits import PhotoChoice, Preset, rule_overrides
 
     build.add_argument("export", help="export folder (taxa, observations, photos, observers tables; photos/)")
     build.add_argument("out", help="release folder")
@@ -426,8 +403,9 @@ def _add_build_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument("--workers", type=int, help="image processes (default one per CPU)")
     build.add_argument("--photo-choice", choices=[c.value for c in PhotoChoice], help="which photo of an observation")
     build.add_argument("--all-grades", action="store_true", help="keep needs_id and casual observations too")
-    for name, kind in _build_overrides().items():
-        build.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"override the preset's {name}")
+    for rule in rule_overrides():  # every numeric BuildRules field, with its documented meaning
+        meaning = rule.help.replace("``", "").rstrip(".")
+        build.add_argument(f"--{rule.name.replace('_', '-')}", type=rule.type, help=f"{meaning}; overrides the preset")
     build.set_defaults(func=_cmd_build)
 
 

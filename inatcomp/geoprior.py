@@ -557,6 +557,21 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _training_points(obs: Observations, *, use_dates: bool) -> tuple[np.ndarray, ...]:
+    """The observations a prior trains on: ``lat, lon, day, label`` (with dates: the dated ones only)."""
+    lat, lon, day, label = obs.lat, obs.lon, obs.day, obs.label
+    if use_dates:
+        dated = np.isfinite(day)
+        if not dated.any():
+            raise ValueError(
+                f"{obs.sources.get('train', 'the data')}: no located image has a date; train with no dates"
+            )
+        if not dated.all():
+            _logger.warning("%d located images without a date left out of a prior with dates", int((~dated).sum()))
+        lat, lon, day, label = lat[dated], lon[dated], day[dated], label[dated]
+    return lat, lon, day, label
+
+
 def train_prior(
     data: Observations | str | os.PathLike,
     *,
@@ -579,16 +594,7 @@ def train_prior(
     config.check()
     obs = data if isinstance(data, Observations) else load_observations(data, locations=locations)
     counts = dict(obs.counts)
-    lat, lon, day, label = obs.lat, obs.lon, obs.day, obs.label
-    if config.use_dates:
-        dated = np.isfinite(day)
-        if not dated.any():
-            raise ValueError(
-                f"{obs.sources.get('train', 'the data')}: no located image has a date; train with no dates"
-            )
-        if not dated.all():
-            _logger.warning("%d located images without a date left out of a prior with dates", int((~dated).sum()))
-        lat, lon, day, label = lat[dated], lon[dated], day[dated], label[dated]
+    lat, lon, day, label = _training_points(obs, use_dates=config.use_dates)
     classes = len(obs.category_ids)
     per_class = np.bincount(label, minlength=classes)
     present = np.flatnonzero(per_class)

@@ -1,6 +1,6 @@
 """Dataset construction rules: presets, inclusion, photos per observation, photographer-isolated splits.
 
-The rules are those of formats.md §3: iNat2017 keeps subspecies as classes; from 2018 infraspecific
+The rules are those of docs/formats.md §3: iNat2017 keeps subspecies as classes; from 2018 infraspecific
 taxa are rolled up to their species, hybrids excluded, photographers isolated to a single split, one
 photo per observation, 2 to 1000 train images per class and exactly 3 val images per class (10 in
 2021, with a 50-per-class ``train_mini``). The ``production`` preset follows iNaturalist's own model

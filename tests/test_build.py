@@ -14,7 +14,10 @@ from PIL import Image
 
 from inatcomp.build import build_dataset, check_leakage, release_names, split_val
 from inatcomp.cli import main
+from inatcomp.competitions import format_of_preset
 from inatcomp.formats import validate_file
+from inatcomp.pipeline import find_release
+from inatcomp.scoring import score_file
 from inatcomp.splits import PhotoChoice, Preset, assign_observers, rules_for
 from inatcomp.synth import SynthConfig, write_export
 
@@ -406,6 +409,12 @@ def test_every_output_passes_validation(tmp_path, preset):
     files += [out / "solution.csv", out / "sample_submission.csv"]
     for path in files:
         assert validate_file(path) == [], path
+    # One format per preset from the years' table: the sample, the scorer and the kit's own submissions agree,
+    # so a leaderboard ranks them on one metric (production: 2021's Id,Predicted scored by top-1).
+    fmt = format_of_preset(preset)
+    assert (out / "sample_submission.csv").read_text().split("\n", 1)[0] == fmt.header
+    assert score_file(out / "sample_submission.csv", out / "solution.csv").format is fmt
+    assert find_release(out, preset=preset).submission_format == fmt.value
     if preset is Preset.INAT2021:
         mini = json.loads((out / "train_mini.json").read_text())
         counts = pd.Series([a["category_id"] for a in mini["annotations"]]).value_counts()

@@ -10,10 +10,8 @@ import pyarrow as pa
 from inatcomp import formats
 from inatcomp.build.audit import _provenance_leakage
 from inatcomp.build.selection import _Selection
-from inatcomp.splits import BuildRules, Preset
-
-#: Labels per submission row, by release year (formats.md §4).
-_LABELS = {2017: 5, 2018: 3, 2019: 1, 2021: 5}
+from inatcomp.competitions import format_of_preset
+from inatcomp.splits import BuildRules
 
 
 def _write_solution(path: Path, *, rules: BuildRules, seed: int, test_ids: np.ndarray, expected: np.ndarray) -> None:
@@ -29,10 +27,15 @@ def _write_solution(path: Path, *, rules: BuildRules, seed: int, test_ids: np.nd
 
 
 def _write_sample_submission(path: Path, *, rules: BuildRules, test_ids: np.ndarray, n_classes: int) -> None:
-    """Write a sample submission: every test image with the labels 0, 1, … (as many as the year's rows take)."""
-    labels = _LABELS.get(rules.year, 5)
-    header = ["Id", "Predicted"] if rules.preset is Preset.INAT2021 else ["id", "predicted"]
-    sample_labels = " ".join(str(k) for k in range(min(labels, max(n_classes, 1))))
+    """Write a sample submission: every test image with the labels 0, 1, … (as many as the year's rows take).
+
+    The format is the preset's, from the one table of the years' facts (docs/formats.md §4): the production
+    preset writes 2021's, the format the kit's own submissions of such a release use, so a leaderboard ranks
+    them all on one metric.
+    """
+    competition = format_of_preset(rules.preset).competition
+    header = competition.columns
+    sample_labels = " ".join(str(k) for k in range(min(competition.labels, max(n_classes, 1))))
     columns = {
         header[0]: test_ids,
         header[1]: pa.array([sample_labels]).take(pa.array(np.zeros(len(test_ids), np.int8))),

@@ -24,7 +24,7 @@ test: lint
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/inatcomp demo $(DEMO_DIR)
+	$(BIN)/inatcomp demo $(DEMO_DIR) --readme README.md
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all --write BENCHMARKS.md

@@ -351,7 +351,9 @@ def _add_geoprior_arguments(geo: argparse.ArgumentParser) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from inatcomp.demo import run_demo
 
-    return run_demo(args.out, species=args.species, photos=args.photos, seed=args.seed, epochs=args.epochs)
+    return run_demo(
+        args.out, species=args.species, photos=args.photos, seed=args.seed, epochs=args.epochs, readme=args.readme
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -431,6 +433,7 @@ def _add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--photos", type=int, default=20000)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--epochs", type=int, default=12, help="training epochs of each model (default 12)")
+    demo.add_argument("--readme", metavar="FILE", help="write this run's figures into FILE's demo:begin/end block")
     demo.set_defaults(func=_cmd_demo)
 
 

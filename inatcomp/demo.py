@@ -11,7 +11,10 @@ leaderboard of the demo's submissions with the organizer's sample submission as 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
+import os
+import platform
 import shutil
 import sys
 import time
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from inatcomp.build import build_dataset, release_names, split_val
+from inatcomp.fileio import replace_generated_block, write_atomic
 from inatcomp.formats import validate_file
 from inatcomp.pipeline import ensemble_run, find_release, predict_run, submit, train_run
 from inatcomp.report import build_leaderboard, leaderboard_markdown, write_leaderboard, write_score_report
@@ -26,7 +30,7 @@ from inatcomp.scoring import score_file, score_predictions
 from inatcomp.splits import Preset, rules_for
 from inatcomp.synth import EXPORT_TABLES, SynthConfig, write_export
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "summary_markdown"]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,70 +40,123 @@ RECIPE = {"sampler": "class-balanced", "label_smoothing": 0.1, "taxonomy_smoothi
 MEMBERS = {"recipe_a": ("resnet10t", 0), "recipe_b": ("resnet10t", 1)}
 
 
+@dataclasses.dataclass
+class _Stages:
+    """The stages run so far: name, seconds and where their outputs are (the table the demo ends with)."""
+
+    rows: list[tuple[str, float, str]] = dataclasses.field(default_factory=list)
+    _start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def done(self, stage: str, where: str) -> None:
+        """Record a stage that ended now (its time counts from the previous one's end)."""
+        now = time.perf_counter()
+        self.rows.append((stage, now - self._start, where))
+        self._start = now
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """What the demo measured, for its closing table and the README's generated block."""
+
+    classes: int
+    minival: dict[str, dict[str, Any]]
+    board: list[Any]
+
+
 def run_demo(
-    out: str | Path, *, species: int = 300, photos: int = 20000, seed: int = 0, epochs: int = 12, img_size: int = 64
+    out: str | Path,
+    *,
+    species: int = 300,
+    photos: int = 20000,
+    seed: int = 0,
+    epochs: int = 12,
+    img_size: int = 64,
+    readme: str | Path | None = None,
 ) -> int:
-    """Run every stage that exists on a synthetic export under ``out``; returns a process exit code."""
+    """Run every stage that exists on a synthetic export under ``out``; returns a process exit code.
+
+    Args:
+        readme: A Markdown file whose ``demo:begin``/``demo:end`` block gets this run's figures (``make demo``
+            passes the README), besides ``out/summary.md`` which every run writes.
+    """
     out = Path(out)
-    timings: list[tuple[str, float, str]] = []
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    stages = _Stages()
+    counts, problems = _export(out / "export", species=species, photos=photos, seed=seed, stages=stages)
+    release, classes, release_problems = _release(out / "export", out / "release", seed=seed, stages=stages)
+    problems += release_problems
+    split_val(release / release_names(rules_for(Preset.INAT2018))["val"], out / "minival", minival_frac=0.25, seed=seed)
+    held_out = dataclasses.replace(find_release(release, preset=Preset.INAT2018), val=out / "minival" / "minival.json")
+    stages.done("split-val", f"{out / 'minival'}: val.json + minival.json")
+    runs = _train_models(held_out, out, seed=seed, epochs=epochs, img_size=img_size, stages=stages)
+    predictions, minival = _predict_models(runs, held_out, out, stages=stages)
+    board = _submit_and_score(predictions, held_out, release, out, stages=stages)
+    _logger.info("export: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    _logger.info("%-10s %8s  %s", "stage", "seconds", "output")
+    for stage, seconds, where in stages.rows:
+        _logger.info("%-10s %8.1f  %s", stage, seconds, where)
+    block = summary_markdown(
+        _Outcome(classes=classes, minival=minival, board=board),
+        species=species, photos=photos, epochs=epochs, seconds=time.perf_counter() - started, load=load,
+    )  # fmt: skip
+    write_atomic(out / "summary.md", block)
+    if readme is not None:
+        replace_generated_block(readme, "demo", block)
+        _logger.info("wrote this run's figures into %s", readme)
+    return 1 if problems else 0
 
-    start = time.perf_counter()
-    export = out / "export"
-    counts = write_export(export, SynthConfig(species=species, photos=photos, seed=seed))
-    timings.append(("synth", time.perf_counter() - start, str(export)))
 
-    start = time.perf_counter()
-    problems = []
-    for table in EXPORT_TABLES:
-        problems += validate_file(export / f"{table}.csv")
+def _export(folder: Path, *, species: int, photos: int, seed: int, stages: _Stages) -> tuple[dict, list]:
+    """Generate the synthetic export and validate its tables."""
+    counts = write_export(folder, SynthConfig(species=species, photos=photos, seed=seed))
+    stages.done("synth", str(folder))
+    problems = [problem for table in EXPORT_TABLES for problem in validate_file(folder / f"{table}.csv")]
     for problem in problems:
         _logger.error("%s", problem)
-    timings.append(("validate", time.perf_counter() - start, f"{len(problems)} problems"))
+    stages.done("validate", f"{len(problems)} problems")
+    return counts, problems
 
-    start = time.perf_counter()
-    release = out / "release"
+
+def _release(export: Path, release: Path, *, seed: int, stages: _Stages) -> tuple[Path, int, list]:
+    """Build the inat2018 release and validate every file it holds."""
     rules = rules_for(Preset.INAT2018)
     built = build_dataset(export, release, rules=rules, seed=seed, overwrite=True)
-    timings.append(("build", time.perf_counter() - start, f"{release}: {built.classes} classes, {built.images}"))
-
-    start = time.perf_counter()
+    stages.done("build", f"{release}: {built.classes} classes, {built.images}")
     names = release_names(rules)
-    release_files = [release / names[k] for k in names if not k.endswith("_dir")]
-    release_files += [release / "categories.json", release / "solution.csv", release / "sample_submission.csv"]
-    release_problems = [p for path in release_files for p in validate_file(path)]
-    for problem in release_problems:
+    files = [release / names[k] for k in names if not k.endswith("_dir")]
+    files += [release / "categories.json", release / "solution.csv", release / "sample_submission.csv"]
+    problems = [p for path in files for p in validate_file(path)]
+    for problem in problems:
         _logger.error("%s", problem)
-    problems += release_problems
-    timings.append(("validate", time.perf_counter() - start, f"{len(release_problems)} problems in the release"))
+    stages.done("validate", f"{len(problems)} problems in the release")
+    return release, built.classes, problems
 
-    start = time.perf_counter()
-    split_val(release / names["val"], out / "minival", minival_frac=0.25, seed=seed)
-    held_out = dataclasses.replace(find_release(release, preset=Preset.INAT2018), val=out / "minival" / "minival.json")
-    timings.append(("split-val", time.perf_counter() - start, f"{out / 'minival'}: val.json + minival.json"))
 
+def _train_models(held_out: Any, out: Path, *, seed: int, epochs: int, img_size: int, stages: _Stages) -> dict:
+    """The baseline, then each recipe member and its fine-tuning on the rest of val."""
     common: dict[str, Any] = {
         "img_size": img_size, "epochs": epochs, "batch_size": 64, "workers": 0, "lr": 0.05, "schedule": "cosine",
         "warmup_epochs": 0.5, "seed": seed, "log_every": 0, "crop_scale": [0.35, 1.0],
     }  # fmt: skip
-    runs = {}
-    start = time.perf_counter()
-    runs["baseline"] = train_run(held_out, out / "runs" / "baseline", model="resnet10t", **common)
-    timings.append(("train", time.perf_counter() - start, _minival_text(runs["baseline"], "baseline, plain CE")))
+    runs = {"baseline": train_run(held_out, out / "runs" / "baseline", model="resnet10t", **common)}
+    stages.done("train", _minival_text(runs["baseline"], "baseline, plain CE"))
     for name, (model, member_seed) in MEMBERS.items():
-        start = time.perf_counter()
         options = {**common, **RECIPE, "seed": seed + member_seed}
         runs[name] = train_run(held_out, out / "runs" / name, model=model, **options)
-        timings.append(("train", time.perf_counter() - start, _minival_text(runs[name], f"{name}, {model}")))
-        start = time.perf_counter()
+        stages.done("train", _minival_text(runs[name], f"{name}, {model}"))
         runs[name] = train_run(
             held_out, out / "runs" / f"{name}_valft", init=runs[name].run_dir / "best.safetensors",
             train=out / "minival" / "val.json", categories_from="init", epochs=max(1, epochs // 5), lr=0.005,
             schedule="cosine", workers=0, seed=seed + member_seed, log_every=0,
             freeze_norm_stats=True, **{k: RECIPE[k] for k in ("label_smoothing", "taxonomy_smoothing")},
         )  # fmt: skip
-        timings.append(("fine-tune", time.perf_counter() - start, _minival_text(runs[name], f"{name} on val")))
+        stages.done("fine-tune", _minival_text(runs[name], f"{name} on val"))
+    return runs
 
-    start = time.perf_counter()
+
+def _predict_models(runs: dict, held_out: Any, out: Path, *, stages: _Stages) -> tuple[dict, dict]:
+    """Flip-TTA predictions of minival and test for every model and the ensemble; their minival scores."""
     predictions = {}
     for name, run in runs.items():
         predictions[name], _ = predict_run(run.run_dir, held_out, out / "predictions" / name, tta="flip")
@@ -107,11 +164,12 @@ def run_demo(
     predictions["ensemble"], _ = ensemble_run(members, held_out, out / "predictions" / "ensemble")
     scores = {name: score_predictions(p["val"], held_out.val, k=3) for name, p in predictions.items()}
     summary = ", ".join(f"{name} {score['top1_error']:.3f}" for name, score in scores.items())
-    timings.append(
-        ("predict", time.perf_counter() - start, f"{out / 'predictions'} (flip TTA); minival top-1 error: {summary}")
-    )
+    stages.done("predict", f"{out / 'predictions'} (flip TTA); minival top-1 error: {summary}")
+    return predictions, scores
 
-    start = time.perf_counter()
+
+def _submit_and_score(predictions: dict, held_out: Any, release: Path, out: Path, *, stages: _Stages) -> list:
+    """Validated submissions of every model, the ensemble's score report and the leaderboard."""
     submissions = out / "submissions"
     baseline = submissions / "sample_submission.csv"
     baseline.parent.mkdir(parents=True, exist_ok=True)
@@ -119,21 +177,36 @@ def run_demo(
     written = [baseline]
     for name, preds in predictions.items():
         written.append(submit(held_out, preds["test"], submissions / f"{name}.csv")["submission"])
-    timings.append(("submit", time.perf_counter() - start, f"{submissions}: {len(written)} submissions, all valid"))
-
-    start = time.perf_counter()
+    stages.done("submit", f"{submissions}: {len(written)} submissions, all valid")
     result = score_file(submissions / "ensemble.csv", release / "solution.csv", dataset=release)
     write_score_report(result, out / "report")
     entries = build_leaderboard(written, release / "solution.csv")
     write_leaderboard(entries, out / "leaderboard")
     sys.stdout.write(leaderboard_markdown(entries))
-    timings.append(("score", time.perf_counter() - start, f"{out / 'report'}, {out / 'leaderboard'}"))
+    stages.done("score", f"{out / 'report'}, {out / 'leaderboard'}")
+    return entries
 
-    _logger.info("export: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
-    _logger.info("%-10s %8s  %s", "stage", "seconds", "output")
-    for stage, seconds, where in timings:
-        _logger.info("%-10s %8.1f  %s", stage, seconds, where)
-    return 1 if problems else 0
+
+def summary_markdown(outcome: _Outcome, *, species: int, photos: int, epochs: int, seconds: float, load: float) -> str:
+    """The run's figures as Markdown: machine, date, wall time, minival errors, the leaderboard."""
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    minutes, rest = divmod(round(seconds), 60)
+    lines = [
+        f"Last run: {datetime.date.today().isoformat()} on {machine} (1-minute load average {load:.1f} at the "
+        f"start), {minutes} min {rest} s for the demo itself: {species} species, {photos:,} photos generated, "
+        f"{outcome.classes} classes built, {epochs} epochs per model.",
+        "",
+        "| model | minival top-1 error | minival top-3 error |",
+        "| --- | ---: | ---: |",
+        *(
+            f"| {name} | {score['top1_error']:.3f} | {score['top3_error']:.3f} |"
+            for name, score in outcome.minival.items()
+        ),
+        "",
+        leaderboard_markdown(outcome.board).rstrip("\n"),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _minival_text(run: Any, what: str) -> str:

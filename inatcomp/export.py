@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-__all__ = ["ExportTables", "find_table", "read_export", "read_columns", "TABLE_COLUMNS"]
+__all__ = ["TABLE_COLUMNS", "ExportTables", "ancestry_parents", "find_table", "read_columns", "read_export"]
 
 _logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_json", "write_atomic", "write_csv", "write_csv_columns", "write_json"]
+__all__ = ["read_json", "replace_generated_block", "write_atomic", "write_csv", "write_csv_columns", "write_json"]
 
 
 def _umask() -> int:
@@ -101,3 +101,24 @@ def write_csv_columns(path: str | os.PathLike, columns: dict[str, Any]) -> None:
         write_csv(path, list(columns), zip(*(table[name].to_pylist() for name in columns)))
         return
     write_atomic(path, buffer.getvalue())
+
+
+def replace_generated_block(path: str | os.PathLike, name: str, text: str) -> Path:
+    """Replace the text between ``<!-- NAME:begin ... -->`` and ``<!-- NAME:end -->`` in a Markdown file.
+
+    The markers stay (the begin marker may carry a note after the name, e.g. who writes the block); everything
+    outside them is kept byte for byte. Figures in a README are written this way, by the code that measured them.
+
+    Raises:
+        ValueError: The file lacks either marker, naming the file and the markers expected.
+    """
+    path = Path(path)
+    begin, end = f"<!-- {name}:begin", f"<!-- {name}:end -->"
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    start = old.find(begin)
+    stop = old.find(end, start)
+    if start < 0 or stop < 0:
+        raise ValueError(f"{path}: no generated block '{begin} ... -->' ... '{end}' to replace")
+    head = old[: old.index("-->", start) + 3]
+    write_atomic(path, f"{head}\n{text.strip()}\n{old[stop:]}")
+    return path

@@ -32,6 +32,7 @@ __all__ = [
     "predict_run",
     "run_kernel",
     "submit",
+    "subset_categories",
     "synthetic_release",
     "train_run",
     "write_summary",

@@ -32,6 +32,7 @@ __all__ = [
     "RuleOverride",
     "rule_overrides",
     "assign_observers",
+    "lexsort_by_group",
     "rank_within_groups",
     "first_within_groups",
     "stable_argsort",

@@ -41,7 +41,15 @@ import pandas as pd
 from inatcomp import render
 from inatcomp.taxonomy import LIFE_TAXON_ID, Rank, Supercategory, supercategory_of
 
-__all__ = ["SynthConfig", "SynthTaxonomy", "generate_taxonomy", "load_real_taxonomy", "write_export", "EXPORT_TABLES"]
+__all__ = [
+    "EXPORT_TABLES",
+    "SynthConfig",
+    "SynthTaxonomy",
+    "generate_taxonomy",
+    "load_real_taxonomy",
+    "sibling_preview",
+    "write_export",
+]
 
 _logger = logging.getLogger(__name__)
 

@@ -39,7 +39,11 @@ def test_validate_never_tracebacks_on_junk(tmp_path, capsys):
 def test_demo_runs_the_stages(tmp_path, caplog):
     caplog.set_level("INFO")
     demo = tmp_path / "demo"
-    assert main(["demo", str(demo), "--species", "20", "--photos", "600", "--epochs", "1"]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n<!-- demo:begin (written by make demo) -->\nold figures\n<!-- demo:end -->\nTail.\n")
+    assert (
+        main(["demo", str(demo), "--species", "20", "--photos", "600", "--epochs", "1", "--readme", str(readme)]) == 0
+    )
     assert (demo / "export" / "photos.csv").is_file()
     assert "0 problems" in caplog.text
     assert (demo / "release" / "train2018.json").is_file()
@@ -57,3 +61,11 @@ def test_demo_runs_the_stages(tmp_path, caplog):
     assert (demo / "report" / "score.md").is_file()
     board = (demo / "leaderboard" / "leaderboard.md").read_text()
     assert all(f"| {name} |" in board for name in ("baseline", "recipe_a", "recipe_b", "ensemble"))
+    # The README block is this run's summary, between the markers, with the rest of the file untouched.
+    summary = (demo / "summary.md").read_text()
+    assert summary.startswith("Last run: ") and "| ensemble |" in summary and "20 species, 600 photos" in summary
+    text = readme.read_text()
+    assert "old figures" not in text and summary.strip() in text
+    assert text.startswith("# Title\n<!-- demo:begin (written by make demo) -->\n") and text.endswith(
+        "<!-- demo:end -->\nTail.\n"
+    )

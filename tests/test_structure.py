@@ -88,3 +88,32 @@ def test_modules_import_each_other_one_way():
 
 def test_the_cycle_check_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+
+
+def _declared_all(tree: ast.Module) -> set[str] | None:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    return None
+
+
+def test_public_names_used_elsewhere_are_in_all():
+    """A public name another module, a kernel or a benchmark imports is part of its module's ``__all__``."""
+    trees = _modules()
+    declared = {name: names for name, tree in trees.items() if (names := _declared_all(tree)) is not None}
+    users = dict(trees)
+    for folder in ("kernels", "benchmarks"):
+        for path in sorted((PACKAGE.parent / folder).glob("*.py")):
+            users[f"{folder}.{path.stem}"] = ast.parse(path.read_text(encoding="utf-8"))
+    missing = set()
+    for user, tree in users.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in declared and node.module != user:
+                missing |= {
+                    f"{node.module}.{a.name} (used by {user})"
+                    for a in node.names
+                    if not a.name.startswith("_")
+                    and a.name not in declared[node.module]
+                    and f"{node.module}.{a.name}" not in trees
+                }
+    assert sorted(missing) == []

@@ -628,9 +628,19 @@ class _Grid:
     tok_start: np.ndarray
     tok_len: np.ndarray
     tok_value: np.ndarray
-    bad_row: np.ndarray  # bytes other than digits, spaces, commas and line feeds: row, field, offset
-    bad_field: np.ndarray
-    bad_pos: np.ndarray
+    commas: np.ndarray  # offsets of the commas, in order
+    first_comma: np.ndarray  # [rows] index in ``commas`` of each row's first comma
+
+    def stray_bytes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bytes other than digits, spaces, commas and line feeds: their rows, fields and offsets.
+
+        Computed on demand: only a field that may hold several numbers (the labels) needs them; a one-number
+        field is invalid with any stray byte already, and a solution's usage column is letters throughout.
+        """
+        base = int(self.text.starts[0])
+        pos = np.flatnonzero(~_ALLOWED[self.text.arr[base:]]) + base
+        row = np.searchsorted(self.text.ends, pos)
+        return row, np.searchsorted(self.commas, pos) - self.first_comma[row], pos
 
     def field_bytes(self, row: int, column: int, limit: int = 200) -> bytes:
         """The bytes of one field, clipped to ``limit``."""
@@ -694,12 +704,7 @@ def _grid(text: _Text, columns: int, problems: _Problems) -> _Grid:
     t_start += base
     ev_token = ~ev_newline & ~ev_comma
     tok_row, tok_field = ev_row[ev_token], ev_field[ev_token]
-    bad_pos = np.flatnonzero(~_ALLOWED[body]) + base
-    bad_row = np.searchsorted(text.ends, bad_pos)
-    bad_field = np.searchsorted(commas, bad_pos) - first[bad_row]
-    return _Grid(
-        text, ok, field_start, field_end, tok_row, tok_field, t_start, length, value, bad_row, bad_field, bad_pos
-    )
+    return _Grid(text, ok, field_start, field_end, tok_row, tok_field, t_start, length, value, commas, first)
 
 
 def _describe_int(raw: bytes, what: str) -> str:
@@ -724,10 +729,9 @@ def _int_field(grid: _Grid, column: int, what: str, problems: _Problems) -> tupl
     length = np.zeros(rows, dtype=np.int64)
     value[row] = grid.tok_value[sel]
     length[row] = grid.tok_len[sel]
-    stray = np.zeros(rows, dtype=bool)
-    stray[grid.bad_row[grid.bad_field == column]] = True
     span = grid.field_end[:, column] - grid.field_start[:, column]
-    valid = grid.ok & (count == 1) & (length == span) & (length <= MAX_DIGITS) & ~stray
+    # One run of digits spanning the whole field: any other byte in it (a sign, a space, a letter) fails this.
+    valid = grid.ok & (count == 1) & (length == span) & (length <= MAX_DIGITS)
     invalid = np.flatnonzero(grid.ok & ~valid)
     problems.add(grid.text.lines[invalid], lambda i: _describe_int(grid.field_bytes(invalid[i], column).strip(), what))
     return value, valid
@@ -870,13 +874,14 @@ def _label_tokens(grid: _Grid, problems: _Problems) -> _LabelTokens:
     """Check every row's labels: integers, of at most :data:`MAX_DIGITS` digits, at most :data:`MAX_LABELS`."""
     rows = len(grid.ok)
     ok_labels = grid.ok.copy()
-    bad = np.flatnonzero(grid.bad_field == 1)
-    bad_rows, first_bad = np.unique(grid.bad_row[bad], return_index=True)
+    stray_row, stray_field, stray_pos = grid.stray_bytes()
+    bad = np.flatnonzero(stray_field == 1)
+    bad_rows, first_bad = np.unique(stray_row[bad], return_index=True)
     bad_rows, first_bad = bad_rows[grid.ok[bad_rows]], bad[first_bad[grid.ok[bad_rows]]]
     ok_labels[bad_rows] = False
 
     def describe_bad(i: int) -> str:
-        row, pos = bad_rows[i], int(grid.bad_pos[first_bad[i]])
+        row, pos = bad_rows[i], int(stray_pos[first_bad[i]])
         start, end = int(grid.field_start[row, 1]), int(grid.field_end[row, 1])
         left = max(grid.text.data.rfind(b" ", max(start, pos - 64), pos) + 1, start, pos - 64)
         right = grid.text.data.find(b" ", pos, min(end, pos + 64))

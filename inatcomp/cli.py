@@ -70,7 +70,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         format=SubmissionFormat(args.format) if args.format else None,
         k=args.k,
         dataset=args.dataset,
-        max_bytes=int(args.max_size_mb * 1e6),
+        max_bytes=_max_bytes(args),
     )
     if args.report:
         write_score_report(result, args.report)
@@ -86,7 +86,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
         args.submissions,
         args.solution,
         format=SubmissionFormat(args.format) if args.format else None,
-        max_bytes=int(args.max_size_mb * 1e6),
+        max_bytes=_max_bytes(args),
     )
     if args.out:
         write_leaderboard(entries, args.out)
@@ -444,7 +444,14 @@ def _submission_formats() -> list[str]:
 
 
 def _add_max_size(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-size-mb", type=float, default=200.0, help="size limit of each file (default 200 MB)")
+    parser.add_argument("--max-size-mb", type=float, metavar="MB",
+                        help="size limit of each file (default: 200 MB, and for a submission at most 1,024 + 256 bytes "
+                        "per solution row); given, it is the limit")  # fmt: skip
+
+
+def _max_bytes(args: argparse.Namespace) -> int | None:
+    """``--max-size-mb`` in bytes; None (the defaults and the row bound) when it was not given."""
+    return None if args.max_size_mb is None else int(args.max_size_mb * 1e6)
 
 
 def _add_score_arguments(score: argparse.ArgumentParser) -> None:

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from inatcomp.fileio import read_json
 from inatcomp.options import resolve_device
 
 __all__ = [
@@ -170,17 +171,6 @@ class Locations:
         return out[0], out[1], out[2]
 
 
-def _read_json(path: Path) -> Any:
-    import orjson
-
-    try:
-        return orjson.loads(path.read_bytes())
-    except OSError as error:
-        raise ValueError(f"{path}: cannot read ({error.strerror or error})") from None
-    except orjson.JSONDecodeError as error:
-        raise ValueError(f"{path}: malformed JSON ({error})") from None
-
-
 def _coordinates(lat: Any, lon: Any) -> tuple[float, float, int]:
     if lat is None or lon is None:
         return math.nan, math.nan, _MISSING
@@ -209,7 +199,7 @@ def load_locations(path: str | os.PathLike) -> Locations:
             that is not an integer, or a repeated id (each naming the file and the JSON path).
     """
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     if isinstance(data, list):
         records, prefix, lat_key, lon_key, date_keys = data, "$", "lat", "lon", ("date", "date_c")
     elif isinstance(data, dict) and isinstance(data.get("images"), list):
@@ -321,7 +311,7 @@ def load_observations(train: str | os.PathLike, *, locations: str | os.PathLike 
         ValueError: Unreadable files, a JSON without annotations, or no located images at all.
     """
     train = Path(train)
-    data = _read_json(train)
+    data = read_json(train)
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(annotations, list) or not annotations:
         raise ValueError(f"{train}: $.annotations: expected a non-empty list (a labelled train JSON)")

@@ -28,7 +28,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from inatcomp.formats import write_atomic
+from inatcomp.fileio import read_json, write_atomic
 from inatcomp.heads import CovarianceModel, HeadType
 from inatcomp.options import FreezeMode, parse_freeze
 
@@ -277,7 +277,7 @@ def load_checkpoint(
     weights = resolve_checkpoint(path, prefer="last" if with_training_state else "best")
     try:
         state_dict = load_file(str(weights))
-        metadata = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
+        metadata = read_json(weights.with_suffix(".json"))
     except (OSError, ValueError) as error:
         raise ValueError(f"{weights}: unreadable checkpoint ({error})") from error
     training_state = None
@@ -286,9 +286,7 @@ def load_checkpoint(
         skeleton_file = weights.with_name(weights.stem + ".state.json")
         if not (state_file.is_file() and skeleton_file.is_file()):
             raise ValueError(f"{weights}: no training state beside it (.state.safetensors/.state.json)")
-        training_state = unflatten_state(
-            json.loads(skeleton_file.read_text(encoding="utf-8")), load_file(str(state_file))
-        )
+        training_state = unflatten_state(read_json(skeleton_file), load_file(str(state_file)))
     return state_dict, metadata, training_state
 
 

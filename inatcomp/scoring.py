@@ -25,7 +25,6 @@ import csv
 import dataclasses
 import enum
 import io
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -35,12 +34,13 @@ from typing import Any
 import numpy as np
 
 from inatcomp.competitions import SubmissionFormat
+from inatcomp.fileio import read_json
 from inatcomp.predictions import index_of
 
 _logger = logging.getLogger(__name__)
 
-#: Default size limit of a submission or solution file.
-DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+#: Default size limit of a submission or solution file (200 MB).
+DEFAULT_MAX_BYTES = 200_000_000
 #: At most this many labels are read per submission row.
 MAX_LABELS = 25
 #: At most this many digits per number (so that every value fits in a signed 64-bit integer).
@@ -270,12 +270,12 @@ def load_dataset_info(folder: str | os.PathLike) -> DatasetInfo:
     train_path = next((folder / name for name in TRAIN_JSON_NAMES if (folder / name).is_file()), None)
     if train_path is None:
         raise ValueError(f"{folder}: no train JSON (looked for {', '.join(TRAIN_JSON_NAMES)})")
-    train = _load_json(train_path)
+    train = read_json(train_path)
     if not isinstance(train, dict) or not isinstance(train.get("annotations"), list):
         raise ValueError(f"{train_path}: expected a COCO-style object with an 'annotations' list")
     categories_path = folder / "categories.json"
     if categories_path.is_file():
-        categories = _load_json(categories_path)
+        categories = read_json(categories_path)
         if isinstance(categories, dict):
             categories = categories.get("categories")
     else:
@@ -288,13 +288,6 @@ def load_dataset_info(folder: str | os.PathLike) -> DatasetInfo:
         raise ValueError(f"{train_path}: an annotation has no integer category_id ({err})") from None
     values, counts = np.unique(ids, return_counts=True)
     return DatasetInfo(categories=categories, train_counts=dict(zip(values.tolist(), counts.tolist())))
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read JSON ({err})") from None
 
 
 def _bin_label(low: int, high: int | None) -> str:
@@ -532,21 +525,26 @@ class _Text:
     header_line: int
 
 
-def _read_text(path: Path, max_bytes: int | None) -> _Text:
-    """Read a CSV's bytes safely: size limit, binary data, encoding, BOM, CRLF, quoting, lines."""
+def _read_text(path: Path, max_bytes: int | None, *, bound: str | None = None) -> _Text:
+    """Read a CSV's bytes safely: size limit, binary data, encoding, BOM, CRLF, quoting, lines.
+
+    Args:
+        bound: What the limit is, for the message (default: ``--max-size-mb``'s).
+    """
     limit = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+    what = bound or f"the size limit (--max-size-mb, default {DEFAULT_MAX_BYTES / 1e6:.0f} MB)"
     try:
         if path.is_dir():
             raise ValueError(f"{path}: is a folder, not a file")
         size = path.stat().st_size
         if size > limit:
-            raise ValueError(f"{path}: {size:,} bytes, over the size limit of {limit:,} bytes")
+            raise ValueError(f"{path}: {size:,} bytes, over {limit:,} bytes: {what}")
         with path.open("rb") as fh:
             data = fh.read(limit + 1)
     except OSError as err:
         raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
     if len(data) > limit:
-        raise ValueError(f"{path}: over the size limit of {limit:,} bytes")
+        raise ValueError(f"{path}: over {limit:,} bytes: {what}")
     if not data.strip():
         raise ValueError(f"{path}: file is empty")
     if data.startswith(_UTF16_BOMS):
@@ -666,7 +664,8 @@ def _grid(text: _Text, columns: int, problems: _Problems) -> _Grid:
     events = np.flatnonzero(newline | comma | (edges[:-1] == 1))
     ev_newline, ev_comma = newline[events], comma[events]
     physical = np.cumsum(ev_newline) - ev_newline  # line feeds before the event: the physical line after `base`
-    to_row = np.full(int(text.lines[-1] - text.lines[0]) + 2, -1, dtype=np.int64)
+    # Every physical line after the first data line, blank ones after the last row included, has an entry.
+    to_row = np.full(int(np.count_nonzero(newline)) + 2, -1, dtype=np.int64)
     to_row[text.lines - text.lines[0]] = np.arange(rows)
     ev_row = to_row[physical]
     commas_before = np.cumsum(ev_comma) - ev_comma
@@ -763,6 +762,8 @@ class Submission:
         ids: ``[n]`` image ids.
         labels: ``[n, L]`` labels, most confident first, padded with -1.
         lines: ``[n]`` 1-based line number of each row.
+        header: The header as read (byte order mark, line end and CSV quotes removed, as for every field).
+        header_line: Its 1-based line number.
     """
 
     path: Path
@@ -771,6 +772,8 @@ class Submission:
     ids: np.ndarray
     labels: np.ndarray
     lines: np.ndarray
+    header: str = "id,predicted"
+    header_line: int = 1
 
     @property
     def official_k(self) -> int:
@@ -829,14 +832,27 @@ def read_submission(
     labels = _label_matrix(grid, tokens, ok, problems)
     _check_unique(ids[ok], grid.text.lines[ok], "id", problems)
     problems.raise_if_any()
-    return Submission(path=path, format=format, k=k, ids=ids, labels=labels, lines=grid.text.lines)
+    return Submission(
+        path=path, format=format, k=k, ids=ids, labels=labels, lines=grid.text.lines,
+        header=text.header.strip(), header_line=text.header_line,
+    )  # fmt: skip
 
 
 def _submission_text(path: Path, *, max_bytes: int | None, max_rows: int | None) -> _Text:
-    """The file's lines, once its size, header, row count and line lengths pass (nothing parsed yet)."""
-    if max_rows is not None:
-        max_bytes = min(max_bytes or DEFAULT_MAX_BYTES, 1024 + max_rows * MAX_ROW_BYTES)
-    text = _read_text(path, max_bytes)
+    """The file's lines, once its size, header, row count and line lengths pass (nothing parsed yet).
+
+    The size limit is ``max_bytes`` when given (``--max-size-mb``); left at its default, a submission to a
+    solution of ``max_rows`` rows may hold at most 1,024 + ``max_rows`` × :data:`MAX_ROW_BYTES` bytes (and never
+    more than :data:`DEFAULT_MAX_BYTES`), which bounds the work a hostile file can cause.
+    """
+    bound = None
+    if max_bytes is None and max_rows is not None:
+        max_bytes = min(DEFAULT_MAX_BYTES, 1024 + max_rows * MAX_ROW_BYTES)
+        bound = (
+            f"the bound for a solution of {max_rows:,} rows (1,024 + {MAX_ROW_BYTES} bytes per row); "
+            "--max-size-mb sets the limit instead"
+        )
+    text = _read_text(path, max_bytes, bound=bound)
     header = text.header.strip()
     if header.lower().replace(" ", "") != "id,predicted":
         raise ValueError(

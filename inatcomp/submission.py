@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from inatcomp.competitions import SubmissionFormat
+from inatcomp.fileio import read_json
 from inatcomp.formats import Problem
 from inatcomp.predictions import index_of, open_predictions, top_k_columns
 from inatcomp.scoring import read_submission
@@ -82,13 +83,11 @@ def read_test_ids(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: Not a readable competition JSON.
     """
-    import orjson
-
+    data = read_json(path)
     try:
-        data = orjson.loads(Path(path).read_bytes())
         image_ids = np.asarray([int(im["id"]) for im in data["images"]], dtype=np.int64)
         category_ids = np.asarray([int(c["id"]) for c in data.get("categories") or []], dtype=np.int64)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a readable competition JSON ({type(error).__name__}: {error})") from None
     return image_ids, category_ids
 
@@ -101,18 +100,6 @@ def _from_error(file: str, path: Path, error: ValueError) -> list[Problem]:
         match = _LINE.fullmatch(message)
         problems.append(Problem(file, f"line {match[1]}", match[2]) if match else Problem(file, "", message))
     return problems
-
-
-def _header_line(path: Path) -> tuple[int, str]:
-    """The 1-based line number and text of the first non-blank line (BOM and CR stripped)."""
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace").strip()
-            if text:
-                return number, text
-            if number > 1000:
-                break
-    return 1, ""
 
 
 def validate_submission(
@@ -151,9 +138,9 @@ def validate_submission(
         return _from_error(file, path, error)
     fmt = format or sub.format
     problems: list[tuple[int, str]] = []
-    number, header = _header_line(path)
-    if fmt is not None and header != fmt.header:
-        problems.append((number, f"header {header!r}; expected {fmt.header!r} ({fmt.value})"))
+    # The header as the scorer reads it (quotes around standard CSV fields are fine, as on Kaggle).
+    if fmt is not None and sub.header != fmt.header:
+        problems.append((sub.header_line, f"header {sub.header!r}; expected {fmt.header!r} ({fmt.value})"))
     counts = (sub.labels >= 0).sum(axis=1)
     if fmt is not None:
         for row in np.flatnonzero(counts != fmt.labels)[: max_problems + 1]:

@@ -282,7 +282,7 @@ def test_hostile_whole_file(tmp_path: Path, solution: Path, content: bytes, mess
 
 def test_size_limit_and_folder(tmp_path: Path, solution: Path) -> None:
     path = write(tmp_path / "big.csv", "id,predicted\n" + "".join(f"{i},1 2 3\n" for i in range(100)))
-    with pytest.raises(ValueError, match="over the size limit"):
+    with pytest.raises(ValueError, match=r"903 bytes, over 100 bytes: the size limit \(--max-size-mb"):
         read_submission(path, max_bytes=100)
     with pytest.raises(ValueError, match="is a folder"):
         read_submission(tmp_path)
@@ -396,3 +396,46 @@ def test_cli_score_errors(tmp_path: Path, solution: Path, caplog: pytest.LogCapt
     assert "Traceback" not in caplog.text
     assert main(["score", str(tmp_path / "nope.csv"), "--solution", str(solution)]) == 2
     assert main(["score", str(sub), "--solution", str(solution), "--max-size-mb", "0.000001"]) == 2
+
+
+def test_max_size_mb_sets_the_limit_and_the_row_bound_says_so(tmp_path: Path) -> None:
+    """Left at its default, the limit for a submission is the row bound, and its message says how to lift it;
+    given, ``--max-size-mb`` is the limit (it could not raise it before)."""
+    rows = 4
+    solution = write(tmp_path / "solution.csv", "id,expected,usage\n" + "".join(f"{i},1,Public\n" for i in range(rows)))
+    padding = "\n" * 800  # blank lines are legal (skipped) but put the file far over 256 bytes per solution row
+    sub = write(tmp_path / "s.csv", "id,predicted\n" + "".join(f"{i},1 2 3\n{padding}" for i in range(rows)))
+    assert sub.stat().st_size > 1024 + rows * 256
+    with pytest.raises(ValueError, match=r"the bound for a solution of 4 rows .*--max-size-mb sets the limit instead"):
+        score_file(sub, solution)
+    assert score_file(sub, solution, max_bytes=10_000).error("all") == 0.0  # every row has label 1 first
+    assert main(["score", str(sub), "--solution", str(solution)]) == 2
+    assert main(["score", str(sub), "--solution", str(solution), "--max-size-mb", "0.01"]) == 0
+    assert main(["score", str(sub), "--solution", str(solution), "--max-size-mb", "0.001"]) == 2
+
+
+def test_quoted_standard_headers_are_read_alike_by_score_and_validate(tmp_path: Path) -> None:
+    """Kaggle accepts quoted CSV fields; the scorer and ``validate --against`` give one answer."""
+    from inatcomp.submission import validate_submission
+
+    images = [{"id": i, "width": 1, "height": 1, "file_name": f"{i}.jpg"} for i in range(3)]
+    categories = [{"id": c, "name": f"c{c}"} for c in range(4)]
+    test = tmp_path / "test2018.json"
+    test.write_text(json.dumps({"images": images, "categories": categories}))
+    solution = write(tmp_path / "solution.csv", "id,expected,usage\n0,1,Public\n1,2,Private\n2,3,Public\n")
+    quoted = write(tmp_path / "quoted.csv", '"id","predicted"\n"0","1 2 3"\n1,"2 3 0"\n2,3 0 1\n')
+    assert score_file(quoted, solution).error("all") == 0.0
+    assert validate_submission(quoted, test) == []
+    wrong = write(tmp_path / "wrong.csv", '"Id","Predicted"\n0,1 2 3\n1,2 3 0\n2,3 0 1\n')
+    problems = validate_submission(wrong, test, format="inat2018")
+    assert [(p.where, p.message) for p in problems] == [
+        ("line 1", "header 'Id,Predicted'; expected 'id,predicted' (inat2018)")
+    ]
+
+
+def test_blank_lines_after_the_last_row_are_skipped(tmp_path: Path) -> None:
+    """A few trailing blank lines once indexed past the line table (an IndexError traceback)."""
+    solution = write(tmp_path / "solution.csv", "id,expected,usage\n0,1,Public\n1,2,Private\n")
+    sub = write(tmp_path / "s.csv", "id,predicted\n0,1 2 3\n\n1,3 4 5\n\n\n\n\n")
+    result = score_file(sub, solution)
+    assert result.error("public") == 0.0 and result.error("private") == 1.0

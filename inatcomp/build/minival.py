@@ -39,7 +39,6 @@ def split_val(
     Raises:
         ValueError: An unreadable val JSON, or one without annotations.
     """
-    import json
 
     if not 0 < minival_frac < 1:
         raise ValueError(f"--minival-frac must be in (0, 1), got {minival_frac}")
@@ -47,7 +46,7 @@ def split_val(
     problems = formats.validate_file(path)
     if problems:
         raise ValueError("; ".join(str(p) for p in problems[:5]))
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = formats.read_json(path)
     if "annotations" not in data:
         raise ValueError(f"{path}: no annotations: expected a val file, not a test file")
     images = data["images"]
@@ -56,7 +55,7 @@ def split_val(
     category = np.array([label.get(int(i), -1) for i in ids], dtype=np.int64)
     locations = path.with_name(path.stem + "_locations.json")
     if locations.is_file():
-        users = {r["id"]: r.get("user_id") for r in json.loads(locations.read_text(encoding="utf-8"))}
+        users = {r["id"]: r.get("user_id") for r in formats.read_json(locations)}
         who = [str(users.get(int(i))) for i in ids]
     else:
         who = [str(image.get("rights_holder", "")) for image in images]

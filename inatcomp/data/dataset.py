@@ -33,13 +33,13 @@ from typing import Any, NamedTuple, Protocol
 
 import cv2
 import numpy as np
-import orjson
 import pyarrow as pa
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from inatcomp.data.transforms import FULL_CROP, DecodePlan
+from inatcomp.fileio import read_json
 
 __all__ = ["CompetitionDataset", "Sample", "Taxonomy", "create_loader", "rgb_array", "seed_worker"]
 
@@ -192,7 +192,7 @@ class Taxonomy:
 
 
 def _load_json(path: Path) -> dict:
-    data = orjson.loads(path.read_bytes())
+    data = read_json(path)
     if not isinstance(data, dict) or "images" not in data:
         raise ValueError(f"{path}: not a competition dataset file (no 'images')")
     return data

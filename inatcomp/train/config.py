@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import os
 import typing
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from inatcomp.fileio import read_json
 from inatcomp.options import AmpMode, enum_choice, parse_freeze
 
 __all__ = [
@@ -350,7 +350,7 @@ def _inherited_from_init(values: Mapping[str, Any]) -> dict[str, Any]:
 
     metadata_file = resolve_checkpoint(values["init"]).with_suffix(".json")
     try:
-        metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
+        metadata = read_json(metadata_file)
     except (OSError, ValueError) as error:
         raise ValueError(f"--init {values['init']}: unreadable checkpoint metadata ({error})") from None
     inherited = {"model": metadata.get("model"), **(metadata.get("train_config") or {})}

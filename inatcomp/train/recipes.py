@@ -5,13 +5,13 @@ See the package docstring (:mod:`inatcomp.train`) for what each option does.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from inatcomp.fileio import read_json
 from inatcomp.heads import HeadType
 from inatcomp.models import (
     FreezeMode,
@@ -49,7 +49,7 @@ def head_categories(source: str) -> tuple[list[int], list[dict] | None]:
     except ValueError:
         weights = None
     if weights is not None:
-        metadata = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
+        metadata = read_json(weights.with_suffix(".json"))
         if not metadata.get("category_ids"):
             raise ValueError(f"--categories-from {source}: its checkpoint metadata has no category_ids")
         return [int(c) for c in metadata["category_ids"]], metadata.get("categories")

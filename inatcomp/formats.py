@@ -37,13 +37,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where tables are read: validating a JSON file never pays for it
+    import pandas as pd
+
+from inatcomp.competitions import COMPETITIONS, SubmissionFormat
 
 # The file primitives live in inatcomp.fileio (no pandas there); re-exported for the stages that import them here.
-from inatcomp.competitions import COMPETITIONS, SubmissionFormat
 from inatcomp.fileio import read_json, write_atomic, write_csv, write_csv_columns, write_json  # noqa: F401
 
 _logger = logging.getLogger(__name__)
@@ -763,6 +766,7 @@ def _read_regular_text(data: bytes, delimiter: str, columns: list[str]) -> pd.Da
     Same semantics as ``pd.read_csv(sep=delimiter, quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)``,
     but with the (multi-threaded, about twice as fast) pyarrow CSV reader; pandas is the fallback.
     """
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
@@ -818,6 +822,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     Raises:
         ValueError: Naming the file (and the line) when it is empty, not UTF-8, or has a malformed row.
     """
+    import pandas as pd
+
     path = Path(path)
     with path.open("rb") as fh:
         magic = fh.read(4)
@@ -958,6 +964,8 @@ def _parquet_columns_ok(columns: list[str], fields: list[dict], found: _Found) -
 
 def _as_text(column: pd.Series) -> tuple[pd.Series, np.ndarray]:
     """String view of a column and its non-empty mask (missing values count as empty)."""
+    import pandas as pd
+
     if pd.api.types.is_string_dtype(column.dtype) and not column.hasnans:
         text = column.astype(str)
     else:
@@ -968,6 +976,7 @@ def _as_text(column: pd.Series) -> tuple[pd.Series, np.ndarray]:
 
 def _to_float(text: pd.Series, ok: np.ndarray) -> np.ndarray:
     """Float values of the strings where ``ok`` (already known to look numeric); NaN elsewhere."""
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -980,6 +989,8 @@ def _to_float(text: pd.Series, ok: np.ndarray) -> np.ndarray:
 
 def _check_column(column: pd.Series, field: dict, order: int, checks: _Checks) -> None:
     """Record the type, emptiness, enum, range, pattern and uniqueness findings of one column."""
+    import pandas as pd
+
     name, type_ = field["name"], field["type"]
     constraints = field.get("constraints", {})
     text, present = _as_text(column)
@@ -1060,6 +1071,8 @@ def _submission_labels(kind: FileKind) -> int | None:
 
 def _check_labels(column: pd.Series, name: str, labels: int, checks: _Checks) -> None:
     """Submission ``predicted``: exactly ``labels`` integer ids separated by single spaces, none repeated."""
+    import pandas as pd
+
     text, present = _as_text(column)
     pattern = r"\d+" + (rf"( \d+){{{labels - 1}}}" if labels > 1 else "")
     good = text.str.fullmatch(pattern).to_numpy(dtype=bool, na_value=False)

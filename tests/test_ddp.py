@@ -92,3 +92,19 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, tiny
     assert ours.keys() == theirs.keys()
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_two_processes_count_a_bad_image_once(tmp_path, tiny_dataset):
+    """A bad image drawn on both ranks is one distinct bad image of the epoch; its failed reads add up."""
+    train_json = tiny_dataset(tmp_path, names=NAMES, per_class=8)
+    images = json.loads(train_json.read_text())["images"]
+    bad = [images[0]["file_name"], images[20]["file_name"]]
+    for name in bad:
+        (tmp_path / name).write_bytes(b"\xff\xd8 not a JPEG")
+    out = tmp_path / "ddp"
+    _torchrun(f"--train={train_json}", f"--images={tmp_path}", f"--out={out}", "--model=test_convnext",
+              "--img-size=32", "--sampler=class-balanced", "--samples-per-epoch=480", "--batch-size=16",
+              "--epochs=1", "--workers=0", "--log-every=0", cwd=tmp_path)  # fmt: skip
+    row = json.loads((out / "metrics.json").read_text())[0]
+    assert row["skipped_images"] == len(bad)
+    assert row["failed_reads"] > 2 * len(bad)  # each drawn about ten times, on both ranks

@@ -128,6 +128,24 @@ def test_missing_and_corrupt_images_are_counted_not_fatal(release, tmp_path):
     assert np.isfinite(result.metrics[0]["train_loss"])
 
 
+def test_skipped_images_counts_distinct_bad_images_and_failed_reads_beside_it(release, tmp_path):
+    """Each bad image once in ``skipped_images``, however often it was drawn or tried as a replacement."""
+    import shutil
+
+    broken = tmp_path / "release"
+    shutil.copytree(release, broken)
+    train_json = json.loads((broken / "train2018.json").read_text())
+    bad = [im["file_name"] for im in train_json["images"][::40]]
+    for name in bad:
+        (broken / name).write_bytes(b"\xff\xd8 not a JPEG")
+    draws = 6 * len(train_json["images"])  # every image drawn about 6 times: the bad ones fail again and again
+    result = train(_config(broken, tmp_path / "run", epochs=1, sampler="class-balanced", samples_per_epoch=draws))
+    row = result.metrics[0]
+    assert row["skipped_images"] == len(bad)
+    assert row["failed_reads"] > 2 * len(bad)
+    assert row["val_skipped_images"] == row["val_failed_reads"] == 0
+
+
 def test_cli_train_with_config_and_resume(release, tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump({"model": "resnet10t", "img_size": 48, "batch_size": 32, "workers": 0,

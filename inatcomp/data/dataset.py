@@ -15,9 +15,10 @@ PIL's ``draft`` makes libjpeg decode at 1/2, 1/4 or 1/8 scale. A missing or corr
 counted in the sample's ``skipped`` field and replaced by another image of the same class (bounded
 retries; a grey image when none works or the image has no label): never fatal.
 
-Each item is a :class:`Sample` named tuple ``(image, label, index, skipped)``; the default collate keeps
-the named tuple, so a batch has ``batch.image``, ``batch.label``, ``batch.index`` and ``batch.skipped``,
-and ``int(batch.skipped.sum())`` counts the failures seen in the workers from the main process.
+Each item is a :class:`Sample` named tuple ``(image, label, index, skipped, failed)``; the default collate
+keeps the named tuple, so a batch has ``batch.image``, ``batch.label``, ``batch.index``, ``batch.skipped`` and
+``batch.failed``: ``int(batch.skipped.sum())`` counts the failed reads seen in the workers from the main
+process, and the values of ``batch.failed`` ≥ 0 are the dataset indices of the images that failed.
 """
 
 from __future__ import annotations
@@ -165,13 +166,16 @@ class Sample(NamedTuple):
         image: The transformed image (or the RGB uint8 array without a transform).
         label: Class index in head order, -1 when unlabelled.
         index: Index of the image in the dataset (see ``dataset.image_ids`` for the JSON id).
-        skipped: How many unreadable images were replaced to produce this sample.
+        skipped: How many reads failed producing this sample (the image, then its replacements).
+        failed: ``[max_retries + 1]`` the dataset indices of the images that failed to read, padded with -1: an
+            epoch's distinct bad images are the distinct values over its batches.
     """
 
     image: Any
     label: int
     index: int
     skipped: int
+    failed: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,12 +383,14 @@ class CompetitionDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         label = int(self.labels[index])
         skipped = 0
+        failed = np.full(self.max_retries + 1, -1, dtype=np.int64)
         current: int | None = index
         while current is not None:
             try:
                 image, plan = self._read(current)
                 break
             except _READ_ERRORS as error:
+                failed[skipped] = current
                 skipped += 1
                 self.skipped += 1
                 _logger.warning("unreadable image %s (%s): replaced", self.path(current), error)
@@ -394,9 +400,9 @@ class CompetitionDataset(Dataset):
             image = np.full((h, w, 3), _GREY, dtype=np.uint8)
             plan = self.transform.plan(w, h) if hasattr(self.transform, "plan") else None
         if self.transform is None:
-            return Sample(image, label, index, skipped)
+            return Sample(image, label, index, skipped, failed)
         out = self.transform(image, plan) if plan is not None else self.transform(image)
-        return Sample(out, label, index, skipped)
+        return Sample(out, label, index, skipped, failed)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -1,8 +1,8 @@
 """The training loop: ``inatcomp train``.
 
 One run folder holds everything: ``config.yaml`` (the resolved configuration), ``metrics.csv`` and
-``metrics.json`` (per epoch: losses, val top-1/top-3 error, images/s, skipped images, learning rate),
-``best.*`` and ``last.*`` checkpoints (safetensors plus JSON metadata, see :mod:`inatcomp.models`) and
+``metrics.json`` (per epoch: losses, val top-1/top-3 error, images/s, distinct bad images and failed reads,
+learning rate), ``best.*`` and ``last.*`` checkpoints (safetensors plus JSON metadata, see :mod:`inatcomp.models`) and
 ``last.state.*`` (optimizer, EMA, sampler and RNG states) from which ``--resume`` continues exactly.
 
 Configuration precedence lives in :func:`resolve_config`: command line over ``-c config.yaml`` over the

@@ -129,7 +129,7 @@ def _run_epoch(parts: RunParts, stage: Stage, epoch: int) -> dict[str, Any]:
             model=parts.trained,
             criterion=parts.criterion,
             optimizer=parts.optimizer,
-            loader=((b.image, b.label, b.skipped) for b in loader),
+            loader=((b.image, b.label, b.skipped, b.failed) for b in loader),
             device=device,
             config=config,
             epoch=epoch,
@@ -145,7 +145,7 @@ def _run_epoch(parts: RunParts, stage: Stage, epoch: int) -> dict[str, Any]:
         val_loader = create_loader(
             dataset=val_shard, batch_size=config.val_batch_size or stage.batch_size, num_workers=config.workers
         )
-        row.update(evaluate(parts.evaluated, ((b.image, b.label, b.skipped) for b in val_loader), device,
+        row.update(evaluate(parts.evaluated, ((b.image, b.label, b.skipped, b.failed) for b in val_loader), device,
                             amp=config.amp, distributed=context.enabled))  # fmt: skip
     if parts.transfer is not None:
         transfer = parts.transfer

@@ -57,8 +57,11 @@ def write_submission(
     preds = open_predictions(pred)
     if preds.n_classes < format.labels:
         raise ValueError(f"{pred}: {preds.n_classes} categories; {format.value} needs {format.labels} labels per row")
-    if preds.header.get("failed_images"):
-        _logger.warning("%s: %d image(s) were unreadable (uniform rows)", pred, preds.header["failed_images"])
+    if preds.header.get("failed_images"):  # predict warned when it met them; said again here, not warned twice
+        _logger.info(
+            "%s: %d row(s) are uniform: their images were unreadable when predicted (failed_image_ids in the header)",
+            pred, preds.header["failed_images"],
+        )  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

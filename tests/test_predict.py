@@ -31,6 +31,7 @@ from inatcomp.predict import (
 from inatcomp.predictions import open_predictions
 from inatcomp.scoring import score_predictions
 from inatcomp.splits import Preset, rules_for
+from inatcomp.submission import write_submission
 from inatcomp.synth import SynthConfig, write_export
 
 CROP = 32
@@ -319,7 +320,7 @@ def test_unreadable_images_get_uniform_rows_and_are_counted(release, checkpoint,
     (tmp_path / test["images"][4]["file_name"]).unlink()
     data = tmp_path / "test.json"
     data.write_text(json.dumps(test))
-    caplog.set_level("WARNING")
+    caplog.set_level("INFO")
     out = predict(checkpoint=checkpoint, data=data, tta="flip", out=tmp_path / "t.pred", batch_size=4, amp="bf16")
     preds = open_predictions(out)
     assert preds.header["failed_images"] == 2
@@ -328,7 +329,14 @@ def test_unreadable_images_get_uniform_rows_and_are_counted(release, checkpoint,
     uniform = np.full(preds.n_classes, 1 / preds.n_classes, dtype=np.float16).astype(np.float32)
     np.testing.assert_array_equal(scores[[1, 4]], [uniform, uniform])
     assert not np.allclose(scores[0], uniform)
-    assert "unreadable image" in caplog.text
+    # One warning per bad image and one count, also when the predictions then become a submission.
+    write_submission(out, format="inat2018", out=tmp_path / "sub.csv")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum(m.startswith("unreadable image ") for m in warnings) == 2
+    assert [m for m in warnings if "2 " in m and "unreadable" in m] == [
+        "2 unreadable image(s) got a uniform prediction (listed in the header)"
+    ]
+    assert "2 row(s) are uniform" in caplog.text
 
 
 def test_prediction_headers_match_their_schema(release, checkpoint, tmp_path):

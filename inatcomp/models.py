@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from inatcomp.fileio import read_json, write_atomic
 from inatcomp.heads import CovarianceModel, HeadType
-from inatcomp.options import FreezeMode, parse_freeze
+from inatcomp.options import FreezeMode, PretrainedSource, parse_freeze, parse_pretrained
 
 __all__ = [
     "FreezeMode",
@@ -77,8 +77,12 @@ def create_model(
     Args:
         name: Any timm architecture name.
         num_classes: Number of categories.
-        pretrained: A local weights file (``.safetensors`` or ``.pth`` from timm) for the backbone; the head
-            is re-initialised. Nothing is downloaded.
+        pretrained: The backbone's weights (the head is always new, ``num_classes`` wide): a local weights
+            file (``.safetensors`` or ``.pth`` from timm; nothing is downloaded); ``"timm"``, timm's published
+            default weights for ``name`` (or its tag, ``NAME.TAG``); or ``"hf-hub:OWNER/NAME.TAG"``, that Hugging
+            Face hub model, whose architecture must be ``name``'s. The last two go through timm and
+            ``huggingface_hub``: downloaded when online, else read from the hub cache (``HF_HUB_OFFLINE=1``,
+            ``HF_HOME`` / ``HF_HUB_CACHE``).
         drop_rate: Dropout before the classifier, or ``None`` for the model's default.
         channels_last: Put the weights in channels-last memory format (faster convolutions).
         head: :attr:`HeadType.AVG` keeps timm's model as it is; :attr:`HeadType.ISQRTCOV` puts covariance
@@ -89,7 +93,8 @@ def create_model(
         **kwargs: Passed to ``timm.create_model``.
 
     Raises:
-        ValueError: An unknown architecture or head, a missing weights file, or head options without a head.
+        ValueError: An unknown architecture or head, a missing weights file, hub weights neither online nor
+            cached, a hub model of another architecture, or head options without a head.
     """
     if name not in timm.list_models() and not timm.is_model(name):
         raise ValueError(f"--model {name}: not a timm architecture (see timm.list_models())")
@@ -101,12 +106,7 @@ def create_model(
         raise ValueError("head_dim and head_iterations are options of --head isqrtcov")
     if drop_rate is not None and head is HeadType.AVG:
         kwargs["drop_rate"] = drop_rate
-    if pretrained:
-        path = Path(pretrained)
-        if not path.is_file():
-            raise ValueError(f"--pretrained {path}: no such weights file (nothing is downloaded here)")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path), "num_classes": 0})
-    model = timm.create_model(name, num_classes=num_classes, **kwargs)
+    model = _create_timm_model(name, num_classes=num_classes, pretrained=pretrained, **kwargs)
     if head is HeadType.ISQRTCOV:
         model = CovarianceModel(
             model,
@@ -118,6 +118,105 @@ def create_model(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _create_timm_model(
+    name: str, *, num_classes: int, pretrained: str | os.PathLike | None, **kwargs: Any
+) -> torch.nn.Module:
+    """timm's model with the ``--pretrained`` weights of :func:`create_model` in its backbone."""
+    if not pretrained:
+        return timm.create_model(name, num_classes=num_classes, **kwargs)
+    if isinstance(pretrained, os.PathLike):
+        source, value = PretrainedSource.FILE, os.fspath(pretrained)
+    else:
+        source, value = parse_pretrained(pretrained)
+    # num_classes 0 in the weights' config makes timm drop their classifier (it never fits ours), so the head is
+    # always new, even for a release with exactly ImageNet's 1,000 classes.
+    if source is PretrainedSource.FILE:
+        path = Path(value)
+        if not path.is_file():
+            raise ValueError(
+                f"--pretrained {value}: no such weights file (the forms: FILE, timm for timm's published weights "
+                f"of --model, hf-hub:OWNER/NAME.TAG for one Hugging Face hub model)"
+            )
+        overlay = {"file": str(path), "num_classes": 0}
+        return timm.create_model(
+            name, num_classes=num_classes, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+        )
+    # Only the hub forms touch huggingface_hub, so only they import it.
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+    repo = _published_weights(name) if source is PretrainedSource.TIMM else value
+    timm_name = name if source is PretrainedSource.TIMM else f"{PretrainedSource.HF_HUB.value}:{value}"
+    try:
+        if source is PretrainedSource.HF_HUB:
+            _check_hub_architecture(name, value)
+        overlay = {"num_classes": 0}
+        return timm.create_model(
+            timm_name, num_classes=num_classes, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+        )
+    except HFValidationError:
+        raise ValueError(
+            f"--pretrained {pretrained}: {repo!r} is not a hub model id (e.g. timm/resnet10t.tv_in1k)"
+        ) from None
+    # LocalEntryNotFoundError (no network or offline, not cached) is an OSError, as are the hub's HTTP errors.
+    except (OSError, EntryNotFoundError) as error:
+        raise ValueError(_unreachable_weights(str(pretrained), name=name, repo=repo, error=error)) from None
+
+
+def _published_weights(name: str) -> str:
+    """The hub repo (or, for a few old models, the URL) of timm's default weights for ``name`` (``NAME[.TAG]``).
+
+    Raises:
+        ValueError: timm publishes none for it.
+    """
+    try:
+        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    except RuntimeError:  # timm's answer to a tag the architecture does not have
+        cfg = None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        architecture = timm.models.split_model_name_tag(name)[0]
+        published = ", ".join(timm.list_pretrained(f"{architecture}.*")) or "none"
+        raise ValueError(f"--pretrained timm: timm publishes no weights for --model {name} (published: {published})")
+    return cfg.hf_hub_id or cfg.url
+
+
+def _check_hub_architecture(name: str, repo: str) -> None:
+    """Read the hub model's ``config.json`` (small) before its weights, so a wrong one fails before downloading.
+
+    Raises:
+        ValueError: The hub model is another architecture than ``--model``, naming both.
+    """
+    _, architecture, _ = timm.models.load_model_config_from_hf(repo)
+    wanted = timm.models.split_model_name_tag(name)[0]
+    if architecture != wanted:
+        raise ValueError(
+            f"--pretrained hf-hub:{repo}: a {architecture} model, but --model is {name}; "
+            f"give --model {architecture}, or hub weights of {wanted}"
+        )
+
+
+def _unreachable_weights(spec: str, *, name: str, repo: str, error: BaseException) -> str:
+    """The one-line message for hub weights that are neither online nor in the cache: what was tried, what to do."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if constants.is_offline_mode():
+        hub = "the hub was not asked (HF_HUB_OFFLINE is set)"
+    elif isinstance(error, HfHubHTTPError) and not isinstance(error, LocalEntryNotFoundError):
+        hub = f"the hub answered {type(error).__name__}"
+    else:
+        hub = "the hub could not be reached"
+    if repo.startswith(("http://", "https://")):
+        # timm's few weights without a hub repo are fetched by torch.hub, into its own cache.
+        cache = f"torch.hub's cache at {Path(torch.hub.get_dir()) / 'checkpoints'}"
+    else:
+        cache = f"the Hugging Face cache at {constants.HF_HUB_CACHE}"
+    return (
+        f"--pretrained {spec}: no weights for --model {name} ({repo}): {hub}, and {cache} does not hold them; "
+        f"give a local file (--pretrained FILE), or populate the cache (`hf download {repo}` where online, then "
+        f"point HF_HOME or HF_HUB_CACHE at it with HF_HUB_OFFLINE=1) [{type(error).__name__}]"
+    )
 
 
 def head_metadata(model: torch.nn.Module) -> dict[str, Any]:

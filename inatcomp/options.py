@@ -10,7 +10,15 @@ import enum
 import re
 from typing import Any
 
-__all__ = ["AmpMode", "FreezeMode", "enum_choice", "parse_freeze", "resolve_device"]
+__all__ = [
+    "AmpMode",
+    "FreezeMode",
+    "PretrainedSource",
+    "enum_choice",
+    "parse_freeze",
+    "parse_pretrained",
+    "resolve_device",
+]
 
 
 class AmpMode(enum.Enum):
@@ -80,3 +88,34 @@ def parse_freeze(text: str) -> tuple[FreezeMode, int]:
     if text in (FreezeMode.NONE.value, FreezeMode.BACKBONE.value):
         return FreezeMode(text), 0
     raise ValueError(f"freeze: {text!r} is not one of none, backbone, all-but-last-N (N ≥ 1)")
+
+
+class PretrainedSource(enum.Enum):
+    """Where ``--pretrained`` takes the backbone's weights from."""
+
+    FILE = "file"  #: a local ``.safetensors`` or ``.pth`` file
+    TIMM = "timm"  #: timm's published default weights for ``--model``, through the Hugging Face hub or its cache
+    HF_HUB = "hf-hub"  #: one Hugging Face hub model, ``hf-hub:timm/NAME.TAG`` (timm's own model-name prefix)
+
+
+_HF_HUB_PREFIX = f"{PretrainedSource.HF_HUB.value}:"
+
+
+def parse_pretrained(text: object) -> tuple[PretrainedSource, str]:
+    """Parse a ``--pretrained`` value into its source and what follows: a path, ``timm``, or a hub repo id.
+
+    ``timm`` is the word even if a file of that name exists (write ``./timm`` for the file). Whether a path is
+    an existing file is checked where the weights are loaded, not here.
+
+    Raises:
+        ValueError: ``hf-hub:`` with no repo id after it.
+    """
+    text = str(text)
+    if text == PretrainedSource.TIMM.value:
+        return PretrainedSource.TIMM, text
+    if text.startswith(_HF_HUB_PREFIX):
+        repo_id = text[len(_HF_HUB_PREFIX) :].strip()
+        if not repo_id:
+            raise ValueError(f"--pretrained {text}: no hub model after hf-hub: (e.g. hf-hub:timm/resnet10t.tv_in1k)")
+        return PretrainedSource.HF_HUB, repo_id
+    return PretrainedSource.FILE, text

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from inatcomp.fileio import read_json
-from inatcomp.options import AmpMode, enum_choice, parse_freeze
+from inatcomp.options import AmpMode, enum_choice, parse_freeze, parse_pretrained
 
 __all__ = [
     "OptimizerType",
@@ -113,8 +113,10 @@ class TrainConfig:
     weight decay 1e-4, lr ×0.1 every 30 epochs. ``batch_size`` and ``val_batch_size`` are per process
     (under torchrun the global batch is ``batch_size × WORLD_SIZE``).
 
-    Recipe fields: ``init`` (a checkpoint, stem or run folder to start from); ``categories_from`` (``init``,
-    a checkpoint or a dataset JSON whose categories make the head, default: the training JSON's);
+    Recipe fields: ``pretrained`` (the backbone's weights: a local file, ``timm`` or ``hf-hub:OWNER/NAME.TAG``,
+    see :func:`~inatcomp.models.create_model`); ``init`` (a checkpoint, stem or run folder to start from);
+    ``categories_from`` (``init``, a checkpoint or a dataset JSON whose categories make the head, default: the
+    training JSON's);
     ``transfer_match`` (``auto``, ``id`` or ``name``, see :class:`~inatcomp.models.TaxonMatch`) and
     ``new_taxa_init`` (``zero`` or ``mean``, see :class:`~inatcomp.models.NewTaxaInit`) for an ``init`` with
     another category set; ``freeze`` (``none``, ``backbone`` or ``all-but-last-N``, see
@@ -198,6 +200,8 @@ class TrainConfig:
             if not getattr(self, name):
                 raise ValueError(f"--{name} is required")
         parse_freeze(self.freeze)
+        if self.pretrained:
+            parse_pretrained(self.pretrained)
         if self.categories_from == "init" and not self.init:
             raise ValueError("categories_from: init takes the head's categories from --init: give --init CHECKPOINT")
         if self.epochs < 1 or self.batch_size < 1 or self.img_size < 8:

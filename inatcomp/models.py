@@ -151,6 +151,8 @@ def _create_timm_model(
     try:
         if source is PretrainedSource.HF_HUB:
             _check_hub_architecture(name, value)
+        if not repo.startswith(("http://", "https://")):
+            _require_safetensors(str(pretrained), repo)
         overlay = {"num_classes": 0}
         return timm.create_model(
             timm_name, num_classes=num_classes, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
@@ -179,6 +181,27 @@ def _published_weights(name: str) -> str:
         published = ", ".join(timm.list_pretrained(f"{architecture}.*")) or "none"
         raise ValueError(f"--pretrained timm: timm publishes no weights for --model {name} (published: {published})")
     return cfg.hf_hub_id or cfg.url
+
+
+def _require_safetensors(spec: str, repo: str) -> None:
+    """Fetch (or find in the cache) the hub model's ``model.safetensors`` before timm loads it.
+
+    timm prefers that file and falls back to a pickled ``pytorch_model.bin``; fetching it first means timm always
+    finds it, and a hub model without one is refused rather than unpickled (untrusted files never are here).
+
+    Raises:
+        ValueError: The hub model has no ``model.safetensors``.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    try:
+        hf_hub_download(repo, "model.safetensors")
+    except RemoteEntryNotFoundError:  # the hub has the model but not the file (not cached: an OSError, see above)
+        raise ValueError(
+            f"--pretrained {spec}: {repo} has no model.safetensors (pickled weights are never loaded here); "
+            "convert its weights to safetensors and give --pretrained FILE"
+        ) from None
 
 
 def _check_hub_architecture(name: str, repo: str) -> None:
@@ -213,7 +236,8 @@ def _unreachable_weights(spec: str, *, name: str, repo: str, error: BaseExceptio
     else:
         cache = f"the Hugging Face cache at {constants.HF_HUB_CACHE}"
     return (
-        f"--pretrained {spec}: no weights for --model {name} ({repo}): {hub}, and {cache} does not hold them; "
+        f"--pretrained {spec}: no weights for --model {name} ({repo}): {hub}, and {cache} does not hold them "
+        f"(model.safetensors: pickled weights are never loaded); "
         f"give a local file (--pretrained FILE), or populate the cache (`hf download {repo}` where online, then "
         f"point HF_HOME or HF_HUB_CACHE at it with HF_HUB_OFFLINE=1) [{type(error).__name__}]"
     )

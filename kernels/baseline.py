@@ -9,8 +9,9 @@ Real data (a GPU machine; ``make baseline-inat2018 DATA=/path/to/inat2018``)::
 
     python kernels/baseline.py --data /data/inat2018 --year 2018 --pretrained inception_v3.safetensors
 
-``--pretrained`` is a local timm checkpoint (safetensors); nothing is downloaded. ``--smoke`` runs the same
-steps on a tiny synthetic release (small images, a few steps) to check the path end to end.
+``--pretrained`` is a local timm checkpoint (safetensors), ``timm`` or ``hf-hub:timm/NAME.TAG`` (see inatcomp
+train). ``--smoke`` runs the same steps on a tiny synthetic release (small images, a few steps) to check the
+path end to end.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     """The kernel's options."""
     parser = argparse.ArgumentParser(prog="baseline", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="inception_v3")
-    parser.add_argument("--pretrained", help="local ImageNet weights for the backbone (safetensors)")
+    parser.add_argument("--pretrained", help="backbone weights: FILE (safetensors), timm or hf-hub:timm/NAME.TAG")
     parser.add_argument("--img-size", type=int, default=299)
     parser.add_argument("--epochs", type=int, default=75)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -137,6 +137,21 @@ def test_weights_neither_online_nor_cached_say_what_was_tried_and_what_to_do(tmp
     assert "--pretrained FILE" in message and f"hf download {repo}" in message
 
 
+def test_pickled_weights_are_refused_not_loaded(tmp_path, offline_cache, monkeypatch):
+    """A cached hub model with only ``pytorch_model.bin`` (timm's fallback) is never unpickled."""
+    cache = tmp_path / "hub"
+    write_hub_model(cache, DEFAULT_REPO, seed=3)
+    snapshot = cache / f"models--{DEFAULT_REPO.replace('/', '--')}" / "snapshots" / COMMIT
+    torch.save(load_file(snapshot / "model.safetensors"), snapshot / "pytorch_model.bin")
+    (snapshot / "model.safetensors").unlink()
+    offline_cache(cache)
+    unpickled = []
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: unpickled.append(args))
+    with pytest.raises(ValueError, match=r"does not hold them \(model.safetensors: pickled weights are never loaded\)"):
+        create_model("resnet10t", num_classes=3, pretrained="timm")
+    assert unpickled == []
+
+
 def test_unknown_words_and_unpublished_tags_are_clear_errors(tmp_path, offline_cache):
     offline_cache(tmp_path / "empty")
     with pytest.raises(ValueError, match=r"imagenet: no such weights file \(the forms: FILE, timm .*hf-hub:"):

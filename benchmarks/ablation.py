@@ -756,17 +756,15 @@ DEFAULT_DISCUSSION = """
 
 def write_markdown(path: str | os.PathLike, text: str) -> Path:
     """Write the generated part into ``path``, keeping a title above it and everything below its end marker."""
-    from inatcomp.formats import write_atomic
+    from inatcomp.fileio import replace_generated_block, write_atomic
 
     path = Path(path)
-    head, tail = "# Ablation: the long-tail recipe on the synthetic benchmark\n\n", DEFAULT_DISCUSSION
-    if path.is_file():
-        old = path.read_text(encoding="utf-8")
-        if BEGIN in old and END in old:
-            head, tail = old[: old.index(BEGIN)], old[old.index(END) + len(END) :].lstrip("\n")
-            tail = "\n" + tail
-    write_atomic(path, head + text + tail)
-    return path
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if BEGIN not in old or END not in old:  # a new file: a title, the generated part, the discussion to write
+        return write_atomic(
+            path, "# Ablation: the long-tail recipe on the synthetic benchmark\n\n" + text + DEFAULT_DISCUSSION
+        )
+    return replace_generated_block(path, "ablation", text.strip().removeprefix(BEGIN).removesuffix(END))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-__all__ = ["COMPETITIONS", "Competition", "SubmissionFormat", "competition_of", "format_of_preset"]
+__all__ = ["COMPETITIONS", "Competition", "SubmissionFormat", "format_of_preset"]
 
 
 class SubmissionFormat(enum.Enum):
@@ -94,17 +94,3 @@ def format_of_preset(preset: object) -> SubmissionFormat:
     if value not in _PRESET_FORMATS:
         raise ValueError(f"preset {value!r}: expected one of {', '.join(_PRESET_FORMATS)}")
     return _PRESET_FORMATS[value]
-
-
-def competition_of(year: int) -> Competition:
-    """The facts of a competition year.
-
-    Raises:
-        ValueError: A year without a competition format.
-    """
-    for competition in COMPETITIONS.values():
-        if competition.year == year:
-            return competition
-    raise ValueError(
-        f"no competition format for {year}; expected one of {', '.join(str(c.year) for c in COMPETITIONS.values())}"
-    )

@@ -772,8 +772,8 @@ class Submission:
     ids: np.ndarray
     labels: np.ndarray
     lines: np.ndarray
-    header: str = "id,predicted"
-    header_line: int = 1
+    header: str
+    header_line: int
 
     @property
     def official_k(self) -> int:

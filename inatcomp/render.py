@@ -1,12 +1,13 @@
 """Rendering of synthetic organism photos whose appearance follows the taxonomy.
 
-Each taxon adds a perturbation to a vector of appearance genes, large at the supercategory, smaller
-at family and genus, and small at species: species of one genus share body shape, colour and pattern
-kind and differ in details (pattern density, the colour and place of one mark, a slight hue shift),
-so telling siblings apart is the hard part, as on iNaturalist. Each photo varies pose, scale,
-position (often off-centre, sometimes small or in the upper part of the frame), background and light;
-each observer adds a consistent camera style (colour cast, background kind, blur, noise, JPEG
-quality), so a split that leaks photographers overstates accuracy.
+The organism is drawn from its supercategory's body plan (:mod:`inatcomp.bodyplan`): the family fixes the
+plan's proportions, the genus its colours and pattern, and species of one genus differ in one or two field
+marks, so telling siblings apart is the hard part, as on iNaturalist. Each photo varies pose (turn, mirror
+image, the articulation of legs, wings and tail), scale (the subject usually fills 20-70 % of the frame,
+sometimes less, often cut by the frame's edge) and position, background and light; backgrounds follow
+the species' habitat (water for fish, sky or foliage for birds) or the observer's usual one; each observer
+adds a consistent camera style (colour cast, blur, noise, JPEG quality), so a split that leaks
+photographers overstates accuracy.
 
 Everything is a pure function of its inputs and a per-photo seed, so rendering is deterministic
 whatever the order or the number of processes.
@@ -21,6 +22,9 @@ import os
 import cv2
 import numpy as np
 
+from inatcomp.bodyplan import MARKS, N_PROPORTIONS, Look, normalise, plan_shapes
+from inatcomp.taxonomy import Supercategory
+
 __all__ = [
     "BACKGROUND_KINDS",
     "CameraStyle",
@@ -30,26 +34,6 @@ __all__ = [
     "encode_jpeg",
     "species_genes",
 ]
-
-# Gene vector layout: continuous appearance parameters, perturbed level by level down the taxonomy.
-_HUE, _SAT, _VAL, _ASPECT, _LOBE_AMP, _PAT_FREQ, _PAT_HUE, _PAT_CONTRAST = range(8)
-_MARK_ANGLE, _MARK_HUE, _MARK_SIZE, _SIZE, _PAT_ANGLE, _MARK_RADIUS = range(8, 14)
-N_GENES = 14
-
-#: Standard deviation of each gene's perturbation at each level (supercategory, family, genus, species).
-_LEVEL_SPREAD = np.array(
-    [
-        # hue   sat   val  aspect lobe  freq  pathue contr markang markhue marksz size patang markr
-        [0.50, 0.25, 0.20, 0.60, 0.15, 0.50, 0.50, 0.20, 3.00, 0.50, 0.05, 0.15, 1.5, 0.10],  # supercategory
-        [0.10, 0.10, 0.10, 0.25, 0.06, 0.30, 0.20, 0.08, 1.00, 0.25, 0.02, 0.05, 0.6, 0.05],  # family
-        [0.06, 0.06, 0.06, 0.15, 0.04, 0.30, 0.20, 0.06, 0.80, 0.20, 0.02, 0.04, 0.4, 0.06],  # genus
-        [0.015, 0.02, 0.02, 0.05, 0.01, 0.22, 0.04, 0.03, 0.70, 0.14, 0.012, 0.03, 0.25, 0.06],  # species
-    ],
-    dtype=np.float64,
-)
-_GENE_BASE = np.array([0.3, 0.6, 0.7, 1.6, 0.12, 2.5, 0.5, 0.65, 0.0, 0.5, 0.10, 1.0, 0.0, 0.55])
-_GENE_LOW = np.array([-np.inf, 0.2, 0.3, 1.0, 0.0, 1.2, -np.inf, 0.25, -np.inf, -np.inf, 0.06, 0.7, -np.inf, 0.2])
-_GENE_HIGH = np.array([np.inf, 0.95, 0.95, 3.2, 0.35, 8.0, np.inf, 0.85, np.inf, np.inf, 0.2, 1.3, np.inf, 0.8])
 
 #: Background kinds an observer's photos tend to have.
 BACKGROUND_KINDS = ("foliage", "sky", "sand", "water", "bark", "litter", "rock", "snow")
@@ -68,41 +52,113 @@ _BACKGROUND_COLOURS = np.array(
 )
 
 
+_SUPERCATEGORIES = tuple(Supercategory)
+
+#: Natural colours a genus draws its main, secondary and accent colour from (browns, greys, greens,
+#: yellows, reds, black, white, blue, purple, pink, cream).
+_PALETTE = np.array(
+    [
+        [0.45, 0.30, 0.18], [0.62, 0.47, 0.30], [0.50, 0.50, 0.50], [0.28, 0.28, 0.30], [0.24, 0.48, 0.20],
+        [0.50, 0.64, 0.28], [0.86, 0.70, 0.20], [0.86, 0.45, 0.15], [0.70, 0.16, 0.12], [0.13, 0.12, 0.12],
+        [0.90, 0.89, 0.86], [0.25, 0.40, 0.70], [0.50, 0.30, 0.60], [0.90, 0.56, 0.66], [0.85, 0.80, 0.65],
+    ]
+)  # fmt: skip
+#: Main colours of plants and seaweeds (two greens).
+_GREENS = (4, 5)
+#: The habitats (background kinds) each supercategory lives in; a genus picks one, some species another.
+_HABITATS = {
+    Supercategory.PLANTAE: ("foliage", "litter", "rock", "sand"),
+    Supercategory.INSECTA: ("foliage", "bark", "litter", "sand"),
+    Supercategory.AVES: ("sky", "foliage", "water", "bark", "sand"),
+    Supercategory.REPTILIA: ("sand", "rock", "litter", "bark"),
+    Supercategory.MAMMALIA: ("foliage", "snow", "sand", "rock", "litter"),
+    Supercategory.FUNGI: ("litter", "bark", "foliage"),
+    Supercategory.AMPHIBIA: ("foliage", "water", "litter"),
+    Supercategory.MOLLUSCA: ("foliage", "rock", "water", "litter"),
+    Supercategory.ANIMALIA: ("water", "rock"),
+    Supercategory.ARACHNIDA: ("foliage", "bark", "litter", "rock"),
+    Supercategory.ACTINOPTERYGII: ("water",),
+    Supercategory.CHROMISTA: ("water", "rock"),
+    Supercategory.PROTOZOA: ("bark", "litter"),
+    Supercategory.BACTERIA: ("water", "rock"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Genes:
-    """Appearance of a taxon: discrete body plan and continuous gene vector."""
+    """How a species looks and where it lives: its body plan's look and its habitat's background kind."""
 
-    lobes: int
-    pattern: int
-    values: np.ndarray
-
-
-def _level_offset(seed: int, taxon_id: int, level: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, 7919, int(taxon_id)])
-    return rng.standard_normal(N_GENES) * _LEVEL_SPREAD[level]
+    look: Look
+    habitat: int
 
 
-def species_genes(seed: int, lineage: tuple[int, int, int, int]) -> Genes:
-    """Appearance genes of a species from the ids of its supercategory, family, genus and itself.
+def _family_colours(rng: np.random.Generator, plan: Supercategory) -> np.ndarray:
+    """Palette indices of a family's main, secondary and accent colour (three different ones)."""
+    if plan in (Supercategory.PLANTAE, Supercategory.CHROMISTA):
+        main = _GREENS[int(rng.integers(len(_GREENS)))]
+    else:
+        main = int(rng.integers(len(_PALETTE)))
+    others = rng.permutation([i for i in range(len(_PALETTE)) if i != main])[:2]
+    return np.array([main, *others])
+
+
+def _genus_colours(rng: np.random.Generator, family: np.ndarray, plan: Supercategory) -> np.ndarray:
+    """Main, secondary and accent colour of a genus, slightly varied: each its family's colour half the time.
+
+    Genera of a family thus tend to share a colour scheme, as they do in the field; what always tells them
+    apart is the pattern and the rest of the scheme.
+    """
+    own = _family_colours(rng, plan)
+    keep = rng.random(3) < 0.5
+    chosen = np.where(keep, family, own)
+    if len(set(chosen.tolist())) < 3:  # two slots drew the same colour: the genus keeps its own scheme
+        chosen = own
+    return np.clip(_PALETTE[chosen] + rng.normal(0.0, 0.03, (3, 3)), 0.02, 0.98)
+
+
+def _sibling_marks(rng: np.random.Generator, sibling: int) -> tuple[int, int, int, int]:
+    """The field marks of a genus' ``sibling``-th species: the genus' own, changed in one or two places.
+
+    Sibling 0 has the genus' marks; sibling k the k-th of the single changes in a genus-specific order, and
+    beyond those two changes, so that no two species of a genus look alike.
+    """
+    marks = rng.integers(0, MARKS, size=4)
+    changes = [(slot, value) for slot in range(4) for value in range(MARKS) if value != marks[slot]]
+    order = rng.permutation(len(changes))
+    if sibling > 0:
+        k = sibling - 1
+        slot, value = changes[order[k % len(changes)]]
+        marks[slot] = value
+        if k >= len(changes):
+            second_slot, second_value = changes[order[(k // len(changes) + k) % len(changes)]]
+            if second_slot != slot:
+                marks[second_slot] = second_value
+    return tuple(int(m) for m in marks)
+
+
+def species_genes(seed: int, lineage: tuple[int, int, int, int], sibling: int = 0) -> Genes:
+    """How a species looks, from the ids of its supercategory, family, genus and itself.
 
     Args:
         seed: Export seed.
-        lineage: (supercategory index, family taxon id, genus taxon id, species taxon id). The
-            supercategory is keyed by its index so that broad groups differ the same way in every export.
+        lineage: (supercategory index, family taxon id, genus taxon id, species taxon id).
+        sibling: The species' place among its genus' species (0 for the first); siblings differ in their marks.
     """
     supercategory, family, genus, species = lineage
-    values = _GENE_BASE.copy()
-    values += _level_offset(0, 1_000_000 + supercategory, 0)
-    values += _level_offset(seed, family, 1)
-    values += _level_offset(seed, genus, 2)
-    values += _level_offset(seed, species, 3)
-    values = np.clip(values, _GENE_LOW, _GENE_HIGH)
-    # The body plan (lobes) belongs to the supercategory and family, the pattern kind to the genus.
-    lobes = int(np.random.default_rng([0, 31, supercategory]).integers(0, 7))
-    if np.random.default_rng([seed, 37, family]).random() < 0.3:
-        lobes = int(np.random.default_rng([seed, 41, family]).integers(0, 7))
-    pattern = int(np.random.default_rng([seed, 43, genus]).integers(0, 4))
-    return Genes(lobes=lobes, pattern=pattern, values=values)
+    plan = _SUPERCATEGORIES[supercategory]
+    family_rng = np.random.default_rng([seed, 7919, int(family)])
+    proportions = family_rng.random(N_PROPORTIONS)
+    genus_rng = np.random.default_rng([seed, 7927, int(genus)])
+    colours = _genus_colours(genus_rng, _family_colours(family_rng, plan), plan)
+    pattern, density = int(genus_rng.integers(0, 4)), float(genus_rng.random())
+    marks = _sibling_marks(genus_rng, int(sibling))
+    habitats = _HABITATS[plan]
+    habitat = habitats[int(genus_rng.integers(len(habitats)))]
+    species_rng = np.random.default_rng([seed, 7933, int(species)])
+    if species_rng.random() < 0.3:
+        habitat = habitats[int(species_rng.integers(len(habitats)))]
+    look = Look(plan=plan, proportions=proportions, colours=colours, pattern=pattern, density=density, marks=marks)
+    return Genes(look=look, habitat=BACKGROUND_KINDS.index(habitat))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +174,20 @@ class CameraStyle:
 
 @dataclasses.dataclass(frozen=True)
 class PhotoPose:
-    """Where and how the organism appears in one photo (fractions of the frame)."""
+    """Where and how the organism appears in one photo.
+
+    Attributes:
+        centre_x: Centre of the organism's bounding box, as a fraction of the width.
+        centre_y: The same, as a fraction of the height.
+        radius: Half the longer side of its bounding box, as a fraction of the frame's shorter side.
+        angle: In [0, 2π): how far it turns (upright plans, such as birds and plants, turn only a little).
+        brightness: Light on the scene (a factor).
+        contrast: Contrast of the scene (a factor).
+        individual_hue: This individual's slight colour shift.
+        in_habitat: Whether the background is the species' habitat rather than the observer's usual one.
+        flip: Whether the photo shows the organism's mirror image (facing the other way).
+        articulation: Pose of legs, wings, tail and body, in [0, 1].
+    """
 
     centre_x: float
     centre_y: float
@@ -127,15 +196,9 @@ class PhotoPose:
     brightness: float
     contrast: float
     individual_hue: float
-    habitat_background: int
-
-
-def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
-    h = (h % 1.0) * 6.0
-    i = int(h) % 6
-    f = h - int(h)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i], dtype=np.float32)
+    in_habitat: bool
+    flip: bool = False
+    articulation: float = 0.5
 
 
 @functools.lru_cache(maxsize=8)
@@ -169,6 +232,27 @@ def _background(rng: np.random.Generator, kind: int, height: int, width: int) ->
     return image
 
 
+def _draw_organism(image: np.ndarray, genes: Genes, pose: PhotoPose) -> None:
+    """Draw the organism's shapes, anti-aliased, onto ``image`` (uint8 RGB) in place."""
+    height, width = image.shape[:2]
+    shapes, turn = plan_shapes(genes.look, pose.articulation)
+    angle = turn * (pose.angle / np.pi - 1.0)
+    scale = pose.radius * min(height, width)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) * scale
+    centre = np.array([pose.centre_x * width, pose.centre_y * height])
+    tint = 1.0 + pose.individual_hue * np.array([3.0, 0.0, -3.0])
+    mirror = np.array([-1.0 if pose.flip else 1.0, 1.0])
+    for shape in normalise(shapes):
+        pixels = (shape.points * mirror) @ rotation.T
+        fixed = np.round((centre + pixels * (1.0, -1.0)) * 16.0).astype(np.int32)  # 4 fractional bits
+        colour = tuple(float(c) for c in np.clip(shape.colour * tint, 0.0, 1.0) * 255.0)
+        if shape.width > 0:
+            thickness = max(1, int(round(shape.width * scale)))
+            cv2.polylines(image, [fixed], False, colour, thickness=thickness, lineType=cv2.LINE_AA, shift=4)
+        else:
+            cv2.fillPoly(image, [fixed], colour, lineType=cv2.LINE_AA, shift=4)
+
+
 def render_photo(
     genes: Genes,
     pose: PhotoPose,
@@ -189,57 +273,17 @@ def render_photo(
         seed: Per-photo seed for background texture and sensor noise.
     """
     rng = np.random.default_rng(seed)
-    g = genes.values
-    background = pose.habitat_background if pose.habitat_background >= 0 else camera.background
-    image = _background(rng, background, height, width)
-
-    xs, ys = _grid(height, width)
-    short = min(height, width)
-    radius = pose.radius * short * g[_SIZE]
-    cos_a, sin_a = np.cos(pose.angle), np.sin(pose.angle)
-    dx, dy = xs - pose.centre_x * width, ys - pose.centre_y * height
-    u = (dx * cos_a + dy * sin_a) / radius
-    v = (-dx * sin_a + dy * cos_a) / radius * g[_ASPECT]
-    r = np.sqrt(u * u + v * v)
-    phi = np.arctan2(v, u)
-    boundary = 1.0 + g[_LOBE_AMP] * np.cos(genes.lobes * phi) if genes.lobes else 1.0
-    edge = 1.5 / radius
-    mask = np.clip((boundary - r) / edge, 0.0, 1.0)
-
-    hue = g[_HUE] + pose.individual_hue
-    body = _hsv_to_rgb(hue, g[_SAT], g[_VAL])
-    pattern_colour = _hsv_to_rgb(hue + g[_PAT_HUE], min(1.0, g[_SAT] + 0.2), 1.15 - g[_VAL])
-    freq = g[_PAT_FREQ] * 2.0
-    ca, sa = np.cos(g[_PAT_ANGLE]), np.sin(g[_PAT_ANGLE])
-    pu = u * ca + v * sa
-    if genes.pattern == 0:  # stripes across the body
-        wave = np.sin(np.pi * freq * pu)
-    elif genes.pattern == 1:  # spots
-        wave = np.sin(np.pi * freq * pu) * np.sin(np.pi * freq * (v * ca - u * sa)) * 2.0 - 0.6
-    elif genes.pattern == 2:  # rings
-        wave = np.sin(np.pi * freq * r)
-    else:  # rays
-        wave = np.sin(np.round(freq * 2) * phi)
-    pattern = np.clip(wave * 3.0, 0.0, 1.0) * g[_PAT_CONTRAST]
-    organism = body[None, None, :] * (1 - pattern[..., None]) + pattern_colour[None, None, :] * pattern[..., None]
-
-    # The species mark: a patch of its own colour at a fixed place on the body.
-    mark_u, mark_v = g[_MARK_RADIUS] * np.cos(g[_MARK_ANGLE]), g[_MARK_RADIUS] * np.sin(g[_MARK_ANGLE])
-    mark = np.exp(-((u - mark_u) ** 2 + (v - mark_v) ** 2) / (2 * g[_MARK_SIZE] ** 2 * 4))
-    mark_colour = _hsv_to_rgb(g[_MARK_HUE], 0.85, 0.9)
-    organism = organism * (1 - mark[..., None]) + mark_colour[None, None, :] * mark[..., None]
-    # Shading gives the body volume; the light comes from the upper left.
-    shade = np.clip(1.05 - 0.35 * r * r + 0.15 * (-u * cos_a + v * sin_a) * 0.5, 0.5, 1.2)
-    organism = organism * shade[..., None]
-
-    image = image * (1 - mask[..., None]) + organism * mask[..., None]
-    image = (image - 0.5) * pose.contrast + 0.5
-    image = image * pose.brightness * np.asarray(camera.colour_gain, dtype=np.float32)[None, None, :]
+    background = genes.habitat if pose.in_habitat else camera.background
+    image = (np.clip(_background(rng, background, height, width), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    _draw_organism(image, genes, pose)
+    scene = image.astype(np.float32) / 255.0
+    scene = (scene - 0.5) * pose.contrast + 0.5
+    scene = scene * pose.brightness * np.asarray(camera.colour_gain, dtype=np.float32)[None, None, :]
     if camera.blur_sigma > 0.05:
-        image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), camera.blur_sigma)
+        scene = cv2.GaussianBlur(scene, (0, 0), camera.blur_sigma)
     if camera.noise > 0:
-        image = image + rng.standard_normal(image.shape, dtype=np.float32) * camera.noise
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        scene = scene + rng.standard_normal(scene.shape, dtype=np.float32) * camera.noise
+    return (np.clip(scene, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:

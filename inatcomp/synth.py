@@ -34,6 +34,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -873,41 +874,51 @@ def _photo_table(
     )
 
 
+def _sibling_index(genus: np.ndarray) -> np.ndarray:
+    """Each species' place among the species of its genus (0, 1, ... in taxonomy order)."""
+    seen: dict[int, int] = {}
+    index = np.zeros(len(genus), dtype=np.int64)
+    for i, g in enumerate(genus.tolist()):
+        index[i] = seen.get(g, 0)
+        seen[g] = index[i] + 1
+    return index
+
+
 def _render_parameters(
     rng: np.random.Generator, taxonomy: SynthTaxonomy, traits: _SpeciesTraits, obs: _Observations, photos: pd.DataFrame
 ) -> dict[str, np.ndarray]:
     """Per-photo rendering parameters: the species' lineage, the observer's camera style, pose and light.
 
-    30 % of photos show the organism in the upper part of the frame and 15 % small; 35 % have the habitat
-    background of the supercategory instead of the observer's usual one.
+    The subject's bounding box usually spans 60-110 % of the frame's shorter side (the subject fills 20-70 %
+    of the frame), 12 % of photos show it small; centred within the middle 40 % of the frame, a large subject
+    is often cut by the frame's edge. 60 % of photos have the species' habitat as background, the rest the
+    observer's usual one; half show the organism facing the other way.
     """
     n_photos = len(photos)
     n_obs, n_observers = len(obs.species), obs.n_observers
     photo_obs = np.repeat(np.arange(n_obs), obs.photos)
     photo_species = obs.species[photo_obs]
     photo_observer = obs.observer[photo_obs]
-    photo_supercat = taxonomy.species_supercategory[photo_species]
-    upper = rng.random(n_photos) < 0.3
-    small = rng.random(n_photos) < 0.15
-    supercat_habitat = np.random.default_rng([0, 5]).integers(
-        0, len(render.BACKGROUND_KINDS), size=len(_SUPERCATEGORIES)
-    )
+    small = rng.random(n_photos) < 0.12
     return {
         "photo_id": photos["photo_id"].to_numpy(),
         "width": photos["width"].to_numpy(),
         "height": photos["height"].to_numpy(),
-        "supercategory": photo_supercat,
+        "supercategory": taxonomy.species_supercategory[photo_species],
         "family": taxonomy.species_family[photo_species],
         "genus": taxonomy.species_genus[photo_species],
         "species": traits.ids[photo_species],
-        "centre_x": rng.uniform(0.22, 0.78, n_photos),
-        "centre_y": np.where(upper, rng.uniform(0.15, 0.42, n_photos), rng.uniform(0.3, 0.72, n_photos)),
-        "radius": np.where(small, rng.uniform(0.07, 0.12, n_photos), rng.uniform(0.14, 0.36, n_photos)),
+        "sibling": _sibling_index(taxonomy.species_genus)[photo_species],
+        "centre_x": rng.uniform(0.3, 0.7, n_photos),
+        "centre_y": rng.uniform(0.3, 0.7, n_photos),
+        "radius": np.where(small, rng.uniform(0.14, 0.26, n_photos), rng.uniform(0.3, 0.55, n_photos)),
         "angle": rng.uniform(0, 2 * np.pi, n_photos),
+        "flip": rng.random(n_photos) < 0.5,
+        "articulation": rng.random(n_photos),
         "brightness": rng.uniform(0.7, 1.2, n_photos),
         "contrast": rng.uniform(0.8, 1.15, n_photos),
         "individual_hue": rng.normal(0, 0.01, n_obs)[photo_obs],
-        "habitat_background": np.where(rng.random(n_photos) < 0.35, supercat_habitat[photo_supercat], -1),
+        "in_habitat": rng.random(n_photos) < 0.6,
         "gain": (1.0 + rng.normal(0, 0.08, (n_observers, 3)))[photo_observer],
         "background": rng.integers(0, len(render.BACKGROUND_KINDS), n_observers)[photo_observer],
         "blur": np.where(rng.random(n_observers) < 0.3, rng.uniform(0.6, 1.4, n_observers), 0.0)[photo_observer],
@@ -997,7 +1008,7 @@ def _render_chunk(args: tuple[int, dict[str, np.ndarray], str]) -> int:
         species = int(params["species"][i])
         if species not in genes_cache:
             lineage = (int(params["supercategory"][i]), int(params["family"][i]), int(params["genus"][i]), species)
-            genes_cache[species] = render.species_genes(seed, lineage)
+            genes_cache[species] = render.species_genes(seed, lineage, int(params["sibling"][i]))
         pose = render.PhotoPose(
             centre_x=float(params["centre_x"][i]),
             centre_y=float(params["centre_y"][i]),
@@ -1006,7 +1017,9 @@ def _render_chunk(args: tuple[int, dict[str, np.ndarray], str]) -> int:
             brightness=float(params["brightness"][i]),
             contrast=float(params["contrast"][i]),
             individual_hue=float(params["individual_hue"][i]),
-            habitat_background=int(params["habitat_background"][i]),
+            in_habitat=bool(params["in_habitat"][i]),
+            flip=bool(params["flip"][i]),
+            articulation=float(params["articulation"][i]),
         )
         camera = render.CameraStyle(
             colour_gain=tuple(float(x) for x in params["gain"][i]),
@@ -1116,17 +1129,30 @@ def write_export(out: str | Path, config: SynthConfig) -> dict[str, int]:
     }
 
 
+def _photo_tile(path: Path, tile: int) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((tile, tile))
+        return image
+
+
 def sibling_preview(export: str | Path, out_png: str | Path, *, per_species: int = 6, seed: int = 0) -> list[str]:
-    """Tile photos of two sibling species (one genus) of a synthetic export into one PNG, a row per species.
+    """Tile photos of a synthetic export into one PNG: two sibling species, then a row per supercategory.
+
+    The first two rows show ``per_species`` photos of two species of one genus (what tells them apart is a
+    field mark or two); each further row shows one photo of each of ``per_species`` species of one
+    supercategory (its body plan, and how families and genera vary it).
 
     Args:
         export: A folder written by :func:`write_export` with images.
         out_png: The PNG to write.
         per_species: Photos per row.
-        seed: Which genus and photos are picked.
+        seed: Which genus, species and photos are picked.
 
     Returns:
-        The two species' names.
+        The two sibling species' names.
 
     Raises:
         ValueError: No genus with two species that have enough photos.
@@ -1135,9 +1161,10 @@ def sibling_preview(export: str | Path, out_png: str | Path, *, per_species: int
 
     export = Path(export)
     read = lambda name: pd.read_csv(export / name, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)  # noqa: E731
-    taxa, photos, truth = read("taxa.csv"), read("photos.csv"), read("synth_truth.csv")
-    photos = photos.merge(truth, on="observation_uuid")
+    photos = read("photos.csv").merge(read("synth_truth.csv"), on="observation_uuid")
+    traits = read("synth_species.csv").set_index("taxon_id")
     counts = photos["true_taxon_id"].value_counts()
+    taxa = read("taxa.csv")
     species = taxa[taxa["rank"] == "species"].copy()
     species["genus"] = species["ancestry"].str.rsplit("/", n=1).str[1]
     species = species[species["taxon_id"].map(counts).fillna(0) >= per_species]
@@ -1146,15 +1173,20 @@ def sibling_preview(export: str | Path, out_png: str | Path, *, per_species: int
         raise ValueError(f"{export}: no genus with two species of ≥ {per_species} photos each")
     rng = np.random.default_rng(seed)
     pair = species[species["genus"] == genera[rng.integers(len(genera))]].head(2)
+    rows = [rng.choice(photos.loc[photos["true_taxon_id"] == t, "photo_id"].to_numpy(), per_species, replace=False)
+            for t in pair["taxon_id"]]  # fmt: skip
+    first_photo = photos.drop_duplicates("true_taxon_id").set_index("true_taxon_id")["photo_id"]
+    supercategory = traits["supercategory"].reindex(first_photo.index)
+    for value in (s.value for s in Supercategory):
+        members = first_photo[supercategory == value].to_numpy()
+        if len(members):
+            rows.append(rng.choice(members, size=min(per_species, len(members)), replace=False))
     tile = 128
-    sheet = Image.new("RGB", (tile * per_species, tile * 2), "white")
-    for row, taxon in enumerate(pair["taxon_id"]):
-        ids = photos.loc[photos["true_taxon_id"] == taxon, "photo_id"].to_numpy()
-        for col, photo_id in enumerate(rng.choice(ids, size=per_species, replace=False)):
-            with Image.open(export / "photos" / str(photo_id) / "medium.jpg") as image:
-                image = image.convert("RGB")
-                image.thumbnail((tile, tile))
-                sheet.paste(image, (col * tile + (tile - image.width) // 2, row * tile + (tile - image.height) // 2))
+    sheet = Image.new("RGB", (tile * per_species, tile * len(rows)), "white")
+    for row, ids in enumerate(rows):
+        for col, photo_id in enumerate(ids):
+            image = _photo_tile(export / "photos" / str(photo_id) / "medium.jpg", tile)
+            sheet.paste(image, (col * tile + (tile - image.width) // 2, row * tile + (tile - image.height) // 2))
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)

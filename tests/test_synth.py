@@ -164,16 +164,16 @@ def test_rendering_resumes_without_changing_files(tmp_path):
     assert victim.read_bytes() == before
 
 
-def _specimen(lineage, seed=0):
-    genes = render.species_genes(seed, lineage)
-    pose = render.PhotoPose(0.5, 0.5, 0.35, 0.0, 1.0, 1.0, 0.0, 0)
+def _specimen(lineage, seed=0, sibling=0):
+    genes = render.species_genes(seed, lineage, sibling)
+    pose = render.PhotoPose(0.5, 0.5, 0.35, np.pi, 1.0, 1.0, 0.0, False)
     camera = render.CameraStyle((1.0, 1.0, 1.0), 0, 0.0, 0.0, 95)
     return render.render_photo(genes, pose, camera, height=64, width=64, seed=1).astype(np.float32)
 
 
 def test_siblings_look_alike_on_pixels():
     """Pixel distance grows with taxonomic distance: siblings < same family < other supercategory."""
-    genus = [_specimen((0, 10, 100, 1000 + i)) for i in range(5)]
+    genus = [_specimen((0, 10, 100, 1000 + i), sibling=i) for i in range(5)]
     family = [_specimen((0, 10, 101 + i, 2000 + i)) for i in range(5)]
     far = [_specimen((k, 30 + k, 300 + k, 3000 + k)) for k in range(1, 14)]
 
@@ -327,13 +327,18 @@ def test_synth_rejects_unreadable_taxonomy(tmp_path, caplog):
     assert not out.exists()
 
 
-def test_sibling_preview_tiles_two_species_of_one_genus(tmp_path):
+def test_sibling_preview_tiles_two_species_of_one_genus_and_a_row_per_supercategory(tmp_path):
     export = tmp_path / "export"
     write_export(export, SynthConfig(species=20, photos=600, seed=0, image_size=48))
     out = tmp_path / "preview.png"
     assert main(["synth-preview", str(export), str(out), "--per-species", "3"]) == 0
+    observed = pd.read_csv(tmp_path / "export" / "synth_species.csv", sep="\t")["supercategory"].nunique()
+    assert observed >= 3
     with Image.open(out) as image:
-        assert image.size == (3 * 128, 2 * 128)
+        assert image.size == (3 * 128, (2 + observed) * 128)
+        sheet = np.asarray(image)
+    rows = [sheet[128 * r : 128 * (r + 1)] for r in range(2 + observed)]
+    assert all(row.std() > 10 for row in rows)  # every row holds photos, none is blank
     taxa = _read(export / "taxa.csv")
     from inatcomp.synth import sibling_preview
 

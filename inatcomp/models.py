@@ -57,6 +57,7 @@ __all__ = [
     "unflatten_state",
     "set_drop_rate",
     "SYNTH_MANIFEST",
+    "SYNTH_WEIGHTS_ENV",
     "backbone_state",
     "file_sha256",
     "read_synth_manifest",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
@@ -356,6 +357,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from inatcomp.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(
+        out=args.out, species=args.species, photos=args.photos, model=args.model, img_size=args.img_size,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
+        install=args.install,
+    )  # fmt: skip
+    entry = pretrain(config, command=args.command_line)
+    _logger.info("pretrained %s: %s (val top-1 error %s)", entry["model"], entry["weights"],
+                 entry["result"]["val_top1_error"])  # fmt: skip
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The options of each subcommand. Each adder imports only what its own defaults and choices need.
 
@@ -435,6 +450,27 @@ def _add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--epochs", type=int, default=12, help="training epochs of each model (default 12)")
     demo.add_argument("--readme", metavar="FILE", help="write this run's figures into FILE's demo:begin/end block")
     demo.set_defaults(func=_cmd_demo)
+
+
+def _add_pretrain_arguments(pretrain: argparse.ArgumentParser) -> None:
+    from inatcomp.pretrain import PRETRAIN_DEFAULTS
+
+    d = PRETRAIN_DEFAULTS
+
+    pretrain.add_argument("--out", required=True, help="folder for the world, release, run, weights and manifest")
+    pretrain.add_argument("--species", type=int, default=d.species, help=f"species of the world (default {d.species})")
+    pretrain.add_argument("--photos", type=int, default=d.photos, help=f"photos of the world (default {d.photos})")
+    pretrain.add_argument("--model", default=d.model, help=f"timm architecture (default {d.model})")
+    pretrain.add_argument("--img-size", type=int, default=d.img_size, help=f"training crop (default {d.img_size})")
+    pretrain.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    pretrain.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    pretrain.add_argument("--lr", type=float, default=d.lr, help=f"peak SGD learning rate, cosine (default {d.lr})")
+    pretrain.add_argument("--seed", type=int, default=d.seed, help=f"seed of the world and training (default {d.seed})")
+    pretrain.add_argument("--workers", type=int, default=d.workers, help=f"loader processes (default {d.workers})")
+    pretrain.add_argument(
+        "--install", action="store_true", help="also write the weights and manifest entry into inatcomp/weights/"
+    )
+    pretrain.set_defaults(func=_cmd_pretrain)
 
 
 def _submission_formats() -> list[str]:
@@ -547,6 +583,7 @@ _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...
     ("build", "build a challenge dataset from an observation export", _add_build_arguments),
     ("split-val", "split a val JSON into val and minival by observer", _add_split_val_arguments),
     ("train", "train a timm model on a competition dataset", _add_train_parser_arguments),
+    ("pretrain", "pretrain a backbone on a synthetic world no competition shares taxa with", _add_pretrain_arguments),
     ("demo", "run the main job on a synthetic export", _add_demo_arguments),
     ("score", "top-1/top-k error of a submission (Public, Private, all) and analyses", _add_score_arguments),
     ("leaderboard", "Kaggle-like public/private leaderboard of submissions", _add_leaderboard_arguments),
@@ -586,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``inatcomp`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser(_command_of(argv) or "").parse_args(argv)  # "": the command list alone
+    args.command_line = shlex.join(["inatcomp", *argv])  # what was asked for, as a shell would rerun it
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import json
 import logging
 import os
@@ -55,9 +56,20 @@ __all__ = [
     "flatten_state",
     "unflatten_state",
     "set_drop_rate",
+    "SYNTH_MANIFEST",
+    "SYNTH_WEIGHTS_ENV",
+    "backbone_state",
+    "file_sha256",
+    "read_synth_manifest",
+    "synth_weights_dir",
 ]
 
 _logger = logging.getLogger(__name__)
+
+#: The environment variable naming another folder of synthetic-world weights than the package's ``weights/``.
+SYNTH_WEIGHTS_ENV = "INATCOMP_WEIGHTS_DIR"
+#: The file beside the weights that names them, keyed by model name (see :mod:`inatcomp.pretrain`).
+SYNTH_MANIFEST = "manifest.json"
 
 
 def create_model(
@@ -82,7 +94,9 @@ def create_model(
             default weights for ``name`` (or its tag, ``NAME.TAG``); or ``"hf-hub:OWNER/NAME.TAG"``, that Hugging
             Face hub model, whose architecture must be ``name``'s. The last two go through timm and
             ``huggingface_hub``: downloaded when online, else read from the hub cache (``HF_HUB_OFFLINE=1``,
-            ``HF_HOME`` / ``HF_HUB_CACHE``).
+            ``HF_HOME`` / ``HF_HUB_CACHE``). ``"synth"``: the backbone ``inatcomp pretrain`` trained on a
+            synthetic world for ``name``, from :func:`synth_weights_dir` (checked against its manifest's
+            sha256). ``None`` or ``"none"``: from scratch.
         drop_rate: Dropout before the classifier, or ``None`` for the model's default.
         channels_last: Put the weights in channels-last memory format (faster convolutions).
         head: :attr:`HeadType.AVG` keeps timm's model as it is; :attr:`HeadType.ISQRTCOV` puts covariance
@@ -94,7 +108,8 @@ def create_model(
 
     Raises:
         ValueError: An unknown architecture or head, a missing weights file, hub weights neither online nor
-            cached, a hub model of another architecture, or head options without a head.
+            cached, a hub model of another architecture, synth weights missing for ``name`` or not matching
+            their manifest's sha256, or head options without a head.
     """
     if name not in timm.list_models() and not timm.is_model(name):
         raise ValueError(f"--model {name}: not a timm architecture (see timm.list_models())")
@@ -130,6 +145,12 @@ def _create_timm_model(
         source, value = PretrainedSource.FILE, os.fspath(pretrained)
     else:
         source, value = parse_pretrained(pretrained)
+    if source is PretrainedSource.NONE:
+        return timm.create_model(name, num_classes=num_classes, **kwargs)
+    if source is PretrainedSource.SYNTH:
+        model = timm.create_model(name, num_classes=num_classes, **kwargs)
+        _load_synth_backbone(model, name)
+        return model
     # num_classes 0 in the weights' config makes timm drop their classifier (it never fits ours), so the head is
     # always new, even for a release with exactly ImageNet's 1,000 classes.
     if source is PretrainedSource.FILE:
@@ -164,6 +185,80 @@ def _create_timm_model(
     # LocalEntryNotFoundError (no network or offline, not cached) is an OSError, as are the hub's HTTP errors.
     except (OSError, EntryNotFoundError) as error:
         raise ValueError(_unreachable_weights(str(pretrained), name=name, repo=repo, error=error)) from None
+
+
+def synth_weights_dir() -> Path:
+    """The folder of the synthetic-world weights: ``$INATCOMP_WEIGHTS_DIR``, else the package's ``weights/``."""
+    return Path(os.environ.get(SYNTH_WEIGHTS_ENV) or Path(__file__).resolve().parent / "weights")
+
+
+def read_synth_manifest(folder: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The manifest of a weights folder (default :func:`synth_weights_dir`): model name → entry; ``{}`` if none.
+
+    Raises:
+        ValueError: An unreadable manifest, naming it.
+    """
+    path = Path(folder or synth_weights_dir()) / SYNTH_MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable manifest ({error})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a manifest (expected a JSON object keyed by model name)")
+    return manifest
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def backbone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of a timm model without its classifier(s) (:func:`classifier_names`), detached on the CPU."""
+    prefixes = tuple(f"{name}." for name in classifier_names(model))
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+
+
+def _load_synth_backbone(model: torch.nn.Module, name: str) -> None:
+    """Load ``--pretrained synth``'s backbone for ``name`` into ``model`` (its classifier stays new).
+
+    Raises:
+        ValueError: No weights for ``name`` (naming those there are), a missing file, a sha256 other than the
+            manifest's (naming the file and both), or tensors that do not fit the model.
+    """
+    folder = synth_weights_dir()
+    manifest = read_synth_manifest(folder)
+    if name not in manifest:
+        available = ", ".join(sorted(manifest)) or "none yet (make pretrain writes them)"
+        raise ValueError(f"--pretrained synth: no synthetic-world weights for --model {name} in {folder} "
+                         f"(available: {available})")  # fmt: skip
+    entry = manifest[name]
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise ValueError(f"--pretrained synth: {path} is missing (named by {folder / SYNTH_MANIFEST})")
+    found = file_sha256(path)
+    if found != entry["sha256"]:
+        raise ValueError(f"--pretrained synth: {path} has sha256 {found}, but {folder / SYNTH_MANIFEST} records "
+                         f"{entry['sha256']} (a changed or partial file: rerun make pretrain)")  # fmt: skip
+    tensors = load_file(str(path))
+    state = model.state_dict()
+    expected = set(backbone_state(model))
+    wrong = sorted(k for k in tensors if k not in expected or tensors[k].shape != state[k].shape)
+    missing = sorted(expected - set(tensors))
+    if wrong or missing:
+        raise ValueError(f"--pretrained synth: {path} does not fit --model {name} "
+                         f"({len(wrong)} unexpected or misshapen tensors, {len(missing)} missing)")  # fmt: skip
+    model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=False)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg.update({k: tuple(entry[k]) for k in ("mean", "std") if k in entry})
+    model.pretrained_cfg = cfg
+    _logger.info("--pretrained synth: %s (sha256 %s…) in the backbone of %s", path, found[:12], name)
 
 
 def _published_weights(name: str) -> str:

@@ -93,7 +93,9 @@ def parse_freeze(text: str) -> tuple[FreezeMode, int]:
 class PretrainedSource(enum.Enum):
     """Where ``--pretrained`` takes the backbone's weights from."""
 
+    NONE = "none"  #: no weights: the model starts from scratch (overrides a config file's or a default's source)
     FILE = "file"  #: a local ``.safetensors`` or ``.pth`` file
+    SYNTH = "synth"  #: this package's backbone for ``--model``, pretrained on a synthetic world (``inatcomp pretrain``)
     TIMM = "timm"  #: timm's published default weights for ``--model``, through the Hugging Face hub or its cache
     HF_HUB = "hf-hub"  #: one Hugging Face hub model, ``hf-hub:timm/NAME.TAG`` (timm's own model-name prefix)
 
@@ -102,17 +104,19 @@ _HF_HUB_PREFIX = f"{PretrainedSource.HF_HUB.value}:"
 
 
 def parse_pretrained(text: object) -> tuple[PretrainedSource, str]:
-    """Parse a ``--pretrained`` value into its source and what follows: a path, ``timm``, or a hub repo id.
+    """Parse a ``--pretrained`` value into its source and what follows: a path, a word, or a hub repo id.
 
-    ``timm`` is the word even if a file of that name exists (write ``./timm`` for the file). Whether a path is
-    an existing file is checked where the weights are loaded, not here.
+    The words are ``none`` (from scratch), ``synth`` (the package's synthetic-world backbone) and ``timm``; each
+    is the word even if a file of that name exists (write ``./timm`` for the file). Whether a path is an
+    existing file, or whether synth weights exist for the model, is checked where the weights are loaded.
 
     Raises:
         ValueError: ``hf-hub:`` with no repo id after it.
     """
     text = str(text)
-    if text == PretrainedSource.TIMM.value:
-        return PretrainedSource.TIMM, text
+    for word in (PretrainedSource.NONE, PretrainedSource.SYNTH, PretrainedSource.TIMM):
+        if text == word.value:
+            return word, text
     if text.startswith(_HF_HUB_PREFIX):
         repo_id = text[len(_HF_HUB_PREFIX) :].strip()
         if not repo_id:

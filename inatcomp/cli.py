@@ -350,11 +350,12 @@ def _add_geoprior_arguments(geo: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from inatcomp.demo import run_demo
+    from inatcomp.demo import DEMO_EPOCHS, run_demo
 
     return run_demo(
-        args.out, species=args.species, photos=args.photos, seed=args.seed, epochs=args.epochs, readme=args.readme
-    )
+        args.out, species=args.species, photos=args.photos, seed=args.seed, epochs=args.epochs or DEMO_EPOCHS,
+        pretrained=args.pretrained, readme=args.readme,
+    )  # fmt: skip
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -447,7 +448,10 @@ def _add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--species", type=int, default=300)
     demo.add_argument("--photos", type=int, default=20000)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--epochs", type=int, default=12, help="training epochs of each model (default 12)")
+    demo.add_argument("--epochs", type=int, help="training epochs of each model (default: inatcomp.demo.DEMO_EPOCHS)")
+    demo.add_argument(
+        "--pretrained", default="synth", help="where the models start: synth (the shipped backbone), none, FILE …"
+    )
     demo.add_argument("--readme", metavar="FILE", help="write this run's figures into FILE's demo:begin/end block")
     demo.set_defaults(func=_cmd_demo)
 

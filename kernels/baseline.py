@@ -55,6 +55,8 @@ def main(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     if args.smoke:
         options.update(img_size=80, epochs=2, batch_size=16, max_steps_per_epoch=3, workers=0, log_every=0)
+        if args.pretrained is None:  # fine-tune the shipped synthetic-world backbone, as a real run fine-tunes
+            options.update(model="resnet10t", pretrained="synth")
     release = kernel_release(args, image_size=96)
     run = train_run(release, out / "run", **options)
     preds, val = predict_run(run.run_dir, release, out / "predictions", tta="center", amp=args.amp)

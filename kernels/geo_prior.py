@@ -72,9 +72,10 @@ def _image_predictions(args: argparse.Namespace, release: Any, out: Path) -> tup
     checkpoint = args.checkpoint
     if checkpoint is None:
         options = {
-            "model": "resnet10t", "img_size": 64, "epochs": 15, "batch_size": 64, "workers": args.workers, "lr": 0.05,
-            "schedule": "cosine", "warmup_epochs": 0.5, "sampler": "class-balanced", "label_smoothing": 0.1,
-            "taxonomy_smoothing": True, "log_every": 0, "crop_scale": [0.35, 1.0],
+            "model": "resnet10t", "pretrained": "synth", "img_size": 64, "epochs": 15, "batch_size": 64,
+            "workers": args.workers, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 0.5,
+            "sampler": "class-balanced", "label_smoothing": 0.1, "taxonomy_smoothing": True, "log_every": 0,
+            "crop_scale": [0.35, 1.0],
         }  # fmt: skip
         if args.smoke:
             options.update(img_size=32, epochs=1, batch_size=16, max_steps_per_epoch=2, workers=0)

@@ -46,8 +46,8 @@ def main(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     options: dict = {"pretrained": args.pretrained, "workers": args.workers, "amp": args.amp}
     if args.smoke:
-        options.update(model="resnet10t", epochs=2, img_size=48, progressive=SMOKE_STAGES, max_steps_per_epoch=3,
-                       workers=0, log_every=0)  # fmt: skip
+        options.update(model="resnet10t", pretrained=args.pretrained or "synth", epochs=2, img_size=48,
+                       progressive=SMOKE_STAGES, max_steps_per_epoch=3, workers=0, log_every=0)  # fmt: skip
     release = kernel_release(args, image_size=80)
     run = train_run(release, out / "run", config_file=args.config, **options)
     summary = {f"stage_{r['epoch']}": f"{r['img_size']} px, batch {r['batch_size']}" for r in run.metrics}

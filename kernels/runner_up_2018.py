@@ -60,6 +60,8 @@ def main(args: argparse.Namespace) -> dict:
     for i, model in enumerate(models):
         name = f"{i}_{model}"
         pretrained = str(Path(args.pretrained_dir) / f"{model}.safetensors") if args.pretrained_dir else None
+        if args.smoke and pretrained is None:
+            pretrained = "synth"  # the shipped synthetic-world backbone of the smoke's resnet10t
         run = train_run(release, out / "runs" / name, model=model, pretrained=pretrained, seed=i, **options)
         preds, val = predict_run(run.run_dir, release, out / "predictions" / name, tta="upper", amp=args.amp)
         summary[f"{name}_val_top3_error"] = val["top3_error"]

@@ -61,8 +61,8 @@ def main(args: argparse.Namespace) -> dict:
         old_train, kept = subset_categories(release.train, out / "old" / "train.json", keep=0.7, seed=0)
         old_val, _ = subset_categories(release.val, out / "old" / "val.json", keep=0.7, category_ids=kept)
         old = dataclasses.replace(release, train=old_train, val=old_val)
-        old_run = train_run(old, out / "runs" / "old", model="resnet10t", img_size=64, epochs=2, lr=0.05,
-                            schedule="cosine", **options).run_dir  # fmt: skip
+        old_run = train_run(old, out / "runs" / "old", model="resnet10t", pretrained="synth", img_size=64, epochs=2,
+                            lr=0.05, schedule="cosine", **options).run_dir  # fmt: skip
     stage1 = train_run(release, out / "runs" / "new_head", config_file=CONFIGS / "transfer.yaml", init=old_run,
                        epochs=head_epochs, **options)  # fmt: skip
     stage2 = train_run(release, out / "runs" / "new", config_file=CONFIGS / "transfer_unfreeze.yaml",

@@ -73,6 +73,8 @@ def main(args: argparse.Namespace) -> dict:
     for i, model in enumerate(models):
         name = f"{i}_{model}"
         pretrained = str(Path(args.pretrained_dir) / f"{model}.safetensors") if args.pretrained_dir else None
+        if args.smoke and pretrained is None:
+            pretrained = "synth"  # the shipped synthetic-world backbone of the smoke's resnet10t
         base = train_run(held_out, out / "runs" / name, model=model, pretrained=pretrained, seed=i, **options)
         tuned = train_run(
             held_out, out / "runs" / f"{name}_valft", config_file=CONFIGS / "val_finetune.yaml",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from inatcomp.cli import main
 
 
@@ -64,6 +66,8 @@ def test_demo_runs_the_stages(tmp_path, caplog):
     # The README block is this run's summary, between the markers, with the rest of the file untouched.
     summary = (demo / "summary.md").read_text()
     assert summary.startswith("Last run: ") and "| ensemble |" in summary and "20 species, 600 photos" in summary
+    assert "from the shipped synthetic-world backbone" in summary
+    assert yaml.safe_load((demo / "runs" / "baseline" / "config.yaml").read_text())["pretrained"] == "synth"
     text = readme.read_text()
     assert "old figures" not in text and summary.strip() in text
     assert text.startswith("# Title\n<!-- demo:begin (written by make demo) -->\n") and text.endswith(

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from inatcomp.pipeline import find_release, synthetic_release
 from inatcomp.submission import validate_submission
@@ -50,6 +51,10 @@ def test_kernel_smoke_runs_end_to_end(name, release, tmp_path):
         assert submission.is_file()
         assert validate_submission(submission, release.test, format="inat2018") == []
     assert (tmp_path / "summary.json").is_file()
+    # Every model a smoke run trains from timm's architecture starts from the shipped synthetic-world backbone
+    # (runs started from another run, --init, say init: instead).
+    configs = [yaml.safe_load(path.read_text()) for path in tmp_path.rglob("config.yaml")]
+    assert configs and all(c.get("pretrained") == "synth" for c in configs if not c.get("init")), configs
 
 
 def test_kernel_without_data_or_smoke_says_what_is_missing(tmp_path):

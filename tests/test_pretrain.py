@@ -1,8 +1,7 @@
 """Tests of the pretraining world, ``inatcomp pretrain`` and ``--pretrained synth`` / ``none``.
 
-The weights tests use a weights folder written here (``INATCOMP_WEIGHTS_DIR``), never the package's own, so
-they pass whether or not ``make pretrain`` has shipped weights; the one test that needs the shipped weights
-skips until they exist.
+The weights tests use a weights folder written here (``INATCOMP_WEIGHTS_DIR``), never the package's own; the
+last two test the weights the package ships (``make pretrain``).
 """
 
 from __future__ import annotations
@@ -166,7 +165,17 @@ def test_pretrained_synth_refuses_a_changed_file_and_names_the_models_there(pret
         create_model("resnet10t", num_classes=3, pretrained="synth")
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped synth weights yet (make pretrain)")
+def test_the_shipped_weights_match_their_manifest(monkeypatch):
+    monkeypatch.delenv(SYNTH_WEIGHTS_ENV, raising=False)
+    entry = json.loads((SHIPPED.parent / "manifest.json").read_text())["resnet10t"]
+    assert entry["file"] == SHIPPED.name and entry["dtype"] == "float16"
+    assert file_sha256(SHIPPED) == entry["sha256"] and SHIPPED.stat().st_size == entry["bytes"]
+    assert entry["bytes"] < 16 * 2**20  # a few MB: the package stays small
+    assert entry["data"]["namespace"] == "pretrain" and entry["command"].startswith("inatcomp pretrain")
+    with safe_open(str(SHIPPED), framework="pt") as handle:
+        assert handle.metadata()["model"] == "resnet10t"
+
+
 def test_synth_fine_tuning_beats_training_from_scratch(tmp_path, monkeypatch):
     from inatcomp.pipeline import synthetic_release, train_run
 

@@ -34,7 +34,7 @@ ablation: install
 
 # Rebuild the shipped synthetic-world backbone (inatcomp/weights/): about 11 minutes on 2 CPU cores.
 pretrain: install
-	$(BIN)/inatcomp pretrain --out runs/pretrain --install
+	$(BIN)/inatcomp pretrain --out runs/pretrain --install --readme README.md
 
 # The iNat baselines on a real downloaded release (a GPU machine): make baseline-inat2018 DATA=/path/to/inat2018
 baseline-inat2017 baseline-inat2018 baseline-inat2021: baseline-inat%: install

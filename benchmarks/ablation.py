@@ -100,8 +100,10 @@ class Setup:
         data_seed: Seed of the export, the build, the minival and the leaky re-split (one release for all seeds).
         test_per_class: The build's per-class test quota (None: the preset's test, a share of train).
         seeds: Training seeds (each row is averaged over them).
-        model: The timm model, trained from scratch.
-        img_size: Training and prediction crop.
+        model: The timm model.
+        pretrained: Where it starts (``--pretrained``): the backbone the package ships (``synth``, pretrained
+            on a synthetic world no export species is in, the regime every competitor is in) or ``none``.
+        img_size: Training and prediction crop (the shipped backbone was trained at 64 px).
         epochs: Epochs of steps 1–4 and of the leak runs.
         batch_size: Images per batch.
         optimizer: ``sgd`` or ``adamw``.
@@ -126,12 +128,13 @@ class Setup:
     test_per_class: int | None = 10
     seeds: int = 3
     model: str = "resnet10t"
-    img_size: int = 32
-    epochs: int = 12
+    pretrained: str = "synth"
+    img_size: int = 64
+    epochs: int = 6
     batch_size: int = 64
-    optimizer: str = "adamw"
-    lr: float = 0.002
-    weight_decay: float = 0.05
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    weight_decay: float = 1e-4
     crop_scale: tuple[float, float] = (0.35, 1.0)
     max_steps_per_epoch: int | None = None
     minival_frac: float = 0.25
@@ -155,7 +158,7 @@ class Setup:
 FULL = Setup()
 #: The smoke run (``--quick``, the test): a few species, one seed, two short epochs.
 QUICK = Setup(
-    species=40, photos=3000, image_size=64, seeds=1, epochs=2, max_steps_per_epoch=8, minival_frac=0.3,
+    species=40, photos=3000, image_size=64, img_size=32, seeds=1, epochs=2, max_steps_per_epoch=8, minival_frac=0.3,
     finetune_epochs=1, tta="ten-crop", prior_epochs=2, prior_hidden=32, workers=0,
 )  # fmt: skip
 
@@ -389,7 +392,8 @@ def prior_corrected_errors(pred: Path, solution: Any, info: Any) -> dict[str, fl
 
 def _train_options(setup: Setup, seed: int) -> dict[str, Any]:
     return {
-        "model": setup.model, "img_size": setup.img_size, "epochs": setup.epochs, "batch_size": setup.batch_size,
+        "model": setup.model, "pretrained": setup.pretrained, "img_size": setup.img_size, "epochs": setup.epochs,
+        "batch_size": setup.batch_size,
         "optimizer": setup.optimizer, "lr": setup.lr, "weight_decay": setup.weight_decay, "schedule": "cosine",
         "warmup_epochs": 0.5, "crop_scale": list(setup.crop_scale), "max_steps_per_epoch": setup.max_steps_per_epoch,
         "workers": setup.workers, "seed": seed, "log_every": 0,
@@ -666,7 +670,9 @@ def markdown(rows: Sequence[Row], *, facts: dict[str, Any] | None = None, second
                 if setup.test_per_class
                 else "test is ⅓ × train, taken by whole observers)."
             ),
-            f"- Model: `{setup.model}` from scratch at {setup.img_size} px, {setup.epochs} epochs"
+            f"- Model: `{setup.model}` "
+            + ("from scratch" if setup.pretrained == "none" else f"fine-tuned from `--pretrained {setup.pretrained}`")
+            + f" at {setup.img_size} px, {setup.epochs} epochs"
             + (f" (at most {setup.max_steps_per_epoch} steps each)" if setup.max_steps_per_epoch else "")
             + f", batch {setup.batch_size}, {setup.optimizer} lr {setup.lr:g} (cosine, half an epoch of warm-up), "
             f"weight decay {setup.weight_decay:g}, random-resized crops of {setup.crop_scale[0]:g}–"

@@ -359,7 +359,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from inatcomp.pretrain import PretrainConfig, pretrain
+    from inatcomp.fileio import replace_generated_block
+    from inatcomp.pretrain import PretrainConfig, manifest_markdown, pretrain
 
     config = PretrainConfig(
         out=args.out, species=args.species, photos=args.photos, model=args.model, img_size=args.img_size,
@@ -369,6 +370,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     entry = pretrain(config, command=args.command_line)
     _logger.info("pretrained %s: %s (val top-1 error %s)", entry["model"], entry["weights"],
                  entry["result"]["val_top1_error"])  # fmt: skip
+    if args.readme:
+        replace_generated_block(args.readme, "pretrain", manifest_markdown(entry))
+        _logger.info("wrote this run's figures into %s", args.readme)
     return 0
 
 
@@ -473,6 +477,9 @@ def _add_pretrain_arguments(pretrain: argparse.ArgumentParser) -> None:
     pretrain.add_argument("--workers", type=int, default=d.workers, help=f"loader processes (default {d.workers})")
     pretrain.add_argument(
         "--install", action="store_true", help="also write the weights and manifest entry into inatcomp/weights/"
+    )
+    pretrain.add_argument(
+        "--readme", metavar="FILE", help="write this run's figures into FILE's pretrain:begin/end block"
     )
     pretrain.set_defaults(func=_cmd_pretrain)
 

@@ -30,7 +30,15 @@ from inatcomp.fileio import read_json, write_atomic, write_json
 from inatcomp.splits import Preset
 from inatcomp.synth import World
 
-__all__ = ["PRETRAIN_DEFAULTS", "PRETRAIN_PRESET", "PRETRAIN_RULES", "PretrainConfig", "pretrain", "weights_name"]
+__all__ = [
+    "PRETRAIN_DEFAULTS",
+    "PRETRAIN_PRESET",
+    "PRETRAIN_RULES",
+    "PretrainConfig",
+    "manifest_markdown",
+    "pretrain",
+    "weights_name",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -252,6 +260,21 @@ def _merge_manifest(folder: Path, entry: dict[str, Any]) -> Path:
     path = folder / SYNTH_MANIFEST
     write_atomic(path, json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
     return path
+
+
+def manifest_markdown(entry: dict[str, Any]) -> str:
+    """A manifest entry as the README's ``pretrain`` block: what was trained on what, how well, how long, where."""
+    data, machine = entry["data"], entry["machine"]
+    minutes, rest = divmod(round(entry["seconds"]), 60)
+    top1, top3 = entry["result"]["val_top1_error"], entry["result"]["val_top3_error"]
+    return (
+        f"Shipped: `{entry['file']}`, {entry['bytes'] / 1e6:.1f} MB ({entry['dtype']}, sha256 "
+        f"`{entry['sha256'][:16]}…`), {entry['model']} at {entry['img_size']} px trained "
+        f"{entry['training']['epochs']} epochs on {data['species']} species and {data['photos']:,} photos "
+        f"({data['classes']} classes, {data['images']['train']:,} train images); val top-1 error {top1:.3f}, "
+        f"top-3 {top3:.3f} on its own world; {minutes} min {rest} s on {machine['machine']}, {machine['cpus']} CPUs, "
+        f"Python {machine['python']}, {entry['date'][:10]}: `{entry['command']}`.\n"
+    )
 
 
 def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str, Any]:

@@ -77,9 +77,11 @@ def pretrained(tmp_path_factory):
     weights_dir = root / "weights"
     weights_dir.mkdir()
     (weights_dir / "manifest.json").write_text(json.dumps({"othernet": {"model": "othernet", "file": "x"}}))
+    readme = root / "README.md"
+    readme.write_text("Top.\n<!-- pretrain:begin (x) -->\nold\n<!-- pretrain:end -->\nTail.\n")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(SYNTH_WEIGHTS_ENV, str(weights_dir))
-        assert main(["pretrain", "--out", str(root / "out"), *TINY, "--install"]) == 0
+        assert main(["pretrain", "--out", str(root / "out"), *TINY, "--install", "--readme", str(readme)]) == 0
     return root / "out", weights_dir
 
 
@@ -98,6 +100,11 @@ def test_pretrain_writes_weights_and_a_manifest(pretrained):
     assert entry["command"].startswith("inatcomp pretrain --out ") and "--install" in entry["command"]
     assert entry["date"] and entry["machine"]["cpus"] >= 1 and entry["machine"]["platform"]
     assert entry["seconds"] > 0
+    # --readme: the block between the markers says what was shipped, from the manifest entry.
+    block = (out.parent / "README.md").read_text()
+    assert block.startswith("Top.\n<!-- pretrain:begin (x) -->\nShipped: `resnet10t-synth.safetensors`")
+    assert f"sha256 `{entry['sha256'][:16]}" in block and "12 species and 300 photos" in block
+    assert "old" not in block and block.endswith("<!-- pretrain:end -->\nTail.\n")
     # The backbone only, as float16 (integer BatchNorm counters stay integers), with a header naming it.
     with safe_open(str(weights), framework="pt") as handle:
         assert handle.metadata()["model"] == "resnet10t"

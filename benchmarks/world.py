@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +48,16 @@ def _cnn(release: Any, out: Path, *, pretrained: str, epochs: int) -> dict[str, 
     from inatcomp.pipeline import predict_run, train_run
     from inatcomp.scoring import score_predictions
 
-    start = time.perf_counter()
     run = train_run(
         release, out / f"run-{pretrained}", model="resnet10t", pretrained=pretrained, img_size=SIZE, epochs=epochs,
         batch_size=64, workers=0, lr=0.05, schedule="cosine", warmup_epochs=0.5, seed=0, log_every=0,
         crop_scale=[0.35, 1.0],
     )  # fmt: skip
-    seconds = time.perf_counter() - start
     preds, _ = predict_run(run.run_dir, release, out / f"pred-{pretrained}", tta="center", parts=("val",))
     score = score_predictions(preds["val"], release.val, k=3, dataset=release.root)
     mistakes = score["analysis"]["mistakes"]
     return {
-        "top1": score["top1_error"], "top3": score["top3_error"], "seconds": seconds,
+        "top1": score["top1_error"], "top3": score["top3_error"],
         "genus": mistakes["same_genus_share"], "family": mistakes["same_family_share"],
     }  # fmt: skip
 
@@ -128,7 +125,7 @@ def run(*, quick: bool = False) -> list[Result]:
     results = [
         Result(
             goal=f"resnet10t from scratch, balanced-val top-1 error below the ellipse world's {PREVIOUS_WORLD_TOP1}",
-            figure=f"{scratch['top1']:.3f} (top-3 {scratch['top3']:.3f}; {size}; {scratch['seconds']:.0f} s)",
+            figure=f"{scratch['top1']:.3f} (top-3 {scratch['top3']:.3f}; {size})",
             ratio=scratch["top1"] / PREVIOUS_WORLD_TOP1,
             met=scratch["top1"] < PREVIOUS_WORLD_TOP1,
         ),
@@ -151,7 +148,7 @@ def run(*, quick: bool = False) -> list[Result]:
             Result(
                 goal="fine-tuned from the shipped synthetic backbone: below the from-scratch error",
                 figure=f"{synth['top1']:.3f} (top-3 {synth['top3']:.3f}; {synth['family']:.0%} of mistakes within "
-                f"the family, {synth['genus']:.0%} within the genus; {synth['seconds']:.0f} s)",
+                f"the family, {synth['genus']:.0%} within the genus)",
                 ratio=synth["top1"] / scratch["top1"],
                 met=synth["top1"] < scratch["top1"],
             )

@@ -84,8 +84,8 @@ def _colour_histogram(release: Any) -> float:
     """Balanced-val top-1 error of softmax regression on colour histograms (trained on train)."""
     import torch
 
-    x_train, y_train = _histograms(release.train, release.images)
-    x_val, y_val = _histograms(release.val, release.images)
+    x_train, y_train = _histograms(release.train, release.root)
+    x_val, y_val = _histograms(release.val, release.root)
     classes = np.unique(y_train)
     index = {c: i for i, c in enumerate(classes)}
     target = torch.as_tensor([index[c] for c in y_train])

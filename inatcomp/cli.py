@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 _logger = logging.getLogger("inatcomp")
 
@@ -210,7 +211,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         fold_bn=not args.no_fold_bn,
         geo_prior=args.geo_prior,
         locations=args.locations,
+        tau_norm=args.tau_norm,
     )
+    _adjust_in_place(args, args.out)
     return 0
 
 
@@ -227,13 +230,16 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         extra = {"fit": {"val_predictions": args.fit_weights, "labels": args.labels, **fit.to_dict()}}
     ensemble(args.predictions, out=args.out, weights=weights, mode=args.mode, chunk_rows=args.chunk_rows,
              extra_header=extra)  # fmt: skip
+    _adjust_in_place(args, args.out)
     return 0
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from inatcomp.submission import write_submission
 
-    write_submission(args.predictions, format=args.format, out=args.out, chunk_rows=args.chunk_rows)
+    adjustment = _logit_adjustment(args, args.predictions)
+    write_submission(args.predictions, format=args.format, out=args.out, chunk_rows=args.chunk_rows,
+                     logit_adjust=adjustment[:2] if adjustment else None)  # fmt: skip
     return 0
 
 
@@ -547,7 +553,56 @@ def _add_predict_arguments(pred: argparse.ArgumentParser) -> None:
     pred.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers apart from their convolutions")
     pred.add_argument("--geo-prior", metavar="PRIOR", help="multiply by this geo prior (inatcomp geoprior train)")
     pred.add_argument("--locations", help="the images' places for --geo-prior (default: beside --data, else --data)")
+    pred.add_argument(
+        "--tau-norm",
+        type=float,
+        metavar="P",
+        help="divide each classifier row by its norm^P first (Kang et al. 2020; 0: unchanged)",
+    )
+    _add_logit_adjust_arguments(pred)
     pred.set_defaults(func=_cmd_predict)
+
+
+def _add_logit_adjust_arguments(parser: argparse.ArgumentParser, *, labels: bool = True) -> None:
+    group = parser.add_argument_group("logit adjustment (Menon et al. 2021; see inatcomp.longtail)")
+    group.add_argument("--logit-adjust", type=float, metavar="TAU",
+                       help="probabilities × prior^-TAU: 1 moves a plain model towards balanced classes, "
+                       "-1 a balanced model towards the train prior")  # fmt: skip
+    group.add_argument(
+        "--fit-logit-adjust",
+        metavar="VAL_PRED",
+        help="choose TAU on these val predictions of the same model (unadjusted), with --labels",
+    )
+    group.add_argument("--target-prior", choices=["val", "train"], default="val",
+                       help="fit TAU for val's class distribution, or for train's (a test that follows train; "
+                       "default val)")  # fmt: skip
+    group.add_argument(
+        "--prior",
+        metavar="TRAIN.json|CHECKPOINT",
+        help="the train class prior (default: the counts in the predictions' checkpoint)",
+    )
+    if labels:
+        group.add_argument("--labels", metavar="VAL.json", help="labels of --fit-logit-adjust's val predictions")
+
+
+def _logit_adjustment(args: argparse.Namespace, predictions: str) -> Any:
+    """(τ, prior, fit) for ``predictions`` as the options ask, or ``None``."""
+    from inatcomp.longtail import resolve_adjustment
+
+    return resolve_adjustment(
+        predictions, tau=args.logit_adjust, fit_on=args.fit_logit_adjust, labels=args.labels,
+        target=args.target_prior, prior=args.prior,
+    )  # fmt: skip
+
+
+def _adjust_in_place(args: argparse.Namespace, predictions: str) -> None:
+    """Logit-adjust a prediction folder just written, when asked (its header records it)."""
+    adjustment = _logit_adjustment(args, predictions)
+    if adjustment is not None:
+        from inatcomp.longtail import adjust_predictions
+
+        tau, prior, fit = adjustment
+        adjust_predictions(predictions, tau=tau, prior=prior, fit=fit, out=predictions)
 
 
 def _add_chunk_rows(parser: argparse.ArgumentParser) -> None:
@@ -562,8 +617,11 @@ def _add_ensemble_arguments(ens: argparse.ArgumentParser) -> None:
     ens.add_argument("--weights", type=float, nargs="+", help="one weight per member (default equal)")
     ens.add_argument("--mode", choices=[m.value for m in EnsembleMode], default=EnsembleMode.MEAN_PROB.value)
     ens.add_argument("--fit-weights", nargs="+", metavar="VAL_PRED", help="fit the weights on these val predictions")
-    ens.add_argument("--labels", metavar="VAL.json", help="labels of the val predictions for --fit-weights")
+    ens.add_argument(
+        "--labels", metavar="VAL.json", help="labels of the val predictions for --fit-weights and --fit-logit-adjust"
+    )
     ens.add_argument("--grid", type=int, default=10, help="simplex grid steps of --fit-weights (default 10)")
+    _add_logit_adjust_arguments(ens, labels=False)
     _add_chunk_rows(ens)
     ens.set_defaults(func=_cmd_ensemble)
 
@@ -572,6 +630,7 @@ def _add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("predictions", help="prediction folder")
     submit.add_argument("--format", required=True, choices=_submission_formats(), help="the competition year's format")
     submit.add_argument("--out", required=True, help="submission CSV (submissions/NAME.csv)")
+    _add_logit_adjust_arguments(submit)
     _add_chunk_rows(submit)
     submit.set_defaults(func=_cmd_submit)
 

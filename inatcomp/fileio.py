@@ -1,4 +1,5 @@
-"""Writing files whole or not at all, and reading JSON: the file primitives every stage shares.
+"""Writing files whole or not at all, reading JSON, finding a checkpoint's files: the file
+primitives every stage shares.
 
 Every output goes to a temporary file in its folder first and is renamed into place, so nothing is left
 half-written under either name. Imports nothing heavy (orjson and pyarrow only inside the functions that use
@@ -14,7 +15,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_json", "replace_generated_block", "write_atomic", "write_csv", "write_csv_columns", "write_json"]
+__all__ = [
+    "read_json",
+    "replace_generated_block",
+    "resolve_checkpoint",
+    "write_atomic",
+    "write_csv",
+    "write_csv_columns",
+    "write_json",
+]
 
 
 def _umask() -> int:
@@ -122,3 +131,24 @@ def replace_generated_block(path: str | os.PathLike, name: str, text: str) -> Pa
     head = old[: old.index("-->", start) + 3]
     write_atomic(path, f"{head}\n{text.strip()}\n{old[stop:]}")
     return path
+
+
+def resolve_checkpoint(path: str | os.PathLike, *, prefer: str = "best") -> Path:
+    """The weights file of a checkpoint path, a checkpoint stem, or a run folder (its ``best`` or ``last``).
+
+    Raises:
+        ValueError: Nothing loadable there.
+    """
+    path = Path(path)
+    candidates = []
+    if path.is_dir():
+        other = "last" if prefer == "best" else "best"
+        candidates = [path / f"{prefer}.safetensors", path / f"{other}.safetensors"]
+    elif path.suffix == ".safetensors":
+        candidates = [path]
+    else:
+        candidates = [path.with_name(path.name + ".safetensors")]
+    for candidate in candidates:
+        if candidate.is_file() and candidate.with_suffix(".json").is_file():
+            return candidate
+    raise ValueError(f"{path}: no checkpoint (expected NAME.safetensors with NAME.json beside it)")

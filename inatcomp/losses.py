@@ -12,6 +12,9 @@
 * :class:`ClassBalancedCrossEntropy`: Cui et al. 2019, "Class-Balanced Loss Based on Effective Number of
   Samples": each sample's loss weighted by ``w_c = (1 - β) / (1 - β^n_c)`` of its class, the weights
   normalised to sum to the number of classes C; optional label smoothing.
+* :class:`LogitAdjustedLoss`: Menon et al. 2021, "Long-tail learning via logit adjustment": any of the above
+  computed on ``logits + τ · log π`` (π the train class prior), so the logits themselves learn the balanced
+  scores; τ = 1 is also Ren et al. 2020's balanced softmax. At prediction time the raw logits are used.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch import nn
 __all__ = [
     "ClassBalancedCrossEntropy",
     "LabelSmoothingCrossEntropy",
+    "LogitAdjustedLoss",
     "LossType",
     "TaxonomySmoothingCrossEntropy",
     "class_balanced_weights",
@@ -200,6 +204,31 @@ class ClassBalancedCrossEntropy(nn.Module):
         return (self.class_weights[target] * loss).mean()
 
 
+class LogitAdjustedLoss(nn.Module):
+    """A loss computed on logits shifted by ``τ · log π``: the logit-adjusted loss (Menon et al. 2021).
+
+    ``loss(f(x) + τ · log π, y)``: the head classes' prior is added inside the loss, so ``f`` need not learn it
+    and its argmax estimates the balanced error's Bayes rule. With plain cross-entropy and τ = 1 this is the
+    balanced softmax (Ren et al. 2020). Classes without train images count as one image.
+
+    Args:
+        base: The loss on the shifted logits (cross-entropy, label or taxonomy smoothing, class-balanced).
+        class_counts: Training images per class.
+        tau: τ.
+    """
+
+    def __init__(self, base: nn.Module, *, class_counts: Sequence[int] | np.ndarray, tau: float = 1.0) -> None:
+        super().__init__()
+        counts = np.maximum(np.asarray(class_counts, dtype=np.float64), 1.0)
+        self.base = base
+        self.tau = float(tau)
+        log_prior = torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+        self.register_buffer("log_prior", log_prior, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.base(logits + self.tau * self.log_prior.to(logits.dtype), target)
+
+
 def create_loss(
     *,
     loss_type: LossType,
@@ -208,6 +237,7 @@ def create_loss(
     class_counts: Sequence[int] | np.ndarray | None = None,
     beta: float = 0.999,
     taxonomy_weights: Sequence[float] = (0.6, 0.3, 0.1),
+    logit_adjust_tau: float | None = None,
 ) -> nn.Module:
     """Build a loss.
 
@@ -219,10 +249,20 @@ def create_loss(
         class_counts: Training images per class; needed for the class-balanced loss.
         beta: β of the class-balanced loss.
         taxonomy_weights: Shares of ε for (genus, family, uniform).
+        logit_adjust_tau: τ of :class:`LogitAdjustedLoss` around the loss (``None``: no adjustment); needs
+            ``class_counts``.
 
     Raises:
         ValueError: A needed argument is missing.
     """
+    if logit_adjust_tau is not None:
+        if class_counts is None:
+            raise ValueError("the logit-adjusted loss needs class_counts")
+        base = create_loss(
+            loss_type=loss_type, smoothing=smoothing, taxonomy=taxonomy, class_counts=class_counts, beta=beta,
+            taxonomy_weights=taxonomy_weights,
+        )  # fmt: skip
+        return LogitAdjustedLoss(base, class_counts=class_counts, tau=logit_adjust_tau)
     if loss_type is LossType.CROSS_ENTROPY:
         return nn.CrossEntropyLoss()
     if loss_type is LossType.LABEL_SMOOTHING:

@@ -29,7 +29,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from inatcomp.fileio import read_json, write_atomic
+from inatcomp.fileio import read_json, resolve_checkpoint, write_atomic
 from inatcomp.heads import CovarianceModel, HeadType
 from inatcomp.options import FreezeMode, PretrainedSource, parse_freeze, parse_pretrained
 
@@ -458,27 +458,6 @@ def save_checkpoint(
     # Metadata last: a checkpoint is complete when its JSON exists.
     write_atomic(stem.with_name(stem.name + ".json"), json.dumps(metadata, indent=2, sort_keys=True))
     return weights
-
-
-def resolve_checkpoint(path: str | os.PathLike, *, prefer: str = "best") -> Path:
-    """The weights file of a checkpoint path, a checkpoint stem, or a run folder (its ``best`` or ``last``).
-
-    Raises:
-        ValueError: Nothing loadable there.
-    """
-    path = Path(path)
-    candidates = []
-    if path.is_dir():
-        other = "last" if prefer == "best" else "best"
-        candidates = [path / f"{prefer}.safetensors", path / f"{other}.safetensors"]
-    elif path.suffix == ".safetensors":
-        candidates = [path]
-    else:
-        candidates = [path.with_name(path.name + ".safetensors")]
-    for candidate in candidates:
-        if candidate.is_file() and candidate.with_suffix(".json").is_file():
-            return candidate
-    raise ValueError(f"{path}: no checkpoint (expected NAME.safetensors with NAME.json beside it)")
 
 
 def load_checkpoint(

@@ -543,13 +543,20 @@ class _Eval:
     category_ids: np.ndarray
 
 
-def _load_eval_model(checkpoint: str | os.PathLike, *, device: Any, fold_bn: bool, channels_last: bool) -> _Eval:
-    """The checkpoint's model ready to predict (BatchNorm folded, memory format set) and its data config."""
+def _load_eval_model(
+    checkpoint: str | os.PathLike, *, device: Any, fold_bn: bool, channels_last: bool, tau_norm: float | None = None
+) -> _Eval:
+    """The checkpoint's model ready to predict (τ-normalised, BatchNorm folded, memory format set), data config."""
     import torch
 
     from inatcomp.data import Interpolation
 
     model, metadata = load_model(checkpoint, device=device)
+    if tau_norm:
+        from inatcomp.longtail import tau_normalise
+
+        tau_normalise(model, tau_norm)
+        _logger.info("τ-norm: classifier rows divided by their norm^%g", tau_norm)
     folded = 0
     if fold_bn:
         from inatcomp.models import fold_batchnorm
@@ -644,6 +651,7 @@ def predict(
     fold_bn: bool = PREDICT_DEFAULTS.fold_bn,
     geo_prior: str | os.PathLike | None = None,
     locations: str | os.PathLike | None = None,
+    tau_norm: float | None = None,
 ) -> Path:
     """Predict every image of a competition JSON with test-time augmentation and write a prediction folder.
 
@@ -669,6 +677,8 @@ def predict(
         geo_prior: A saved :mod:`inatcomp.geoprior` prior: the probabilities are multiplied by it and renormalised
             (:func:`inatcomp.geoprior.apply_prior`; images without a place unchanged).
         locations: The images' places for ``geo_prior`` (default :func:`inatcomp.geoprior.find_locations`).
+        tau_norm: ``P`` of Kang et al.'s τ-norm applied to the classifier first
+            (:func:`inatcomp.longtail.tau_normalise`; ``None`` or 0: unchanged).
 
     Returns:
         The prediction folder.
@@ -695,13 +705,16 @@ def predict(
         from inatcomp.geoprior import apply_prior, find_locations, load_locations, load_prior
 
         geo = load_prior(geo_prior), load_locations(find_locations(data, locations))
-    ev = _load_eval_model(checkpoint, device=torch_device, fold_bn=fold_bn, channels_last=channels_last)
+    ev = _load_eval_model(
+        checkpoint, device=torch_device, fold_bn=fold_bn, channels_last=channels_last, tau_norm=tau_norm
+    )
     base = CompetitionDataset(data, images, category_ids=ev.category_ids)
     loader = _view_loader(base, ev, tta=tta, views=views, batch_size=batch_size, workers=workers, device=torch_device)
     header = {
         "created_by": "inatcomp predict", "checkpoint": str(checkpoint), "model": ev.metadata["model"],
         "data": str(data), "tta": tta.value, "views": [dataclasses.asdict(v) for v in views] if views else None,
         "average": average.value, "crop_size": ev.crop_size, "amp": amp.value, "folded_batchnorm": ev.folded,
+        "tau_norm": float(tau_norm or 0.0),
     }  # fmt: skip
     start = time.perf_counter()
     with PredictionWriter(out, image_ids=base.image_ids, category_ids=ev.category_ids, header=header) as writer:

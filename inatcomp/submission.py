@@ -16,6 +16,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,7 @@ def write_submission(
     format: SubmissionFormat | str,
     out: str | os.PathLike,
     chunk_rows: int | None = None,
+    logit_adjust: tuple[float, Any] | None = None,
 ) -> Path:
     """Write a submission CSV from a prediction folder, most confident label first, streaming.
 
@@ -46,6 +48,8 @@ def write_submission(
         format: The competition year's format.
         out: The CSV to write (``submissions/NAME.csv`` by convention).
         chunk_rows: Rows per chunk (about 64 MB of float32 scores when None).
+        logit_adjust: ``(τ, prior)``: rank the labels by the logit-adjusted probabilities
+            (:func:`inatcomp.longtail.adjust_scores` with the :class:`~inatcomp.longtail.ClassPrior`'s log prior).
 
     Returns:
         The CSV.
@@ -62,6 +66,11 @@ def write_submission(
             "%s: %d row(s) are uniform: their images were unreadable when predicted (failed_image_ids in the header)",
             pred, preds.header["failed_images"],
         )  # fmt: skip
+    if logit_adjust is not None:
+        from inatcomp.longtail import adjust_scores
+
+        tau, log_prior = float(logit_adjust[0]), logit_adjust[1].log_prior
+        _logger.info("%s: labels ranked after logit adjustment, τ = %g (prior %s)", pred, tau, logit_adjust[1].source)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -69,6 +78,8 @@ def write_submission(
         with tmp.open("w", encoding="utf-8", newline="\n") as fh:
             fh.write(format.header + "\n")
             for start, chunk in preds.iter_chunks(chunk_rows):
+                if logit_adjust is not None:
+                    chunk = adjust_scores(chunk, log_prior, tau)
                 labels = preds.category_ids[top_k_columns(chunk, format.labels)]
                 ids = preds.image_ids[start : start + len(chunk)]
                 fh.writelines(f"{i},{' '.join(map(str, row))}\n" for i, row in zip(ids.tolist(), labels.tolist()))

@@ -78,7 +78,8 @@ def config_yaml(config: TrainConfig) -> str:
 def checkpoint_metadata(
     config: TrainConfig, train_set: Any, data_config: Any, epoch: int, metrics: dict, transfer: dict | None
 ) -> dict[str, Any]:
-    """A checkpoint's JSON metadata: model, head categories, data config, training config, epoch and metrics."""
+    """A checkpoint's JSON metadata: model, head categories and their train counts, data config, training config,
+    epoch and metrics."""
     extra = {"transfer": transfer} if transfer is not None else {}
     return {
         **extra,
@@ -87,6 +88,7 @@ def checkpoint_metadata(
         "num_classes": int(train_set.num_classes),
         "category_ids": [int(c) for c in train_set.category_ids],
         "categories": train_set.categories,
+        "class_counts": [int(n) for n in train_set.class_counts()],  # the train prior of post-hoc logit adjustment
         "data_config": {
             "input_size": list(data_config.input_size),
             "mean": list(data_config.mean),

@@ -30,6 +30,7 @@ __all__ = [
     "TransferMatchOption",
     "NewTaxaInitOption",
     "TrainConfig",
+    "TrainStage",
     "Stage",
     "STAGE_KEYS",
     "progressive_stages",
@@ -77,10 +78,19 @@ class LossOption(enum.Enum):
 
     CE = "ce"
     CLASS_BALANCED = "class-balanced"
+    LOGIT_ADJUSTED = "logit-adjusted"  #: cross-entropy (smoothed as asked) on logits + τ · log π (Menon et al.)
+    BALANCED_SOFTMAX = "balanced-softmax"  #: the same with τ = 1 (Ren et al. 2020)
 
     @classmethod
     def _missing_(cls, value: object) -> LossOption | None:
         return _dashed(cls, value)
+
+
+class TrainStage(enum.Enum):
+    """What a run trains: the whole network, or only the classifier over a frozen ``init`` (Kang et al.'s cRT)."""
+
+    FULL = "full"
+    CLASSIFIER = "classifier"
 
 
 class HeadOption(enum.Enum):
@@ -122,7 +132,10 @@ class TrainConfig:
     another category set; ``freeze`` (``none``, ``backbone`` or ``all-but-last-N``, see
     :func:`~inatcomp.options.parse_freeze`; one option, as the command line writes it); ``freeze_norm_stats``
     (every BatchNorm layer keeps the running statistics it starts with while its weights train: for val
-    fine-tuning, where a few dozen small-set batches would otherwise replace them).
+    fine-tuning, where a few dozen small-set batches would otherwise replace them); ``stage`` (``classifier``:
+    classifier re-training, Kang et al. ICLR 2020's cRT: needs ``init``, freezes everything but the classifier,
+    BatchNorm statistics included, and draws class-balanced batches unless ``sampler`` is given;
+    ``reset_head`` re-initialises the classifier first instead of keeping ``init``'s).
 
     Every choice field holds a member of its Enum (the type its annotation names); a string is converted
     when the config is made, so a bad choice fails at once, naming the option and the allowed values.
@@ -141,6 +154,8 @@ class TrainConfig:
     new_taxa_init: NewTaxaInitOption = NewTaxaInitOption.ZERO
     freeze: str = "none"
     freeze_norm_stats: bool = False
+    stage: TrainStage = TrainStage.FULL
+    reset_head: bool = False
     img_size: int = 224
     crop_pct: float = 0.875
     epochs: int = 10
@@ -160,6 +175,7 @@ class TrainConfig:
     taxonomy_smoothing: bool = False
     taxonomy_weights: list[float] = dataclasses.field(default_factory=lambda: [0.6, 0.3, 0.1])
     class_balanced_beta: float = 0.999
+    logit_adjust_tau: float = 1.0
     optimizer: OptimizerType = OptimizerType.SGD
     lr: float = 0.0045
     momentum: float = 0.9
@@ -202,6 +218,12 @@ class TrainConfig:
         parse_freeze(self.freeze)
         if self.pretrained:
             parse_pretrained(self.pretrained)
+        if self.stage is TrainStage.CLASSIFIER and not self.init:
+            raise ValueError("stage: classifier re-trains the classifier of --init RUN: give --init")
+        if self.stage is TrainStage.CLASSIFIER and self.freeze not in ("none", "backbone"):
+            raise ValueError(f"stage: classifier freezes the backbone itself; freeze: {self.freeze} contradicts it")
+        if self.reset_head and self.stage is not TrainStage.CLASSIFIER:
+            raise ValueError("reset_head re-initialises the classifier of stage: classifier; set --stage classifier")
         if self.categories_from == "init" and not self.init:
             raise ValueError("categories_from: init takes the head's categories from --init: give --init CHECKPOINT")
         if self.epochs < 1 or self.batch_size < 1 or self.img_size < 8:
@@ -366,7 +388,8 @@ def resolve_config(
 ) -> TrainConfig:
     """The run's configuration: command line (``overrides``, ``None`` = not given) over the file over defaults.
 
-    With ``init`` (a checkpoint to start from) the checkpoint's ``model``, ``img_size``, ``crop_pct`` and head
+    ``stage: classifier`` draws class-balanced batches unless ``sampler`` is given. With ``init`` (a checkpoint to
+    start from) the checkpoint's ``model``, ``img_size``, ``crop_pct`` and head
     options come between the file and the defaults, so a fine-tuning recipe need not repeat the architecture.
 
     Raises:
@@ -376,6 +399,8 @@ def resolve_config(
     if config_file:
         values.update(load_config_file(config_file))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if values.get("stage") in (TrainStage.CLASSIFIER, TrainStage.CLASSIFIER.value):
+        values.setdefault("sampler", SamplerOption.CLASS_BALANCED)  # cRT's batches, unless asked otherwise
     config = TrainConfig(**values)  # bad choices fail here, before the init checkpoint is read
     inherited = _inherited_from_init(values)
     if inherited:

@@ -122,7 +122,11 @@ def _sampler_for(config: TrainConfig, train_set: Any, context: DistributedContex
 
 
 def create_criterion(config: TrainConfig, train_set: Any) -> torch.nn.Module:
-    """The loss ``config.loss`` names, with the label or taxonomy smoothing it asks for."""
+    """The loss ``config.loss`` names, with the label or taxonomy smoothing it asks for.
+
+    ``logit-adjusted`` and ``balanced-softmax`` wrap the cross-entropy (smoothed or not) in
+    :class:`~inatcomp.losses.LogitAdjustedLoss` (τ = ``logit_adjust_tau``, or 1 for the balanced softmax).
+    """
     from inatcomp.losses import LossType, create_loss
 
     if config.loss is LossOption.CLASS_BALANCED:
@@ -140,6 +144,9 @@ def create_criterion(config: TrainConfig, train_set: Any) -> torch.nn.Module:
         class_counts=train_set.class_counts(),
         beta=config.class_balanced_beta,
         taxonomy_weights=tuple(config.taxonomy_weights),
+        logit_adjust_tau={LossOption.LOGIT_ADJUSTED: config.logit_adjust_tau, LossOption.BALANCED_SOFTMAX: 1.0}.get(
+            config.loss
+        ),
     )
 
 

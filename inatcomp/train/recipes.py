@@ -28,10 +28,10 @@ from inatcomp.models import (
     taxon_keys,
     transfer_classifier,
 )
-from inatcomp.train.config import TrainConfig
+from inatcomp.train.config import TrainConfig, TrainStage
 from inatcomp.train.distributed import is_main_process
 
-__all__ = ["head_categories", "fill_category_records", "init_from", "prepare_model"]
+__all__ = ["head_categories", "fill_category_records", "init_from", "prepare_model", "reset_classifier"]
 
 _logger = logging.getLogger(__name__)
 
@@ -101,10 +101,24 @@ def init_from(model: torch.nn.Module, config: TrainConfig, train_set: Any) -> di
     return {"source": str(config.init), **report.to_dict()}
 
 
+def reset_classifier(model: torch.nn.Module) -> int:
+    """Re-initialise the model's classifier layers (their own ``reset_parameters``); returns how many."""
+    modules = dict(model.named_modules())
+    reset = 0
+    for name in classifier_names(model):
+        for module in modules[name].modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+                reset += 1
+    return reset
+
+
 def prepare_model(
     config: TrainConfig, train_set: Any, *, checkpoint_metadata: Mapping[str, Any] | None
 ) -> tuple[torch.nn.Module, dict[str, Any] | None]:
     """The model over the training set's head: ``--init`` loaded (or transferred) unless resuming, then frozen.
+
+    ``stage: classifier`` freezes the backbone (``--reset-head``: after re-initialising the classifier).
 
     Returns:
         The model (on the CPU) and the transfer record (the resumed run's, when resuming; ``None`` without init).
@@ -130,6 +144,12 @@ def prepare_model(
                          transfer["carried"], transfer["added"], transfer["init"], transfer["dropped"],
                          transfer["match"])  # fmt: skip
     freeze_mode, keep_last = parse_freeze(config.freeze)
+    if config.stage is TrainStage.CLASSIFIER:
+        freeze_mode, keep_last = FreezeMode.BACKBONE, 1
+        if config.reset_head and checkpoint_metadata is None:
+            reset = reset_classifier(model)
+            if main:
+                _logger.info("--reset-head: %d classifier module(s) re-initialised", reset)
     if freeze_mode is not FreezeMode.NONE:
         frozen = freeze_model(model, mode=freeze_mode, keep_last=keep_last)
         if main:

@@ -102,13 +102,11 @@ class ClassPrior:
         return int((np.asarray(self.counts) <= 0).sum())
 
 
-def _counts_from_checkpoint(path: Path, category_ids: np.ndarray) -> np.ndarray | None:
-    """The train class counts a checkpoint's metadata records, over ``category_ids``; ``None`` without them."""
-    try:
-        metadata = read_json(path.with_suffix(".json"))
-    except (OSError, ValueError):
-        return None
-    counts, ids = metadata.get("class_counts"), metadata.get("category_ids")
+def _counts_from_metadata(metadata: Any, category_ids: np.ndarray) -> np.ndarray | None:
+    """The train class counts checkpoint metadata records, over ``category_ids``; ``None`` without them."""
+    counts, ids = (
+        (metadata.get("class_counts"), metadata.get("category_ids")) if isinstance(metadata, Mapping) else (None, None)
+    )
     if not counts or not ids or len(counts) != len(ids):
         return None
     where = index_of(np.asarray(ids, dtype=np.int64), category_ids)
@@ -134,7 +132,7 @@ def class_prior(source: str | os.PathLike, category_ids: np.ndarray | Sequence[i
         except ValueError as error:
             raise ValueError(f"--prior {source}: {error}") from None
         if isinstance(metadata, Mapping) and "annotations" not in metadata and "class_counts" in metadata:
-            counts = _counts_from_checkpoint(path, category_ids)
+            counts = _counts_from_metadata(metadata, category_ids)
         else:
             _, labels = load_labels(path)
             ids, n = np.unique(labels, return_counts=True)
@@ -142,7 +140,7 @@ def class_prior(source: str | os.PathLike, category_ids: np.ndarray | Sequence[i
             counts = np.where(where >= 0, n[np.maximum(where, 0)], 0)
     else:
         try:
-            counts = _counts_from_checkpoint(resolve_checkpoint(source), category_ids)
+            counts = _counts_from_metadata(read_json(resolve_checkpoint(source).with_suffix(".json")), category_ids)
         except ValueError as error:
             raise ValueError(f"--prior {source}: neither a training JSON nor a checkpoint ({error})") from None
     if counts is None:
@@ -270,8 +268,9 @@ def fit_tau(
     for start, chunk in preds.iter_chunks(chunk_rows):
         want = expected[start : start + len(chunk)]
         w = weights[start : start + len(chunk)]
+        log_p = np.log(np.maximum(chunk.astype(np.float32), _TINY))  # once per chunk; the argmax needs no softmax
         for i, tau in enumerate(grid):
-            predicted = adjust_scores(chunk, log_prior, float(tau)).argmax(axis=1)
+            predicted = (log_p - np.float32(tau) * log_prior.astype(np.float32)[None, :]).argmax(axis=1)
             wrong[i] += float(w[predicted != want].sum())
     errors = wrong / weights.sum()
     pick = int(np.lexsort((np.abs(grid), np.round(errors, 12)))[0])

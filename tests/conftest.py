@@ -62,6 +62,18 @@ def write_tiny_dataset(
     return path
 
 
+def tiny_train_config(train_json: Path, out: Path, **overrides):
+    """A resolved config of a one-epoch resnet10t run at 32 px over a :func:`write_tiny_dataset` JSON."""
+    from inatcomp.train import resolve_config
+
+    values = dict(
+        train=str(train_json), images=str(train_json.parent), out=str(out), model="resnet10t", img_size=32,
+        epochs=1, batch_size=16, workers=0, lr=0.05, log_every=0, schedule="step",
+    )  # fmt: skip
+    values.update(overrides)
+    return resolve_config(overrides=values)
+
+
 @pytest.fixture
 def tiny_dataset():
     """:func:`write_tiny_dataset` as a fixture."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_train_config as _config
 from safetensors.torch import load_file
 
 from inatcomp.cli import main
@@ -16,7 +17,6 @@ from inatcomp.losses import LogitAdjustedLoss, LossType, create_loss
 from inatcomp.models import create_model
 from inatcomp.predictions import PredictionWriter, open_predictions
 from inatcomp.train import train
-from inatcomp.train.config import resolve_config
 
 COUNTS = np.array([90, 9, 1])
 
@@ -134,15 +134,6 @@ def test_commands_apply_and_record_the_adjustment(tmp_path, caplog):
     assert main(["submit", str(pred), "--format", "inat2018", "--out", str(tmp_path / "x.csv"),
                  "--logit-adjust", "1"]) != 0  # fmt: skip
     assert "give --prior TRAIN.json" in caplog.text and not (tmp_path / "x.csv").exists()
-
-
-def _config(train_json: Path, out: Path, **overrides):
-    values = dict(
-        train=str(train_json), images=str(train_json.parent), out=str(out), model="resnet10t", img_size=32,
-        epochs=1, batch_size=16, workers=0, lr=0.05, log_every=0, schedule="step",
-    )  # fmt: skip
-    values.update(overrides)
-    return resolve_config(overrides=values)
 
 
 def test_classifier_stage_leaves_the_backbone_and_trains_the_head(tmp_path, tiny_dataset):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_train_config as _config
 from safetensors.torch import load_file
 
 from inatcomp.build import build_dataset, split_val
@@ -130,15 +131,6 @@ def test_freeze_all_but_last_n_checks_n():
     assert classifier_names(model) == ["fc"]
     with pytest.raises(ValueError, match="5 stages"):
         freeze_model(model, mode=FreezeMode.ALL_BUT_LAST, keep_last=6)
-
-
-def _config(train_json: Path, out: Path, **overrides):
-    values = dict(
-        train=str(train_json), images=str(train_json.parent), out=str(out), model="resnet10t", img_size=32,
-        epochs=1, batch_size=16, workers=0, lr=0.05, log_every=0, schedule="step",
-    )  # fmt: skip
-    values.update(overrides)
-    return resolve_config(overrides=values)
 
 
 def test_init_from_another_taxon_set_moves_rows_by_name_and_freezes_the_backbone(tmp_path, tiny_dataset):

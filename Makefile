@@ -31,6 +31,7 @@ bench: install
 
 ablation: install
 	$(BIN)/python -m benchmarks.ablation --write ABLATION.md
+	$(BIN)/python -m benchmarks.longtail --write ABLATION.md --write README.md
 
 # Rebuild the shipped synthetic-world backbone (inatcomp/weights/): about 11 minutes on 2 CPU cores.
 pretrain: install

@@ -52,6 +52,7 @@ from inatcomp.predictions import (
 )
 
 __all__ = [
+    "SAMPLER_PRIOR_POWER",
     "ClassPrior",
     "TargetPrior",
     "TauFit",
@@ -62,11 +63,15 @@ __all__ = [
     "prior_of_predictions",
     "resolve_adjustment",
     "tau_grid",
+    "target_weights",
     "tau_normalise",
+    "tau_towards",
 ]
 
 _logger = logging.getLogger(__name__)
 
+#: Below this effective sample size a fitted τ is reported as untrustworthy (a warning).
+FEW_EFFECTIVE_IMAGES = 50
 #: Probabilities are taken as at least this before their log (the smallest float16 subnormal).
 _TINY = 2.0**-24
 
@@ -197,6 +202,26 @@ def adjust_scores(scores: np.ndarray, log_prior: np.ndarray, tau: float) -> np.n
     return logits
 
 
+#: The power α of the class prior a batch sampler trains under: class ``y`` is drawn with probability ∝ π_y^α
+#: (``inatcomp train --sampler``; the logit-adjusted loss and balanced softmax train as α = 0 whatever the sampler).
+SAMPLER_PRIOR_POWER = {"random": 1.0, "sqrt": 0.5, "class-balanced": 0.0}
+
+
+def tau_towards(*, trained_power: float, target: TargetPrior | str) -> float:
+    """The τ that moves a model trained under ``π^trained_power`` to the target's prior (no fitting).
+
+    A model's logits carry ``α · log π`` of the prior it was trained under; the target's is ``log π`` for a test
+    that follows train (``train``) and 0 for a balanced one (``val``, as the presets' val): ``τ = α − α_target``.
+    Class-balanced batches towards a test that follows train: ``τ = −1``; square-root batches: ``−0.5``; random
+    batches towards a balanced test: ``+1`` (Menon et al.'s post-hoc rule).
+
+    Args:
+        trained_power: α of the training prior (:data:`SAMPLER_PRIOR_POWER`).
+        target: The test's distribution, as the organizer publishes it.
+    """
+    return float(trained_power) - (1.0 if TargetPrior(target) is TargetPrior.TRAIN else 0.0)
+
+
 def tau_grid(low: float = -2.0, high: float = 2.0, step: float = 0.1) -> np.ndarray:
     """The τ values :func:`fit_tau` tries by default: ``low`` to ``high`` in ``step``s (0 always included)."""
     count = int(round((high - low) / step))
@@ -213,6 +238,8 @@ class TauFit:
         unadjusted_top1_error: The weighted val top-1 error at τ = 0.
         target: The distribution it was fitted for.
         errors: The weighted top-1 error of each τ tried, ``{τ: error}``.
+        effective_images: Kish's effective sample size of the weighted val images, ``(Σw)² / Σw²``: all of them
+            for ``val``; for ``train`` a balanced val's few head-class images carry most of the weight.
     """
 
     tau: float
@@ -220,12 +247,33 @@ class TauFit:
     unadjusted_top1_error: float
     target: str
     errors: dict[float, float]
+    effective_images: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (the grid's errors keyed by τ as text)."""
         out = dataclasses.asdict(self)
         out["errors"] = {f"{t:g}": round(e, 6) for t, e in self.errors.items()}
         return out
+
+
+def target_weights(expected: np.ndarray, *, prior: ClassPrior, target: TargetPrior | str) -> np.ndarray:
+    """Each labelled image's weight in an error under the target distribution.
+
+    Args:
+        expected: Each image's column in the head (``-1``: not in it).
+        prior: The train prior over the columns.
+        target: ``val``: every image counts once (one outside the head too: always a mistake); ``train``: an image
+            of class ``y`` counts ``π_train(y) / π_here(y)``, ``π_here`` being the share of these images in ``y``
+            (importance weights: the weighted error is the one expected on a set that follows train's class
+            distribution; images outside the head, whose train share is 0, weigh 0).
+    """
+    expected = np.asarray(expected, dtype=np.int64)
+    if TargetPrior(target) is TargetPrior.VAL:
+        return np.ones(len(expected), dtype=np.float64)
+    here = np.bincount(np.maximum(expected[expected >= 0], 0), minlength=len(prior.counts)).astype(np.float64)
+    train = np.maximum(prior.counts.astype(np.float64), 1.0)
+    ratio = (train / train.sum()) / np.maximum(here / max(here.sum(), 1.0), 1e-12)
+    return np.where(expected >= 0, ratio[np.maximum(expected, 0)], 0.0)
 
 
 def fit_tau(
@@ -255,12 +303,7 @@ def fit_tau(
     preds = open_predictions(val_predictions)
     expected = expected_columns(preds, labels, source=val_predictions).columns
     grid = np.asarray(tau_grid() if taus is None else taus, dtype=np.float64)
-    weights = np.ones(len(expected), dtype=np.float64)
-    if target is TargetPrior.TRAIN:
-        val_counts = np.bincount(np.maximum(expected, 0), minlength=preds.n_classes).astype(np.float64)
-        train = np.maximum(prior.counts.astype(np.float64), 1.0)
-        ratio = (train / train.sum()) / np.maximum(val_counts / max(val_counts.sum(), 1.0), 1e-12)
-        weights = np.where(expected >= 0, ratio[np.maximum(expected, 0)], 0.0)
+    weights = target_weights(expected, prior=prior, target=target)
     if weights.sum() <= 0:
         raise ValueError(f"{val_predictions}: no val image of a class in the head; τ cannot be fitted")
     log_prior = prior.log_prior
@@ -278,9 +321,19 @@ def fit_tau(
     fit = TauFit(
         tau=float(grid[pick]), top1_error=float(errors[pick]), unadjusted_top1_error=float(errors[zero]),
         target=target.value, errors={float(t): float(e) for t, e in zip(grid, errors)},
+        effective_images=float(weights.sum() ** 2 / np.square(weights).sum()),
     )  # fmt: skip
-    _logger.info("fitted τ = %g on %s (target %s): top-1 error %.4f (τ = 0: %.4f)", fit.tau, val_predictions,
-                 target.value, fit.top1_error, fit.unadjusted_top1_error)  # fmt: skip
+    _logger.info("fitted τ = %g on %s (target %s, %.0f effective images): top-1 error %.4f (τ = 0: %.4f)", fit.tau,
+                 val_predictions, target.value, fit.effective_images, fit.top1_error,
+                 fit.unadjusted_top1_error)  # fmt: skip
+    if fit.effective_images < FEW_EFFECTIVE_IMAGES:
+        _logger.warning(
+            "%s: τ was fitted on %.0f effective images (target %s): too few to trust; where the organizer publishes "
+            "the test's distribution, τ follows from the training prior (inatcomp.longtail.tau_towards)",
+            val_predictions,
+            fit.effective_images,
+            target.value,
+        )
     return fit
 
 

@@ -50,7 +50,7 @@ def test_demo_runs_the_stages(tmp_path, caplog):
     assert "0 problems" in caplog.text
     assert (demo / "release" / "train2018.json").is_file()
     assert "0 problems in the release" in caplog.text
-    for run in ("baseline", "recipe_a", "recipe_a_valft", "recipe_b", "recipe_b_valft"):
+    for run in ("baseline", "balanced", "recipe_a", "recipe_a_valft", "recipe_b", "recipe_b_valft"):
         assert (demo / "runs" / run / "best.safetensors").is_file(), run
     # The fine-tuned model trained on the rest of val, and kept the head of the run it started from.
     finetuned = json.loads((demo / "runs" / "recipe_a_valft" / "best.json").read_text())
@@ -58,14 +58,20 @@ def test_demo_runs_the_stages(tmp_path, caplog):
     assert finetuned["category_ids"] == base["category_ids"]
     ensemble_header = json.loads((demo / "predictions" / "ensemble" / "test.pred" / "header.json").read_text())
     assert len(ensemble_header["ensemble"]["members"]) == 2
-    for name in ("baseline", "recipe_a", "recipe_b", "ensemble", "sample_submission"):
+    # The recipe is the ensemble moved from its sampler's prior (π^0.5) to the test's (train's).
+    recipe_header = json.loads((demo / "predictions" / "recipe" / "test.pred" / "header.json").read_text())
+    (adjustment,) = recipe_header["logit_adjust"]
+    assert adjustment["tau"] == -0.5 and adjustment["prior"].endswith("train2018.json")  # square-root batches
+    assert recipe_header["ensemble"] == ensemble_header["ensemble"]
+    names = ("baseline", "balanced", "balanced_adjusted", "recipe_a", "recipe_b", "ensemble", "recipe")
+    for name in (*names, "sample_submission"):
         assert (demo / "submissions" / f"{name}.csv").is_file(), name
     assert (demo / "report" / "score.md").is_file()
     board = (demo / "leaderboard" / "leaderboard.md").read_text()
-    assert all(f"| {name} |" in board for name in ("baseline", "recipe_a", "recipe_b", "ensemble"))
+    assert all(f"| {name} |" in board for name in names)
     # The README block is this run's summary, between the markers, with the rest of the file untouched.
     summary = (demo / "summary.md").read_text()
-    assert summary.startswith("Last run: ") and "| ensemble |" in summary and "20 species, 600 photos" in summary
+    assert summary.startswith("Last run: ") and "| recipe |" in summary and "20 species, 600 photos" in summary
     assert "from the shipped synthetic-world backbone" in summary
     assert yaml.safe_load((demo / "runs" / "baseline" / "config.yaml").read_text())["pretrained"] == "synth"
     text = readme.read_text()

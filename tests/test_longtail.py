@@ -12,7 +12,15 @@ from conftest import tiny_train_config as _config
 from safetensors.torch import load_file
 
 from inatcomp.cli import main
-from inatcomp.longtail import ClassPrior, adjust_scores, class_prior, fit_tau, tau_normalise
+from inatcomp.longtail import (
+    SAMPLER_PRIOR_POWER,
+    ClassPrior,
+    adjust_scores,
+    class_prior,
+    fit_tau,
+    tau_normalise,
+    tau_towards,
+)
 from inatcomp.losses import LogitAdjustedLoss, LossType, create_loss
 from inatcomp.models import create_model
 from inatcomp.predictions import PredictionWriter, open_predictions
@@ -109,6 +117,28 @@ def test_fit_tau_follows_the_target_distribution(tmp_path):
     long_tail = fit_tau(val, labels, prior=prior, target="train")
     assert abs(long_tail.tau) <= 0.5 and long_tail.tau < balanced.tau
     assert long_tail.errors[0.0] < long_tail.errors[1.0]
+    # Weighted to train's distribution, the 300 images of the head class carry 90 % of the weight: the effective
+    # sample shrinks from 900 images to about 300 / 0.9² ≈ 370, and is said with the fit.
+    assert balanced.effective_images == pytest.approx(900.0)
+    w = np.repeat(COUNTS / COUNTS.sum() * 3, 300)
+    assert long_tail.effective_images == pytest.approx(w.sum() ** 2 / (w**2).sum()) and long_tail.effective_images < 400
+
+
+def test_tau_towards_the_published_prior():
+    # Menon et al.'s post-hoc rule for a balanced test, and its inverse for a test that follows train.
+    assert tau_towards(trained_power=SAMPLER_PRIOR_POWER["random"], target="val") == 1.0
+    assert tau_towards(trained_power=SAMPLER_PRIOR_POWER["random"], target="train") == 0.0
+    assert tau_towards(trained_power=SAMPLER_PRIOR_POWER["sqrt"], target="train") == -0.5
+    assert tau_towards(trained_power=SAMPLER_PRIOR_POWER["class-balanced"], target="train") == -1.0
+    # A model trained under π^α, moved by τ = α - 1, scores exactly p(x | y) · π (the train-prior posterior).
+    likelihood = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    prior = COUNTS / COUNTS.sum()
+    for alpha in (0.0, 0.5, 1.0):
+        trained = likelihood * prior**alpha
+        trained /= trained.sum(axis=1, keepdims=True)
+        moved = adjust_scores(trained, np.log(prior), tau_towards(trained_power=alpha, target="train"))
+        want = likelihood * prior
+        np.testing.assert_allclose(moved, want / want.sum(axis=1, keepdims=True), rtol=1e-5)
 
 
 def test_commands_apply_and_record_the_adjustment(tmp_path, caplog):

@@ -635,6 +635,45 @@ def _add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     submit.set_defaults(func=_cmd_submit)
 
 
+def _add_average_arguments(average: argparse.ArgumentParser) -> None:
+    average.add_argument("checkpoints", nargs="+", help="checkpoint files, stems or run folders (their best)")
+    average.add_argument("--out", required=True, help="checkpoint to write (PATH.safetensors and PATH.json)")
+    average.add_argument("--last", type=int, metavar="N",
+                         help="with one run folder: its last N kept epochs (train --keep-epochs N)")  # fmt: skip
+    average.set_defaults(func=_cmd_average)
+
+
+def _cmd_average(args: argparse.Namespace) -> int:
+    from inatcomp.average import average_checkpoints, epoch_checkpoints
+
+    sources = args.checkpoints
+    if args.last is not None:
+        if len(sources) != 1:
+            raise ValueError("--last N averages the kept epochs of one run: give one run folder")
+        sources = epoch_checkpoints(sources[0], args.last)
+    average_checkpoints(sources, out=args.out)
+    return 0
+
+
+def _add_export_arguments(export: argparse.ArgumentParser) -> None:
+    export.add_argument("checkpoint", help="checkpoint file, stem or run folder (its best)")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="what to write")
+    export.add_argument("--out", required=True, help="the file to write (FILE.json is written beside it)")
+    export.add_argument("--int8", action="store_true", help="also write STEM.int8.onnx (ONNX Runtime dynamic int8)")
+    export.add_argument("--val", metavar="VAL.json", help="labelled JSON: the check images, and int8's error change")
+    export.add_argument("--images", help="folder of --val's images (default: the JSON's folder)")
+    export.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from inatcomp.deploy import export_model
+
+    report = export_model(args.checkpoint, format=args.format, out=args.out, int8=args.int8, val=args.val,
+                          images=args.images)  # fmt: skip
+    _logger.info("wrote %s (logits within %.2g of PyTorch)", report.path, report.max_abs_diff)
+    return 0
+
+
 def _add_score_pred_arguments(score_pred: argparse.ArgumentParser) -> None:
     score_pred.add_argument("predictions", help="prediction folder")
     score_pred.add_argument("--labels", required=True, metavar="VAL.json", help="labelled competition JSON")
@@ -657,6 +696,8 @@ _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...
     ("demo", "run the main job on a synthetic export", _add_demo_arguments),
     ("score", "top-1/top-k error of a submission (Public, Private, all) and analyses", _add_score_arguments),
     ("leaderboard", "Kaggle-like public/private leaderboard of submissions", _add_leaderboard_arguments),
+    ("average", "average checkpoints of one model: a run's last epochs, or a model soup", _add_average_arguments),
+    ("export", "export a checkpoint's eval model as ONNX or TorchScript (optionally int8)", _add_export_arguments),
     ("predict", "predict a competition JSON with test-time augmentation", _add_predict_arguments),
     ("ensemble", "combine prediction folders (streaming)", _add_ensemble_arguments),
     ("submit", "write a submission CSV from a prediction folder", _add_submit_arguments),

@@ -51,6 +51,7 @@ __all__ = [
     "head_metadata",
     "head_options",
     "save_checkpoint",
+    "save_tensors",
     "load_checkpoint",
     "resolve_checkpoint",
     "flatten_state",
@@ -409,7 +410,8 @@ def unflatten_state(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return skeleton
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a safetensors file atomically (temporary file, then rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
     # safetensors refuses tensors that share memory; clone those few (e.g. tied weights).
     seen: set[int] = set()
@@ -450,10 +452,10 @@ def save_checkpoint(
     if isinstance(module, CovarianceModel) and "head" not in metadata:
         metadata = {**metadata, "head": head_metadata(module)}
     weights = stem.with_name(stem.name + ".safetensors")
-    _save_tensors(weights, {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
+    save_tensors(weights, {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
     if training_state is not None:
         tensors, skeleton = flatten_state(training_state)
-        _save_tensors(stem.with_name(stem.name + ".state.safetensors"), tensors)
+        save_tensors(stem.with_name(stem.name + ".state.safetensors"), tensors)
         write_atomic(stem.with_name(stem.name + ".state.json"), json.dumps(skeleton))
     # Metadata last: a checkpoint is complete when its JSON exists.
     write_atomic(stem.with_name(stem.name + ".json"), json.dumps(metadata, indent=2, sort_keys=True))

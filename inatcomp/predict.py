@@ -36,6 +36,7 @@ __all__ = [
     "PredictOptions",
     "TTAMode",
     "View",
+    "center_crop_batches",
     "decode_factor",
     "load_model",
     "load_views",
@@ -605,6 +606,26 @@ def _view_loader(
         worker_init_fn=seed_worker,
         pin_memory=device.type == "cuda",
     )
+
+
+def center_crop_batches(
+    checkpoint: str | os.PathLike, data: str | os.PathLike, images: str | os.PathLike | None = None, *,
+    batch_size: int = 32,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """The centre crops ``predict --tta center`` cuts for a checkpoint: uint8 ``[N, s, s, 3]`` batches, row indices.
+
+    For running an exported model on the same inputs as the checkpoint (:mod:`inatcomp.deploy`).
+    """
+    import torch
+
+    from inatcomp.data import CompetitionDataset
+
+    cpu = torch.device("cpu")
+    ev = _load_eval_model(checkpoint, device=cpu, fold_bn=False, channels_last=False)
+    base = CompetitionDataset(data, images, category_ids=ev.category_ids)
+    loader = _view_loader(base, ev, tta=TTAMode.CENTER, views=None, batch_size=batch_size, workers=0, device=cpu)
+    for views, _, index, _ in loader:
+        yield views.numpy(), index.numpy()
 
 
 def _predict_batches(

@@ -137,6 +137,13 @@ class TrainConfig:
     BatchNorm statistics included, and draws class-balanced batches unless ``sampler`` is given;
     ``reset_head`` re-initialises the classifier first instead of keeping ``init``'s).
 
+    Trainer fields: ``mixup``/``cutmix`` (``α`` of each's ``Beta(α, α)``, 0: off), ``mix_prob`` and
+    ``mix_switch_prob`` (timm's ``Mixup`` semantics, :mod:`inatcomp.train.mixing`; off in the classifier stage);
+    ``accum_steps`` (gradients of N batches per optimizer step: an N times larger batch); ``compile``
+    (``torch.compile`` the trained model, falling back to eager with a warning where it cannot compile);
+    ``keep_epochs`` (the evaluated weights of the last N epochs kept as ``epochs/epochNNN``, for ``inatcomp
+    average --last N``).
+
     Every choice field holds a member of its Enum (the type its annotation names); a string is converted
     when the config is made, so a bad choice fails at once, naming the option and the allowed values.
     :meth:`to_dict` gives the values back as the strings a config file writes.
@@ -193,6 +200,13 @@ class TrainConfig:
     hue: float = 0.0
     progressive: list[dict[str, Any]] | None = None
     crop_scale: list[float] = dataclasses.field(default_factory=lambda: [0.08, 1.0])
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
+    accum_steps: int = 1
+    compile: bool = False
+    keep_epochs: int = 0
     max_steps_per_epoch: int | None = None
     log_every: int = 20
     device: str = "auto"
@@ -238,6 +252,16 @@ class TrainConfig:
             raise ValueError(f"taxonomy_weights must be 3 non-negative numbers, got {self.taxonomy_weights}")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must be two numbers 0 < min ≤ max ≤ 1, got {self.crop_scale}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError(f"mixup and cutmix are Beta(α, α) parameters ≥ 0, got {self.mixup}, {self.cutmix}")
+        if not (0 <= self.mix_prob <= 1 and 0 <= self.mix_switch_prob <= 1):
+            raise ValueError(
+                f"mix_prob and mix_switch_prob must be in [0, 1], got {self.mix_prob}, {self.mix_switch_prob}"
+            )
+        if self.keep_epochs < 0:
+            raise ValueError(f"keep_epochs must be ≥ 0, got {self.keep_epochs}")
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be ≥ 1, got {self.accum_steps}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.color_jitter < 0 or not 0 <= self.hue <= 0.5:

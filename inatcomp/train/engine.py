@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -14,6 +15,7 @@ from inatcomp.options import AmpMode
 from inatcomp.train.config import TrainConfig
 from inatcomp.train.distributed import all_reduce_sum, is_main_process
 from inatcomp.train.ema import ModelEma
+from inatcomp.train.mixing import Mixer, mixed_loss
 from inatcomp.train.optim import lr_at
 
 __all__ = ["autocast", "train_one_epoch", "evaluate"]
@@ -68,6 +70,8 @@ def train_one_epoch(
     ema: ModelEma | None = None,
     distributed: bool = False,
     lr_scale: float = 1.0,
+    mixer: Mixer | None = None,
+    micro_batches: int | None = None,
 ) -> dict[str, float]:
     """One pass over the loader; returns loss, images/s, bad images and the last learning rate.
 
@@ -76,30 +80,55 @@ def train_one_epoch(
     ``failed_reads`` the reads that failed (an image drawn twice, or a bad replacement, counts again there).
     With ``distributed`` (each rank trained on its shard) the loss, images and counts are over the process
     group, so the numbers are the global batch's; only rank 0 logs progress.
+
+    With ``config.accum_steps`` = N, each optimizer step sums the gradients of N loader batches, each batch's
+    loss divided by the number of batches in its group (the last group of an epoch may be smaller): the same
+    update as one batch N times larger. ``steps_per_epoch`` counts optimizer steps, ``micro_batches`` the loader's
+    batches (default ``steps_per_epoch × N``). The loss is summed on the device and read back only at logging
+    intervals and at the end, so the step loop does not wait for the device.
     """
     model.train()
     log_progress = bool(config.log_every) and is_main_process()
-    total_loss = 0.0
+    accum = config.accum_steps
+    micro_batches = steps_per_epoch * accum if micro_batches is None else min(micro_batches, steps_per_epoch * accum)
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
     images = steps = 0
     bad = _BadImages()
     start = time.perf_counter()
     lr = config.lr
-    for step, batch in enumerate(loader):
-        if config.max_steps_per_epoch is not None and step >= config.max_steps_per_epoch:
+    if mixer is not None:
+        mixer.set_epoch(epoch)
+    for micro, batch in enumerate(loader):
+        if micro >= micro_batches:
             break
+        step, first = divmod(micro, accum)
+        group = min(accum, micro_batches - step * accum)  # batches in this optimizer step
+        last = first == group - 1
         inputs, targets = batch[0], batch[1]
         bad.add(batch)
         inputs = inputs.to(device, non_blocking=True)
         if config.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
-        lr = lr_at(config, epoch * steps_per_epoch + step, steps_per_epoch) * lr_scale
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        with autocast(device, config.amp):
-            loss = criterion(model(inputs), targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        if first == 0:
+            lr = lr_at(config, epoch * steps_per_epoch + step, steps_per_epoch) * lr_scale
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr * param_group.get("lr_scale", 1.0)
+            optimizer.zero_grad(set_to_none=True)
+        # Under DDP only the group's last backward all-reduces the gradients.
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, config.amp):
+                if mixer is None:
+                    loss = criterion(model(inputs), targets)
+                else:
+                    mix = mixer(inputs, targets)
+                    loss = mixed_loss(criterion, model(mix.inputs), mix)
+            scaler.scale(loss / group).backward()
+        total_loss += loss.detach().double() * len(targets)
+        images += len(targets)
+        if not last:
+            continue
         if config.clip_grad:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
@@ -107,20 +136,19 @@ def train_one_epoch(
         scaler.update()
         if ema is not None:
             ema.update(model)
-        total_loss += float(loss.detach()) * len(targets)
-        images += len(targets)
         steps = step + 1
         if log_progress and steps % config.log_every == 0:
             rate = images / max(time.perf_counter() - start, 1e-9)
             _logger.info("epoch %d step %d/%d loss %.4f lr %.5f %.1f img/s", epoch, steps, steps_per_epoch,
-                         total_loss / images, lr, rate)  # fmt: skip
+                         float(total_loss) / images, lr, rate)  # fmt: skip
     seconds = time.perf_counter() - start
+    loss_sum = float(total_loss)
     if distributed:
-        total_loss, images = all_reduce_sum([total_loss, images], device)
+        loss_sum, images = all_reduce_sum([loss_sum, images], device)
         images = int(images)
     skipped, failed_reads = bad.counts(distributed=distributed, device=device)
     return {
-        "train_loss": total_loss / max(images, 1),
+        "train_loss": loss_sum / max(images, 1),
         "train_images_per_s": images / max(seconds, 1e-9),
         "train_seconds": seconds,
         "skipped_images": skipped,

@@ -17,7 +17,7 @@ from inatcomp.train.checkpointing import Progress, checkpoint_metadata, config_y
 from inatcomp.train.config import Stage, TrainConfig, progressive_stages, stage_at
 from inatcomp.train.distributed import DistributedContext, init_distributed
 from inatcomp.train.engine import evaluate, train_one_epoch
-from inatcomp.train.parts import RunParts, build_parts, enter_stage, steps_in
+from inatcomp.train.parts import RunParts, build_parts, enter_stage, micro_batches_in, steps_in
 from inatcomp.train.seeding import seed_epoch, seed_run
 
 __all__ = ["TrainResult", "train"]
@@ -138,6 +138,8 @@ def _run_epoch(parts: RunParts, stage: Stage, epoch: int) -> dict[str, Any]:
             ema=parts.ema,
             distributed=context.enabled,
             lr_scale=stage.lr_scale,
+            mixer=parts.mixer,
+            micro_batches=micro_batches_in(parts, stage),
         )
     )
     val_shard = parts.val_shard
@@ -172,4 +174,14 @@ def _finish_epoch(
         return
     _logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
     save_checkpoint(run_dir / "last", parts.model, metadata, training_state=training_state(parts, progress))
+    if config.keep_epochs:
+        _keep_epoch(run_dir / "epochs", parts.evaluated, metadata, epoch=epoch, keep=config.keep_epochs)
     write_metrics(run_dir, progress.history)
+
+
+def _keep_epoch(folder: Path, model: Any, metadata: dict[str, Any], *, epoch: int, keep: int) -> None:
+    """Save this epoch's weights as ``folder/epochNNN`` and delete all but the last ``keep`` epochs."""
+    save_checkpoint(folder / f"epoch{epoch:03d}", model, metadata)
+    for old in sorted(folder.glob("epoch*.json"))[:-keep]:
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+        old.unlink()

@@ -16,14 +16,23 @@ from torch.nn.parallel import DistributedDataParallel
 
 from inatcomp.models import set_drop_rate
 from inatcomp.options import AmpMode
-from inatcomp.train.config import LossOption, SamplerOption, Stage, TrainConfig
+from inatcomp.train.config import LossOption, SamplerOption, Stage, TrainConfig, TrainStage
 from inatcomp.train.distributed import DistributedContext
 from inatcomp.train.ema import ModelEma
+from inatcomp.train.mixing import MixConfig, Mixer
 from inatcomp.train.optim import create_optimizer
 from inatcomp.train.recipes import fill_category_records, head_categories, prepare_model
 from inatcomp.train.seeding import SeedPerDraw
 
-__all__ = ["RunParts", "build_parts", "create_criterion", "enter_stage", "steps_in"]
+__all__ = [
+    "RunParts",
+    "build_parts",
+    "compile_or_eager",
+    "create_criterion",
+    "enter_stage",
+    "micro_batches_in",
+    "steps_in",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -49,6 +58,7 @@ class RunParts:
         optimizer: The optimizer.
         scaler: The gradient scaler (enabled for fp16 only).
         ema: The weights' moving average, or ``None``.
+        mixer: Mixup/CutMix of each batch, or ``None``.
     """
 
     config: TrainConfig
@@ -64,6 +74,7 @@ class RunParts:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ema: ModelEma | None
+    mixer: Mixer | None = None
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -171,7 +182,7 @@ def build_parts(
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
         sampler.load_state_dict(state["sampler"])
-    trained = model
+    trained = compile_or_eager(model) if config.compile else model
     if context.enabled:
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = create_optimizer(config, model)
@@ -181,7 +192,7 @@ def build_parts(
     return RunParts(
         config=config, context=context, device=device, train_set=train_set, val_set=val_set, model=model,
         trained=trained, transfer=transfer, sampler=sampler, criterion=criterion, optimizer=optimizer,
-        scaler=scaler, ema=ema,
+        scaler=scaler, ema=ema, mixer=_mixer_for(config, context),
     )  # fmt: skip
 
 
@@ -212,9 +223,61 @@ def enter_stage(parts: RunParts, stage: Stage, *, log: bool) -> Any:
     return stage_config
 
 
-def steps_in(parts: RunParts, stage: Stage) -> int:
-    """Optimizer steps in an epoch of the stage."""
+def micro_batches_in(parts: RunParts, stage: Stage) -> int:
+    """Loader batches trained on in an epoch of the stage (``accum_steps`` of them per optimizer step)."""
     # The loader drops the last, incomplete batch whenever there is a full one (see the loop).
     sampler, config = parts.sampler, parts.config
-    steps = len(sampler) // stage.batch_size if len(sampler) >= stage.batch_size else 1
-    return steps if config.max_steps_per_epoch is None else min(steps, config.max_steps_per_epoch)
+    batches = len(sampler) // stage.batch_size if len(sampler) >= stage.batch_size else 1
+    if config.max_steps_per_epoch is not None:
+        batches = min(batches, config.max_steps_per_epoch * config.accum_steps)
+    return batches
+
+
+def steps_in(parts: RunParts, stage: Stage) -> int:
+    """Optimizer steps in an epoch of the stage (a last, smaller accumulation group counts as one)."""
+    return -(-micro_batches_in(parts, stage) // parts.config.accum_steps)
+
+
+def _mixer_for(config: TrainConfig, context: Any) -> Mixer | None:
+    """Mixup/CutMix as configured; none in the classifier stage (its class-balanced batches train the head alone)."""
+    mix = MixConfig(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mix_prob,
+                    switch_prob=config.mix_switch_prob)  # fmt: skip
+    if not mix.enabled:
+        return None
+    if config.stage is TrainStage.CLASSIFIER:
+        _logger.warning("stage: classifier trains without mixup/CutMix (mixup %g, cutmix %g ignored)",
+                        config.mixup, config.cutmix)  # fmt: skip
+        return None
+    return Mixer(mix, seed=config.seed * 1_000_003 + context.rank)
+
+
+class _CompiledOrEager(torch.nn.Module):
+    """``torch.compile``'s module, or the eager one once compiling has failed (logged once, as a warning)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.eager = model
+        self.compiled: Any = torch.compile(model)
+        self.failed = False
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - any compiler failure: the eager model is the same function
+                self.failed = True
+                _logger.warning("--compile: torch.compile failed (%s: %s); training in eager mode",
+                                type(error).__name__, str(error).splitlines()[0] if str(error) else "")  # fmt: skip
+        return self.eager(*args, **kwargs)
+
+
+def compile_or_eager(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model)``, falling back to ``model`` itself, with a warning, where it cannot compile.
+
+    The weights are shared: checkpoints and evaluation keep using the unwrapped model.
+    """
+    try:
+        return _CompiledOrEager(model)
+    except Exception as error:  # noqa: BLE001 - e.g. a platform torch.compile does not support
+        _logger.warning("--compile: torch.compile is unavailable (%s); training in eager mode", error)
+        return model

@@ -109,3 +109,14 @@ def test_compile_runs_or_falls_back_to_eager(caplog):
     # Either it compiled, or it said why it could not and ran the same function eagerly.
     assert not getattr(wrapped, "failed", False) or "--compile" in caplog.text
     assert set(dict(wrapped.named_parameters())) >= {"eager.0.weight"} or wrapped is model
+
+
+def test_kept_loader_workers_give_the_epochs_of_in_process_loading(tmp_path, tiny_dataset):
+    # The loader's workers start once per stage and serve every epoch; each sample is seeded by its draw, so two
+    # epochs through two kept workers train exactly what in-process loading trains.
+    train_json = tiny_dataset(tmp_path / "data", names=["Aa aa", "Bb bb"], per_class=8)
+    kept = train(_config(train_json, tmp_path / "kept", epochs=2, workers=2, val=str(train_json)))
+    here = train(_config(train_json, tmp_path / "here", epochs=2, workers=0, val=str(train_json)))
+    a, b = load_file(kept.last_checkpoint), load_file(here.last_checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_top1_error"] for r in kept.metrics] == [r["val_top1_error"] for r in here.metrics]

@@ -92,37 +92,49 @@ def _train(
     end_epoch = (
         config.epochs if stop_after_epochs is None else min(config.epochs, progress.start_epoch + stop_after_epochs)
     )
-    stage = data_config = None
+    stage = data_config = loaders = None
     for epoch in range(progress.start_epoch, end_epoch):
         epoch_start = time.perf_counter()
         if stage_at(stages, epoch) != stage:
             stage = stage_at(stages, epoch)
             data_config = enter_stage(parts, stage, log=context.is_main and len(stages) > 1)
-        row = _run_epoch(parts, stage, epoch)
+            loaders = _stage_loaders(parts, stage, epoch)
+        row = _run_epoch(parts, stage, epoch, loaders)
         _finish_epoch(parts, progress, row, run_dir=run_dir, data_config=data_config, epoch_start=epoch_start)
     return TrainResult(run_dir=run_dir, metrics=progress.history, best_checkpoint=run_dir / "best.safetensors",
                        last_checkpoint=run_dir / "last.safetensors")  # fmt: skip
 
 
-def _run_epoch(parts: RunParts, stage: Stage, epoch: int) -> dict[str, Any]:
-    """Train one epoch of the stage and evaluate on this rank's val shard; returns the epoch's metrics row."""
+def _stage_loaders(parts: RunParts, stage: Stage, epoch: int) -> tuple[Any, Any]:
+    """The train and val loaders of a stage, their workers kept across its epochs (started once per stage).
+
+    Each sample's augmentation is seeded by its draw (see SeedPerDraw), not by the worker, so kept workers give
+    the epochs a fresh loader would, and a resumed run the epochs of an unbroken one.
+    """
     from inatcomp.data import create_loader
     from inatcomp.data.samplers import DrawSampler
 
+    config, device, sampler = parts.config, parts.device, parts.sampler
+    keep = config.workers > 0
+    train_loader = create_loader(
+        dataset=parts.draws, batch_size=stage.batch_size, sampler=DrawSampler(sampler), num_workers=config.workers,
+        drop_last=len(sampler) >= stage.batch_size, seed=config.seed * 1_000_003 + epoch,
+        pin_memory=device.type == "cuda", persistent_workers=keep,
+    )  # fmt: skip
+    val_loader = None
+    if parts.val_shard is not None:
+        val_loader = create_loader(dataset=parts.val_shard, batch_size=config.val_batch_size or stage.batch_size,
+                                   num_workers=config.workers, persistent_workers=keep)  # fmt: skip
+    return train_loader, val_loader
+
+
+def _run_epoch(parts: RunParts, stage: Stage, epoch: int, loaders: Any) -> dict[str, Any]:
+    """Train one epoch of the stage and evaluate on this rank's val shard; returns the epoch's metrics row."""
     config, context, device, sampler = parts.config, parts.context, parts.device, parts.sampler
     steps_per_epoch = steps_in(parts, stage)
-    sampler.set_epoch(epoch)
+    sampler.set_epoch(epoch)  # the kept loader's DrawSampler reads the sampler's epoch when iterated
     seed_epoch(config.seed, epoch, context.rank)
-    # A fresh loader per epoch; each sample's augmentation is seeded by its draw (see SeedPerDraw).
-    loader = create_loader(
-        dataset=parts.draws,
-        batch_size=stage.batch_size,
-        sampler=DrawSampler(sampler),
-        num_workers=config.workers,
-        drop_last=len(sampler) >= stage.batch_size,
-        seed=config.seed * 1_000_003 + epoch,
-        pin_memory=device.type == "cuda",
-    )
+    loader, val_loader = loaders
     row: dict[str, Any] = {"epoch": epoch, "img_size": stage.img_size, "batch_size": stage.batch_size}
     row.update(
         train_one_epoch(
@@ -142,11 +154,7 @@ def _run_epoch(parts: RunParts, stage: Stage, epoch: int) -> dict[str, Any]:
             micro_batches=micro_batches_in(parts, stage),
         )
     )
-    val_shard = parts.val_shard
-    if val_shard is not None:
-        val_loader = create_loader(
-            dataset=val_shard, batch_size=config.val_batch_size or stage.batch_size, num_workers=config.workers
-        )
+    if val_loader is not None:
         row.update(evaluate(parts.evaluated, ((b.image, b.label, b.skipped, b.failed) for b in val_loader), device,
                             amp=config.amp, distributed=context.enabled))  # fmt: skip
     if parts.transfer is not None:

@@ -780,7 +780,8 @@ def write_markdown(path: str | os.PathLike, text: str) -> Path:
 def get_args_parser() -> argparse.ArgumentParser:
     """The script's options."""
     parser = argparse.ArgumentParser(prog="ablation", description=__doc__.split("\n")[0])
-    parser.add_argument("--write", help="Markdown file whose generated part to rewrite (ABLATION.md)")
+    parser.add_argument("--write", action="append", default=[],
+                        help="Markdown file whose generated part to rewrite (ABLATION.md; repeatable)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one seed: a smoke run of about 2 minutes")
     parser.add_argument("--seeds", type=int, help=f"training seeds (default {FULL.seeds}; {QUICK.seeds} with --quick)")
     parser.add_argument("--out", help="folder for the data and runs (default runs/ablation or runs/ablation-quick)")
@@ -789,20 +790,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> list[Row]:
     """Run the ablation, log both tables, and with ``--write`` rewrite the Markdown file; returns the rows."""
-    from inatcomp.formats import read_json
+    from benchmarks.common import run_and_write
 
     args = get_args_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        logging.getLogger("inatcomp").setLevel(logging.WARNING)
-    start = time.perf_counter()
-    out = Path(args.out or ("runs/ablation-quick" if args.quick else "runs/ablation"))
-    rows = run(quick=args.quick, seeds=args.seeds, out=out)
-    text = markdown(rows, facts=read_json(out / "facts.json"), seconds=time.perf_counter() - start)
-    _logger.info("\n%s", text)
-    if args.write:
-        _logger.info("wrote %s", write_markdown(args.write, text))
-    return rows
+    return run_and_write(args, name="ablation", run=run, markdown=markdown, write_markdown=write_markdown)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Any
 
 _logger = logging.getLogger(__name__)
 
@@ -64,3 +65,35 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def run_and_write(args: Any, *, name: str, run: Callable[..., Any], markdown: Callable[..., str],
+                  write_markdown: Callable[[str, str], Any]) -> Any:  # fmt: skip
+    """The main of a benchmark that writes a Markdown block: run, log the block, rewrite each ``--write`` file.
+
+    Args:
+        args: Parsed ``--quick``, ``--seeds``, ``--out`` and ``--write`` (a list of files).
+        name: The default output folder's name (``runs/NAME`` or ``runs/NAME-quick``).
+        run: ``run(quick=, seeds=, out=)`` returning the rows; it writes ``out/facts.json``.
+        markdown: ``markdown(rows, facts=, seconds=)`` giving the block.
+        write_markdown: ``write_markdown(path, text)`` replacing the block in a file.
+
+    Returns:
+        The rows.
+    """
+    import time
+    from pathlib import Path
+
+    from inatcomp.fileio import read_json
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        logging.getLogger("inatcomp").setLevel(logging.WARNING)
+    start = time.perf_counter()
+    out = Path(args.out or (f"runs/{name}-quick" if args.quick else f"runs/{name}"))
+    rows = run(quick=args.quick, seeds=args.seeds, out=out)
+    text = markdown(rows, facts=read_json(out / "facts.json"), seconds=time.perf_counter() - start)
+    _logger.info("\n%s", text)
+    for path in args.write:
+        _logger.info("wrote %s", write_markdown(path, text))
+    return rows

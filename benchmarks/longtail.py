@@ -39,7 +39,6 @@ import logging
 import os
 import platform
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -450,20 +449,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> list[Row]:
     """Run, log the block, and with ``--write`` rewrite it in the Markdown file; returns the rows."""
-    from inatcomp.formats import read_json
+    from benchmarks.common import run_and_write
 
     args = get_args_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        logging.getLogger("inatcomp").setLevel(logging.WARNING)
-    start = time.perf_counter()
-    out = Path(args.out or ("runs/longtail-quick" if args.quick else "runs/longtail"))
-    rows = run(quick=args.quick, seeds=args.seeds, out=out)
-    text = markdown(rows, facts=read_json(out / "facts.json"), seconds=time.perf_counter() - start)
-    _logger.info("\n%s", text)
-    for path in args.write:
-        _logger.info("wrote %s", write_markdown(path, text))
-    return rows
+    return run_and_write(args, name="longtail", run=run, markdown=markdown, write_markdown=write_markdown)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ ablation: install
 	$(BIN)/python -m benchmarks.ablation --write ABLATION.md
 	$(BIN)/python -m benchmarks.longtail --write ABLATION.md --write README.md
 
-# Rebuild the shipped synthetic-world backbone (inatcomp/weights/): about 11 minutes on 2 CPU cores.
+# Rebuild the shipped synthetic-world backbone (inatcomp/models/weights/): about 11 minutes on 2 CPU cores.
 pretrain: install
 	$(BIN)/inatcomp pretrain --out runs/pretrain --install --readme README.md
 

@@ -2,7 +2,7 @@
 measured side by side in one run, and peak memory growing linearly with the export (≤ 8 GB at 30 M photos).
 
 Exports of 0.3 M, 3 M and 30 M photos (``--quick``: 30 k and 0.3 M). Up to 3 M photos the export is generated
-(:mod:`inatcomp.synth`); the 30 M export is ten copies of a generated 3 M one with their own ids
+(:mod:`inatcomp.world.synth`); the 30 M export is ten copies of a generated 3 M one with their own ids
 (:func:`replicate_export`), since the generator holds a whole export in memory. It needs about 7 GB of disk.
 
 Each measurement runs in a child process of its own so that its peak resident memory (``VmHWM``) is its
@@ -35,7 +35,7 @@ _PARSE = """
 import json, time
 from benchmarks.common import cpu_seconds, peak_rss_mb
 from inatcomp.build import BUILD_COLUMNS
-from inatcomp.export import find_table, read_columns
+from inatcomp.build.export import find_table, read_columns
 start, cpu = time.perf_counter(), cpu_seconds()
 rows = sum(read_columns(find_table({export!r}, name), name, cols).num_rows for name, cols in BUILD_COLUMNS.items())
 seconds = time.perf_counter() - start
@@ -45,7 +45,7 @@ _BUILD = """
 import json, logging, time
 from benchmarks.common import cpu_seconds, peak_rss_mb
 from inatcomp.build import build_dataset
-from inatcomp.splits import Preset, rules_for
+from inatcomp.build.splits import Preset, rules_for
 logging.basicConfig(level=logging.WARNING)
 start, cpu = time.perf_counter(), cpu_seconds()
 result = build_dataset({export!r}, {out!r}, rules=rules_for(Preset.INAT2018), images=False)
@@ -55,7 +55,7 @@ print(json.dumps({{"seconds": seconds, "rss_mb": peak_rss_mb(), **cpu_seconds(cp
 """
 
 _SYNTH = """
-from inatcomp.synth import SynthConfig, write_export
+from inatcomp.world.synth import SynthConfig, write_export
 write_export({export!r}, SynthConfig(species={species}, photos={photos}, seed=0, images=False))
 print("{{}}")
 """

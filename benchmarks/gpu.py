@@ -124,10 +124,10 @@ def run(*, quick: bool = False, device: str | None = None) -> list[Result]:
         device = "cuda"
     torch_device = torch.device(device)
     from inatcomp.build import build_dataset
-    from inatcomp.predict import load_model, predict
-    from inatcomp.splits import Preset, rules_for
-    from inatcomp.synth import SynthConfig, write_export
+    from inatcomp.build.splits import Preset, rules_for
+    from inatcomp.predict.engine import load_model, predict
     from inatcomp.train import resolve_config, train
+    from inatcomp.world.synth import SynthConfig, write_export
 
     cpu = torch_device.type == "cpu"
     model_name = "resnet10t" if cpu else "resnet50"

@@ -24,7 +24,7 @@ from torchvision import transforms
 
 from benchmarks.common import Result, run_script
 from inatcomp.data import CompetitionDataset, TrainPreset
-from inatcomp.synth import SynthConfig, write_export
+from inatcomp.world.synth import SynthConfig, write_export
 
 _GOAL = 2.5
 

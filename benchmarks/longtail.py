@@ -7,9 +7,9 @@ long-tail papers' test sets are). Every model is scored on both. For each traini
 
 1. **joint**: plain cross-entropy on random batches (the instance-balanced representation of Kang et al.);
    + **post-hoc logit adjustment** (Menon et al.), ``p · π_train^-τ``, with τ either from the prior the model
-   trained under (``inatcomp.longtail.tau_towards``: the organizer publishes the test's distribution; for
+   trained under (``inatcomp.predict.longtail.tau_towards``: the organizer publishes the test's distribution; for
    joint ``τ = 0`` on the long-tailed test, ``+1`` on the balanced one) or fitted on the minival for each test
-   (``inatcomp.longtail.fit_tau``: ``val`` for the balanced test, ``train`` for the long-tailed one);
+   (``inatcomp.predict.longtail.fit_tau``: ``val`` for the balanced test, ``train`` for the long-tailed one);
    + **τ-norm** (Kang et al.): classifier rows divided by ``‖w‖^P``, P fitted on the minival the same way;
 2. **cRT** (Kang et al.): joint's backbone frozen, the classifier re-initialised and re-trained on class-balanced
    batches (``inatcomp train --stage classifier --reset-head``), as trained and moved to each test's prior;
@@ -134,7 +134,7 @@ class _Bench:
 
 def _prepare(setup: LongTailSetup, out: Path) -> _Bench:
     from inatcomp.build import split_val
-    from inatcomp.scoring import load_dataset_info, read_solution
+    from inatcomp.score.scoring import load_dataset_info, read_solution
 
     clock = _Clock()
     release = _release(out / "data", setup.base)
@@ -161,7 +161,7 @@ class _Scores:
 
 
 def _load(bench: _Bench, preds: dict[str, Path]) -> _Scores:
-    from inatcomp.predictions import expected_columns, index_of, open_predictions
+    from inatcomp.formats.predictions import expected_columns, index_of, open_predictions
 
     val, test = open_predictions(preds["val"]), open_predictions(preds["test"])
     rows = index_of(test.image_ids, bench.test_ids)
@@ -175,15 +175,15 @@ def _load(bench: _Bench, preds: dict[str, Path]) -> _Scores:
 
 
 def _prior(bench: _Bench, category_ids: np.ndarray) -> Any:
-    from inatcomp.longtail import ClassPrior
+    from inatcomp.predict.longtail import ClassPrior
 
     counts = np.array([bench.prior_counts.get(int(c), 0) for c in category_ids], dtype=np.int64)
     return ClassPrior(counts=counts, source="train")
 
 
 def _test_errors(bench: _Bench, scores: _Scores, probs: np.ndarray, test: str) -> dict[str, float]:
-    from inatcomp.predictions import top_k_columns
-    from inatcomp.scoring import top_k_error
+    from inatcomp.formats.predictions import top_k_columns
+    from inatcomp.score.scoring import top_k_error
 
     rows = bench.balanced if test == "bal" else np.arange(len(bench.test_ids))
     ranked = scores.category_ids[top_k_columns(probs[rows], 3)]
@@ -200,8 +200,8 @@ def _target(test: str) -> str:
 
 
 def _minival_error(bench: _Bench, scores: _Scores, probs: np.ndarray, test: str) -> float:
-    """The minival top-1 error weighted for the test's distribution (:func:`inatcomp.longtail.target_weights`)."""
-    from inatcomp.longtail import target_weights
+    """The minival top-1 error weighted for the test's distribution (``predict.longtail.target_weights``)."""
+    from inatcomp.predict.longtail import target_weights
 
     weights = target_weights(scores.minival_expected, prior=_prior(bench, scores.category_ids), target=_target(test))
     wrong = probs.argmax(axis=1) != scores.minival_expected
@@ -217,7 +217,7 @@ def _as_trained(bench: _Bench, scores: _Scores) -> dict[str, float]:
 
 def _adjusted(bench: _Bench, scores: _Scores, *, trained_power: float | None = None) -> dict[str, float]:
     """Post-hoc logit adjustment towards each test: τ from the training prior's power, or fitted on the minival."""
-    from inatcomp.longtail import adjust_scores, target_weights, tau_grid, tau_towards
+    from inatcomp.predict.longtail import adjust_scores, target_weights, tau_grid, tau_towards
 
     prior = _prior(bench, scores.category_ids)
     out: dict[str, float] = {}
@@ -238,7 +238,7 @@ def _adjusted(bench: _Bench, scores: _Scores, *, trained_power: float | None = N
 
 
 def _predict(bench: _Bench, checkpoint: Path, seed: int, name: str, tau_norm: float | None = None) -> dict[str, Path]:
-    from inatcomp.predict import predict
+    from inatcomp.predict.engine import predict
 
     out = bench.out / f"seed{seed}" / "predictions" / name
     return {
@@ -266,8 +266,8 @@ def _tau_norm(bench: _Bench, checkpoint: Path, seed: int, joint: _Scores) -> dic
 
 def _seed(bench: _Bench, seed: int) -> dict[str, dict[str, float]]:
     """Every row's metrics for one seed."""
-    from inatcomp.longtail import SAMPLER_PRIOR_POWER
     from inatcomp.pipeline import train_run
+    from inatcomp.predict.longtail import SAMPLER_PRIOR_POWER
 
     base, out = bench.setup.base, bench.out / f"seed{seed}"
     options = _train_options(base, seed)
@@ -316,7 +316,7 @@ def run(
     """
     import torch
 
-    from inatcomp.formats import write_json
+    from inatcomp.formats.validate import write_json
 
     setup = setup or (QUICK if quick else FULL)
     if seeds is not None:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import Result, run_script
-from inatcomp.scoring import score_file
+from inatcomp.score.scoring import score_file
 
 ROWS = 149_394
 CLASSES = 8_142
@@ -114,7 +114,7 @@ def run(*, quick: bool = False) -> list[Result]:
         process, inner, numpy_floor, imports = [], [], [], []
         for _ in range(5):
             numpy_floor.append(import_seconds("import numpy"))
-            imports.append(import_seconds("import inatcomp.cli, inatcomp.report"))
+            imports.append(import_seconds("import inatcomp.cli, inatcomp.score.report"))
             process.append(whole_process_seconds(submission, solution, expected))
             start = time.perf_counter()
             score_file(submission, solution)

@@ -10,7 +10,7 @@ import tempfile
 import time
 
 from benchmarks.common import Result, run_script
-from inatcomp.synth import SynthConfig, write_export
+from inatcomp.world.synth import SynthConfig, write_export
 
 
 def run(*, quick: bool = False) -> list[Result]:

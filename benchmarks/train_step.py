@@ -20,12 +20,12 @@ import torch
 
 from benchmarks.common import Result, run_script
 from inatcomp.build import build_dataset
+from inatcomp.build.splits import Preset, rules_for
 from inatcomp.data import CompetitionDataset, create_loader, create_sampler, create_transform, resolve_data_config
 from inatcomp.data.samplers import SamplerType
-from inatcomp.models import create_model
-from inatcomp.splits import Preset, rules_for
-from inatcomp.synth import SynthConfig, write_export
+from inatcomp.models.factory import create_model
 from inatcomp.train import resolve_config, train
+from inatcomp.world.synth import SynthConfig, write_export
 
 _logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""How the synthetic world behaves under training: the numbers that calibrate :mod:`inatcomp.render`.
+"""How the synthetic world behaves under training: the numbers that calibrate :mod:`inatcomp.world.render`.
 
 On a demo-sized export (300 species, 20,000 photos, built with the inat2018 preset: its val split is balanced)
 a resnet10t at 64 px is trained with the demo's baseline options (plain cross-entropy, random batches), from
@@ -34,9 +34,9 @@ SIZE = 64
 
 def _release(out: Path, *, species: int, photos: int) -> Any:
     from inatcomp.build import build_dataset
+    from inatcomp.build.splits import Preset, rules_for
     from inatcomp.pipeline import find_release
-    from inatcomp.splits import Preset, rules_for
-    from inatcomp.synth import SynthConfig, write_export
+    from inatcomp.world.synth import SynthConfig, write_export
 
     write_export(out / "export", SynthConfig(species=species, photos=photos, seed=0))
     build_dataset(out / "export", out / "release", rules=rules_for(Preset.INAT2018), seed=0, overwrite=True)
@@ -46,7 +46,7 @@ def _release(out: Path, *, species: int, photos: int) -> Any:
 def _cnn(release: Any, out: Path, *, pretrained: str, epochs: int) -> dict[str, Any]:
     """Train with the demo's baseline options, predict val, and score it with the release's analyses."""
     from inatcomp.pipeline import predict_run, train_run
-    from inatcomp.scoring import score_predictions
+    from inatcomp.score.scoring import score_predictions
 
     run = train_run(
         release, out / f"run-{pretrained}", model="resnet10t", pretrained=pretrained, img_size=SIZE, epochs=epochs,
@@ -104,7 +104,7 @@ def _colour_histogram(release: Any) -> float:
 
 
 def _shipped(model: str) -> bool:
-    from inatcomp.models import read_synth_manifest
+    from inatcomp.models.factory import read_synth_manifest
 
     return model in read_synth_manifest()
 

@@ -13,7 +13,7 @@ _logger = logging.getLogger("inatcomp")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from inatcomp.synth import SynthConfig, write_export
+    from inatcomp.world.synth import SynthConfig, write_export
 
     config = SynthConfig(
         species=args.species,
@@ -31,7 +31,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth_preview(args: argparse.Namespace) -> int:
-    from inatcomp.synth import sibling_preview
+    from inatcomp.world.synth import sibling_preview
 
     names = sibling_preview(args.export, args.out, per_species=args.per_species, seed=args.seed)
     _logger.info("wrote %s: a row each of %s", args.out, " and ".join(names))
@@ -39,12 +39,12 @@ def _cmd_synth_preview(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from inatcomp.formats import FileKind, validate_file
+    from inatcomp.formats.validate import FileKind, validate_file
 
     kind = FileKind(args.kind) if args.kind else None
     year = None
     if args.against:
-        from inatcomp.submission import validate_submission
+        from inatcomp.predict.submission import validate_submission
 
         year = kind.value.removeprefix("submission_") if kind and kind.value.startswith("submission_") else None
     failed = False
@@ -62,9 +62,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     import json
 
-    from inatcomp.competitions import SubmissionFormat
-    from inatcomp.report import score_markdown, write_score_report
-    from inatcomp.scoring import score_file
+    from inatcomp.formats.competitions import SubmissionFormat
+    from inatcomp.score.report import score_markdown, write_score_report
+    from inatcomp.score.scoring import score_file
 
     result = score_file(
         args.submission,
@@ -81,8 +81,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from inatcomp.competitions import SubmissionFormat
-    from inatcomp.report import build_leaderboard, leaderboard_markdown, write_leaderboard
+    from inatcomp.formats.competitions import SubmissionFormat
+    from inatcomp.score.report import build_leaderboard, leaderboard_markdown, write_leaderboard
 
     entries = build_leaderboard(
         args.submissions,
@@ -98,7 +98,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from inatcomp.build import build_dataset
-    from inatcomp.splits import PhotoChoice, Preset, rule_overrides, rules_for
+    from inatcomp.build.splits import PhotoChoice, Preset, rule_overrides, rules_for
 
     overrides = {rule.name: getattr(args, rule.name) for rule in rule_overrides()}
     if args.photo_choice:
@@ -194,7 +194,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from inatcomp.predict import predict
+    from inatcomp.predict.engine import predict
 
     predict(
         checkpoint=args.checkpoint,
@@ -218,7 +218,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from inatcomp.ensemble import ensemble, fit_weights
+    from inatcomp.predict.ensemble import ensemble, fit_weights
 
     weights, extra = args.weights, None
     if args.fit_weights:
@@ -235,7 +235,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from inatcomp.submission import write_submission
+    from inatcomp.predict.submission import write_submission
 
     adjustment = _logit_adjustment(args, args.predictions)
     write_submission(args.predictions, format=args.format, out=args.out, chunk_rows=args.chunk_rows,
@@ -246,7 +246,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_score_pred(args: argparse.Namespace) -> int:
     import json
 
-    from inatcomp.scoring import score_predictions
+    from inatcomp.score.scoring import score_predictions
 
     result = score_predictions(
         args.predictions, args.labels, k=args.k, chunk_rows=args.chunk_rows, dataset=args.dataset
@@ -254,14 +254,14 @@ def _cmd_score_pred(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
-        from inatcomp.report import prediction_score_markdown
+        from inatcomp.score.report import prediction_score_markdown
 
         sys.stdout.write(prediction_score_markdown(result))
     return 0
 
 
 def _cmd_geoprior_train(args: argparse.Namespace) -> int:
-    from inatcomp.geoprior import PriorConfig, train_prior
+    from inatcomp.predict.geoprior import PriorConfig, train_prior
 
     config = PriorConfig(
         use_dates=not args.no_dates, hidden=args.hidden, layers=args.layers, dropout=args.dropout, epochs=args.epochs,
@@ -274,7 +274,7 @@ def _cmd_geoprior_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_geoprior_apply(args: argparse.Namespace) -> int:
-    from inatcomp.geoprior import apply_prior
+    from inatcomp.predict.geoprior import apply_prior
 
     result = apply_prior(args.predictions, prior=args.prior, out=args.out, locations=args.locations,
                          chunk_rows=args.chunk_rows)  # fmt: skip
@@ -285,7 +285,7 @@ def _cmd_geoprior_apply(args: argparse.Namespace) -> int:
 def _cmd_geoprior_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from inatcomp.geoprior import evaluate_prior
+    from inatcomp.predict.geoprior import evaluate_prior
 
     result = evaluate_prior(args.predictions, args.labels, prior=args.prior, locations=args.locations, k=args.k,
                             chunk_rows=args.chunk_rows)  # fmt: skip
@@ -294,7 +294,7 @@ def _cmd_geoprior_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_geoprior_map(args: argparse.Namespace) -> int:
-    from inatcomp.geoprior import plot_prior_map
+    from inatcomp.predict.geoprior import plot_prior_map
 
     day = None if args.day is None else (args.day - 1) / 365
     plot_prior_map(args.prior, out=args.out, category_id=args.category, day=day, resolution=args.resolution)
@@ -304,7 +304,7 @@ def _cmd_geoprior_map(args: argparse.Namespace) -> int:
 
 def _add_geoprior_arguments(geo: argparse.ArgumentParser) -> None:
     """``inatcomp geoprior train|apply|evaluate|map``."""
-    from inatcomp.geoprior import PriorConfig
+    from inatcomp.predict.geoprior import PriorConfig
 
     d = PriorConfig()
     geo_sub = geo.add_subparsers(dest="geoprior_command", required=True)
@@ -366,7 +366,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from inatcomp.fileio import replace_generated_block
-    from inatcomp.pretrain import PretrainConfig, manifest_markdown, pretrain
+    from inatcomp.train.pretrain import PretrainConfig, manifest_markdown, pretrain
 
     config = PretrainConfig(
         out=args.out, species=args.species, photos=args.photos, model=args.model, img_size=args.img_size,
@@ -419,7 +419,7 @@ def _add_validate_arguments(validate: argparse.ArgumentParser) -> None:
 
 
 def _add_build_arguments(build: argparse.ArgumentParser) -> None:
-    from inatcomp.splits import PhotoChoice, Preset, rule_overrides
+    from inatcomp.build.splits import PhotoChoice, Preset, rule_overrides
 
     build.add_argument("export", help="export folder (taxa, observations, photos, observers tables; photos/)")
     build.add_argument("out", help="release folder")
@@ -467,7 +467,7 @@ def _add_demo_arguments(demo: argparse.ArgumentParser) -> None:
 
 
 def _add_pretrain_arguments(pretrain: argparse.ArgumentParser) -> None:
-    from inatcomp.pretrain import PRETRAIN_DEFAULTS
+    from inatcomp.train.pretrain import PRETRAIN_DEFAULTS
 
     d = PRETRAIN_DEFAULTS
 
@@ -482,7 +482,7 @@ def _add_pretrain_arguments(pretrain: argparse.ArgumentParser) -> None:
     pretrain.add_argument("--seed", type=int, default=d.seed, help=f"seed of the world and training (default {d.seed})")
     pretrain.add_argument("--workers", type=int, default=d.workers, help=f"loader processes (default {d.workers})")
     pretrain.add_argument(
-        "--install", action="store_true", help="also write the weights and manifest entry into inatcomp/weights/"
+        "--install", action="store_true", help="also write the weights and manifest entry into inatcomp/models/weights/"
     )
     pretrain.add_argument(
         "--readme", metavar="FILE", help="write this run's figures into FILE's pretrain:begin/end block"
@@ -491,7 +491,7 @@ def _add_pretrain_arguments(pretrain: argparse.ArgumentParser) -> None:
 
 
 def _submission_formats() -> list[str]:
-    from inatcomp.competitions import SubmissionFormat
+    from inatcomp.formats.competitions import SubmissionFormat
 
     return [f.value for f in SubmissionFormat]
 
@@ -530,7 +530,7 @@ def _add_leaderboard_arguments(board: argparse.ArgumentParser) -> None:
 
 def _add_predict_arguments(pred: argparse.ArgumentParser) -> None:
     from inatcomp.options import AmpMode
-    from inatcomp.predict import PREDICT_DEFAULTS, AverageMode, TTAMode
+    from inatcomp.predict.engine import PREDICT_DEFAULTS, AverageMode, TTAMode
 
     d = PREDICT_DEFAULTS
 
@@ -564,7 +564,7 @@ def _add_predict_arguments(pred: argparse.ArgumentParser) -> None:
 
 
 def _add_logit_adjust_arguments(parser: argparse.ArgumentParser, *, labels: bool = True) -> None:
-    group = parser.add_argument_group("logit adjustment (Menon et al. 2021; see inatcomp.longtail)")
+    group = parser.add_argument_group("logit adjustment (Menon et al. 2021; see inatcomp.predict.longtail)")
     group.add_argument("--logit-adjust", type=float, metavar="TAU",
                        help="probabilities × prior^-TAU: 1 moves a plain model towards balanced classes, "
                        "-1 a balanced model towards the train prior")  # fmt: skip
@@ -587,7 +587,7 @@ def _add_logit_adjust_arguments(parser: argparse.ArgumentParser, *, labels: bool
 
 def _logit_adjustment(args: argparse.Namespace, predictions: str) -> Any:
     """(τ, prior, fit) for ``predictions`` as the options ask, or ``None``."""
-    from inatcomp.longtail import resolve_adjustment
+    from inatcomp.predict.longtail import resolve_adjustment
 
     return resolve_adjustment(
         predictions, tau=args.logit_adjust, fit_on=args.fit_logit_adjust, labels=args.labels,
@@ -599,7 +599,7 @@ def _adjust_in_place(args: argparse.Namespace, predictions: str) -> None:
     """Logit-adjust a prediction folder just written, when asked (its header records it)."""
     adjustment = _logit_adjustment(args, predictions)
     if adjustment is not None:
-        from inatcomp.longtail import adjust_predictions
+        from inatcomp.predict.longtail import adjust_predictions
 
         tau, prior, fit = adjustment
         adjust_predictions(predictions, tau=tau, prior=prior, fit=fit, out=predictions)
@@ -610,7 +610,7 @@ def _add_chunk_rows(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_ensemble_arguments(ens: argparse.ArgumentParser) -> None:
-    from inatcomp.ensemble import EnsembleMode
+    from inatcomp.predict.ensemble import EnsembleMode
 
     ens.add_argument("predictions", nargs="+", help="prediction folders (same images and categories, any order)")
     ens.add_argument("--out", required=True, help="prediction folder to write")
@@ -644,7 +644,7 @@ def _add_average_arguments(average: argparse.ArgumentParser) -> None:
 
 
 def _cmd_average(args: argparse.Namespace) -> int:
-    from inatcomp.average import average_checkpoints, epoch_checkpoints
+    from inatcomp.models.average import average_checkpoints, epoch_checkpoints
 
     sources = args.checkpoints
     if args.last is not None:
@@ -666,7 +666,7 @@ def _add_export_arguments(export: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from inatcomp.deploy import export_model
+    from inatcomp.predict.deploy import export_model
 
     report = export_model(args.checkpoint, format=args.format, out=args.out, int8=args.int8, val=args.val,
                           images=args.images)  # fmt: skip

@@ -5,7 +5,7 @@ observer) → train a baseline (plain cross-entropy, random batches), a model wi
 smoothing, and two models with the recipe (square-root batches, label and taxonomy-aware smoothing) → fine-tune
 each recipe model on the rest of val → predict minival and test with flip TTA → ensemble the two → logit-adjust
 the ensemble and the balanced model towards the test's prior, which the preset publishes (its test follows
-train's long tail): τ from the prior each trained under (:func:`inatcomp.longtail.tau_towards`) → submissions,
+train's long tail): τ from the prior each trained under (:func:`inatcomp.predict.longtail.tau_towards`) → submissions,
 each validated against the test file → score them against the hidden solution (a Markdown report with plots for
 the recipe) → a leaderboard of the demo's submissions with the organizer's sample submission as the floor.
 """
@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from inatcomp.build import build_dataset, release_names, split_val
+from inatcomp.build.splits import Preset, rules_for
 from inatcomp.fileio import replace_generated_block, write_atomic
-from inatcomp.formats import validate_file
-from inatcomp.longtail import SAMPLER_PRIOR_POWER, TargetPrior, adjust_predictions, class_prior, tau_towards
+from inatcomp.formats.predictions import open_predictions
+from inatcomp.formats.validate import validate_file
 from inatcomp.pipeline import ensemble_run, find_release, predict_run, submit, train_run
-from inatcomp.predictions import open_predictions
-from inatcomp.report import build_leaderboard, leaderboard_markdown, write_leaderboard, write_score_report
-from inatcomp.scoring import score_file, score_predictions
-from inatcomp.splits import Preset, rules_for
-from inatcomp.synth import EXPORT_TABLES, SynthConfig, write_export
+from inatcomp.predict.longtail import SAMPLER_PRIOR_POWER, TargetPrior, adjust_predictions, class_prior, tau_towards
+from inatcomp.score.report import build_leaderboard, leaderboard_markdown, write_leaderboard, write_score_report
+from inatcomp.score.scoring import score_file, score_predictions
+from inatcomp.world.synth import EXPORT_TABLES, SynthConfig, write_export
 
 __all__ = ["DEMO_EPOCHS", "run_demo", "summary_markdown"]
 

@@ -76,7 +76,7 @@ _FREEZE_PATTERN = re.compile(r"all-but-last-(\d+)")
 def parse_freeze(text: str) -> tuple[FreezeMode, int]:
     """Parse ``none``, ``backbone`` or ``all-but-last-N`` (N ≥ 1) into a mode and N.
 
-    Here rather than in :mod:`inatcomp.models` so a training config is checked without importing torch.
+    Here rather than in :mod:`inatcomp.models.factory` so a training config is checked without importing torch.
 
     Raises:
         ValueError: Anything else.

@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from inatcomp.predict import PREDICT_DEFAULTS
-from inatcomp.splits import Preset
+from inatcomp.build.splits import Preset
+from inatcomp.predict.engine import PREDICT_DEFAULTS
 
 __all__ = [
     "YEARS",
@@ -64,7 +64,7 @@ class Release:
     @property
     def submission_format(self) -> str:
         """The submission format of the release's year (2021's for the production preset)."""
-        from inatcomp.competitions import format_of_preset
+        from inatcomp.formats.competitions import format_of_preset
 
         return format_of_preset(self.preset).value
 
@@ -114,7 +114,7 @@ def find_release(root: str | os.PathLike, *, preset: Preset | str) -> Release:
         ValueError: The folder or one of its JSON files is missing (naming it and what was expected).
     """
     from inatcomp.build import release_names
-    from inatcomp.splits import rules_for
+    from inatcomp.build.splits import rules_for
 
     preset = Preset(preset)
     root = Path(root)
@@ -153,8 +153,8 @@ def synthetic_release(
         rules: Build rules replacing the preset's (``BuildRules`` field → value), e.g. ``{"test_per_class": 10}``.
     """
     from inatcomp.build import build_dataset
-    from inatcomp.splits import rules_for
-    from inatcomp.synth import SynthConfig, write_export
+    from inatcomp.build.splits import rules_for
+    from inatcomp.world.synth import SynthConfig, write_export
 
     out, preset = Path(out), Preset(preset)
     export = out / "export"
@@ -203,7 +203,7 @@ def subset_categories(
     """
     import numpy as np
 
-    from inatcomp.formats import read_json, write_json
+    from inatcomp.formats.validate import read_json, write_json
 
     data = read_json(source)
     ids = sorted(int(c["id"]) for c in data["categories"])
@@ -237,13 +237,13 @@ def predict_run(
         checkpoint: A checkpoint file, stem or run folder.
         release: The release.
         out: The folder for ``<part>.pred`` prediction folders.
-        tta: The TTA preset (:class:`inatcomp.predict.TTAMode` value).
+        tta: The TTA preset (:class:`inatcomp.predict.engine.TTAMode` value).
         batch_size: Images per batch.
         amp: ``bf16``/``fp16`` autocast, or None.
         parts: Which splits.
     """
-    from inatcomp.predict import predict
-    from inatcomp.scoring import score_predictions
+    from inatcomp.predict.engine import predict
+    from inatcomp.score.scoring import score_predictions
 
     out = Path(out)
     preds = {
@@ -269,8 +269,8 @@ def ensemble_run(
         release: The release whose ``val`` labels score the ensemble.
         out: The folder for ``<part>.pred``.
     """
-    from inatcomp.ensemble import ensemble
-    from inatcomp.scoring import score_predictions
+    from inatcomp.predict.ensemble import ensemble
+    from inatcomp.score.scoring import score_predictions
 
     out = Path(out)
     combined = {part: ensemble(paths, out=out / f"{part}.pred") for part, paths in members.items()}
@@ -288,8 +288,8 @@ def submit(release: Release, test_pred: str | os.PathLike, out: str | os.PathLik
     Raises:
         ValueError: The written submission does not validate against the test file.
     """
-    from inatcomp.scoring import score_file
-    from inatcomp.submission import validate_submission, write_submission
+    from inatcomp.predict.submission import validate_submission, write_submission
+    from inatcomp.score.scoring import score_file
 
     path = write_submission(test_pred, format=release.submission_format, out=out)
     problems = validate_submission(path, release.test, format=release.submission_format)
@@ -306,7 +306,7 @@ def submit(release: Release, test_pred: str | os.PathLike, out: str | os.PathLik
 
 def write_summary(out: str | os.PathLike, summary: dict[str, Any]) -> Path:
     """Write a kernel's summary as ``out/summary.json`` (paths as strings) and log it."""
-    from inatcomp.formats import write_json
+    from inatcomp.formats.validate import write_json
 
     plain = {k: str(v) if isinstance(v, Path) else v for k, v in summary.items()}
     path = Path(out) / "summary.json"

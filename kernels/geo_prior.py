@@ -23,16 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from inatcomp.formats import read_json, write_atomic
-from inatcomp.geoprior import (
-    PriorConfig,
-    apply_prior,
-    evaluate_prior,
-    find_locations,
-    load_observations,
-    plot_prior_map,
-    train_prior,
-)
+from inatcomp.formats.validate import read_json, write_atomic
 from inatcomp.pipeline import (
     add_kernel_arguments,
     kernel_release,
@@ -42,7 +33,16 @@ from inatcomp.pipeline import (
     train_run,
     write_summary,
 )
-from inatcomp.predict import predict
+from inatcomp.predict.engine import predict
+from inatcomp.predict.geoprior import (
+    PriorConfig,
+    apply_prior,
+    evaluate_prior,
+    find_locations,
+    load_observations,
+    plot_prior_map,
+    train_prior,
+)
 
 _VARIANTS = {"place": False, "place_date": True}
 _NAMES = {"place": "image model + geo prior (place)", "place_date": "image model + geo prior (place and date)"}

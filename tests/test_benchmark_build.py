@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from inatcomp.build import build_dataset
-from inatcomp.splits import Preset, rules_for
-from inatcomp.synth import SynthConfig, write_export
+from inatcomp.build.splits import Preset, rules_for
+from inatcomp.world.synth import SynthConfig, write_export
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 
 from inatcomp.build import build_dataset, check_leakage, release_names, split_val
+from inatcomp.build.splits import PhotoChoice, Preset, assign_observers, rules_for
 from inatcomp.cli import main
-from inatcomp.competitions import format_of_preset
-from inatcomp.formats import validate_file
+from inatcomp.formats.competitions import format_of_preset
+from inatcomp.formats.validate import validate_file
 from inatcomp.pipeline import find_release
-from inatcomp.scoring import score_file
-from inatcomp.splits import PhotoChoice, Preset, assign_observers, rules_for
-from inatcomp.synth import SynthConfig, write_export
+from inatcomp.score.scoring import score_file
+from inatcomp.world.synth import SynthConfig, write_export
 
 TAXA_HEADER = ["taxon_id", "ancestry", "rank_level", "rank", "name", "active"]
 OBS_HEADER = [
@@ -607,7 +607,7 @@ def test_release_json_escapes_text_and_leakage_check_reads_it(tmp_path):
 @pytest.mark.parametrize("top", [2, 1000, 1 << 20, 1 << 40, 1 << 62, (1 << 64) - 1])
 @pytest.mark.parametrize("n", [1, 2, 9, 5000])
 def test_sorting_helpers_equal_numpy(top, n):
-    from inatcomp.splits import first_within_groups, lexsort_by_group, rank_within_groups, sort_with_order
+    from inatcomp.build.splits import first_within_groups, lexsort_by_group, rank_within_groups, sort_with_order
 
     rng = np.random.default_rng(n)
     values = rng.integers(0, top, n, dtype=np.uint64, endpoint=True)
@@ -649,7 +649,7 @@ def test_unique_inverse_and_is_in_equal_numpy_for_small_and_large_ids(top):
 @pytest.mark.parametrize("quota", [1, 3, 40])
 def test_within_quota_ranks_few_and_equals_ranking_all(quota):
     from inatcomp.build.sampling import _within_quota
-    from inatcomp.splits import random_keys, rank_within_groups
+    from inatcomp.build.splits import random_keys, rank_within_groups
 
     rng = np.random.default_rng(quota)
     n, n_groups = 60_000, 30
@@ -668,8 +668,8 @@ def test_within_quota_ranks_few_and_equals_ranking_all(quota):
 
 def test_observation_classes_by_dense_table_equal_binary_search(hand, monkeypatch):
     import inatcomp.build.inclusion as inclusion
-    from inatcomp.export import ancestry_parents, read_export
-    from inatcomp.taxonomy import TaxonIndex
+    from inatcomp.build.export import ancestry_parents, read_export
+    from inatcomp.formats.taxonomy import TaxonIndex
 
     t = read_export(hand[1]).taxa
     taxa = TaxonIndex(
@@ -696,7 +696,7 @@ def test_rule_overrides_are_the_numeric_rules_and_rules_for_takes_each():
     import dataclasses
     import typing
 
-    from inatcomp.splits import BuildRules, rule_overrides
+    from inatcomp.build.splits import BuildRules, rule_overrides
 
     overrides = rule_overrides()
     hints = typing.get_type_hints(BuildRules)

@@ -15,6 +15,7 @@ from scipy import stats
 from torch import nn
 
 from inatcomp.build import build_dataset
+from inatcomp.build.splits import Preset, rules_for
 from inatcomp.data import (
     CompetitionDataset,
     DataConfig,
@@ -27,9 +28,8 @@ from inatcomp.data import (
     create_transform,
     resolve_data_config,
 )
-from inatcomp.losses import LossType, create_loss
-from inatcomp.splits import Preset, rules_for
-from inatcomp.synth import SynthConfig, write_export
+from inatcomp.models.losses import LossType, create_loss
+from inatcomp.world.synth import SynthConfig, write_export
 
 RELEASE_FILES = {
     Preset.INAT2017: ("train2017.json", "val2017.json", "test2017.json"),

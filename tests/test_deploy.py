@@ -10,11 +10,11 @@ import torch
 from conftest import tiny_train_config as _config
 from safetensors.torch import load_file
 
-from inatcomp.average import average_checkpoints
 from inatcomp.cli import main
-from inatcomp.deploy import TOLERANCE, export_model
-from inatcomp.predict import load_model
-from inatcomp.predictions import open_predictions
+from inatcomp.formats.predictions import open_predictions
+from inatcomp.models.average import average_checkpoints
+from inatcomp.predict.deploy import TOLERANCE, export_model
+from inatcomp.predict.engine import load_model
 from inatcomp.train import train
 
 NAMES = ["Aa aa", "Bb bb", "Cc cc"]

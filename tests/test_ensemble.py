@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from inatcomp.cli import main
-from inatcomp.ensemble import EnsembleMode, combine, ensemble, fit_weights
-from inatcomp.predictions import PredictionWriter, open_predictions
+from inatcomp.formats.predictions import PredictionWriter, open_predictions
+from inatcomp.predict.ensemble import EnsembleMode, combine, ensemble, fit_weights
 
 IMAGES = np.arange(1000, 1040)
 CATEGORIES = np.array([11, 4, 7, 30, 2, 19])

@@ -1,4 +1,4 @@
-"""Tests of inatcomp.export: the four export tables plain, gzipped or Parquet; clear errors; ancestry parsing."""
+"""Tests of inatcomp.build.export: the four export tables plain, gzipped or Parquet; clear errors; ancestry parsing."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from inatcomp.export import TABLE_COLUMNS, ancestry_parents, find_table, read_columns, read_export
-from inatcomp.synth import SynthConfig, write_export
+from inatcomp.build.export import TABLE_COLUMNS, ancestry_parents, find_table, read_columns, read_export
+from inatcomp.world.synth import SynthConfig, write_export
 
 TABLES = tuple(TABLE_COLUMNS)
 
@@ -149,7 +149,7 @@ def test_ancestry_parents_take_the_last_id_with_either_separator():
 
 
 def test_ancestry_parents_agree_with_split_ancestry_on_a_trailing_separator():
-    from inatcomp.taxonomy import split_ancestry
+    from inatcomp.formats.taxonomy import split_ancestry
 
     texts = ["48460/1/", "/48460/1", "48460\\1\\", "48460", ""]
     assert ancestry_parents(pa.array(texts)).tolist() == [1, 1, 1, 48460, -1]

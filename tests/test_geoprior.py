@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from inatcomp.cli import main
-from inatcomp.geoprior import (
+from inatcomp.formats.predictions import PredictionWriter, ScoreKind, open_predictions
+from inatcomp.models.factory import save_checkpoint
+from inatcomp.predict.geoprior import (
     GeoPrior,
     Observations,
     PriorConfig,
@@ -28,8 +30,6 @@ from inatcomp.geoprior import (
     save_prior,
     train_prior,
 )
-from inatcomp.models import save_checkpoint
-from inatcomp.predictions import PredictionWriter, ScoreKind, open_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Category id: (latitude, longitude, peak of the season as a fraction of the year).

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from inatcomp.data import resolve_data_config
-from inatcomp.heads import CovarianceModel, CovariancePool, HeadType, covariance, isqrt, triu_vector
-from inatcomp.models import create_model, head_options, load_checkpoint, save_checkpoint
-from inatcomp.predict import load_model
+from inatcomp.models.factory import create_model, head_options, load_checkpoint, save_checkpoint
+from inatcomp.models.heads import CovarianceModel, CovariancePool, HeadType, covariance, isqrt, triu_vector
+from inatcomp.predict.engine import load_model
 
 
 def _spd(batch: int, dim: int, *, low: float, high: float, seed: int = 0) -> torch.Tensor:

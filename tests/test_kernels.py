@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from inatcomp.pipeline import find_release, synthetic_release
-from inatcomp.submission import validate_submission
+from inatcomp.predict.submission import validate_submission
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = sorted(p.stem for p in (ROOT / "kernels").glob("*.py"))

@@ -12,7 +12,10 @@ from conftest import tiny_train_config as _config
 from safetensors.torch import load_file
 
 from inatcomp.cli import main
-from inatcomp.longtail import (
+from inatcomp.formats.predictions import PredictionWriter, open_predictions
+from inatcomp.models.factory import create_model
+from inatcomp.models.losses import LogitAdjustedLoss, LossType, create_loss
+from inatcomp.predict.longtail import (
     SAMPLER_PRIOR_POWER,
     ClassPrior,
     adjust_scores,
@@ -21,9 +24,6 @@ from inatcomp.longtail import (
     tau_normalise,
     tau_towards,
 )
-from inatcomp.losses import LogitAdjustedLoss, LossType, create_loss
-from inatcomp.models import create_model
-from inatcomp.predictions import PredictionWriter, open_predictions
 from inatcomp.train import train
 
 COUNTS = np.array([90, 9, 1])

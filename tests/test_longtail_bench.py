@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import longtail
-from inatcomp.predictions import open_predictions
+from inatcomp.formats.predictions import open_predictions
 
 
 def test_balanced_subset_takes_at_most_the_quota_of_each_class():

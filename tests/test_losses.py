@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from inatcomp.losses import (
+from inatcomp.models.losses import (
     ClassBalancedCrossEntropy,
     LabelSmoothingCrossEntropy,
     LossType,

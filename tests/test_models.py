@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from inatcomp.models import (
+from inatcomp.models.factory import (
     create_model,
     flatten_state,
     fold_batchnorm,

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from inatcomp import pipeline
+from inatcomp.build.splits import Preset
 from inatcomp.pipeline import (
     YEARS,
     Release,
@@ -25,8 +26,7 @@ from inatcomp.pipeline import (
     subset_categories,
     synthetic_release,
 )
-from inatcomp.predict import PredictionWriter
-from inatcomp.splits import Preset
+from inatcomp.predict.engine import PredictionWriter
 
 
 @pytest.fixture(scope="module")

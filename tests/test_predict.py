@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from inatcomp.build import build_dataset
+from inatcomp.build.splits import Preset, rules_for
 from inatcomp.cli import main
-from inatcomp.models import create_model, fold_batchnorm, save_checkpoint
-from inatcomp.predict import (
+from inatcomp.formats.predictions import open_predictions
+from inatcomp.models.factory import create_model, fold_batchnorm, save_checkpoint
+from inatcomp.predict.engine import (
     AverageMode,
     TTAMode,
     View,
@@ -28,11 +30,9 @@ from inatcomp.predict import (
     predict,
     view_boxes,
 )
-from inatcomp.predictions import open_predictions
-from inatcomp.scoring import score_predictions
-from inatcomp.splits import Preset, rules_for
-from inatcomp.submission import write_submission
-from inatcomp.synth import SynthConfig, write_export
+from inatcomp.predict.submission import write_submission
+from inatcomp.score.scoring import score_predictions
+from inatcomp.world.synth import SynthConfig, write_export
 
 CROP = 32
 
@@ -342,7 +342,7 @@ def test_unreadable_images_get_uniform_rows_and_are_counted(release, checkpoint,
 def test_prediction_headers_match_their_schema(release, checkpoint, tmp_path):
     import jsonschema
 
-    from inatcomp.formats import SCHEMA_DIR
+    from inatcomp.formats.validate import SCHEMA_DIR
 
     schema = json.loads((SCHEMA_DIR / "predictions_header.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -352,7 +352,7 @@ def test_prediction_headers_match_their_schema(release, checkpoint, tmp_path):
 
 
 def test_prefetch_keeps_order_raises_and_stops_early():
-    from inatcomp.predict import prefetch
+    from inatcomp.predict.engine import prefetch
 
     assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
 

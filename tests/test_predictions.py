@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inatcomp.cli import main
-from inatcomp.predictions import (
+from inatcomp.formats.predictions import (
     PredictionWriter,
     expected_columns,
     index_of,
@@ -16,7 +16,7 @@ from inatcomp.predictions import (
     open_predictions,
     top_k_columns,
 )
-from inatcomp.scoring import score_predictions
+from inatcomp.score.scoring import score_predictions
 
 
 def test_top_k_columns_orders_by_score_then_column():

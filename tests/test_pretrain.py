@@ -18,10 +18,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from inatcomp.cli import main
-from inatcomp.models import SYNTH_WEIGHTS_ENV, create_model, file_sha256
+from inatcomp.formats.taxonomy import LIFE_TAXON_ID
+from inatcomp.models.factory import SYNTH_WEIGHTS_ENV, create_model, file_sha256
 from inatcomp.options import PretrainedSource, parse_pretrained
-from inatcomp.synth import SynthConfig, World, generate_taxonomy, write_export
-from inatcomp.taxonomy import LIFE_TAXON_ID
+from inatcomp.world.synth import SynthConfig, World, generate_taxonomy, write_export
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "inatcomp" / "weights" / "resnet10t-synth.safetensors"

@@ -22,7 +22,7 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import load_file
 
-from inatcomp.models import create_model
+from inatcomp.models.factory import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPO = "timm/resnet10t.c3_in1k"  # timm's default weights for resnet10t
@@ -88,7 +88,7 @@ def test_timm_weights_come_from_the_cache_named_by_hf_home_offline(hub_home, tmp
     # A fresh interpreter with only the environment set, as a user runs `inatcomp train` on an offline machine.
     script = (
         "import json, sys, torch\n"
-        "from inatcomp.models import create_model\n"
+        "from inatcomp.models.factory import create_model\n"
         "model = create_model('resnet10t', num_classes=7, pretrained='timm')\n"
         "torch.save({k: v for k, v in model.state_dict().items()}, sys.argv[1])\n"
         "print(json.dumps(model.pretrained_cfg['hf_hub_id']))\n"

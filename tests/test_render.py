@@ -1,4 +1,4 @@
-"""Tests of inatcomp.render and inatcomp.bodyplan: pure, deterministic rendering whose look follows the
+"""Tests of inatcomp.world.render and inatcomp.world.bodyplan: pure, deterministic rendering whose look follows the
 species (body plan, proportions, colours, field marks) and the observer.
 
 How pixel distance grows with taxonomic distance (siblings < family < supercategory) is tested in
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inatcomp import bodyplan, render
-from inatcomp.taxonomy import Supercategory
+from inatcomp.formats.taxonomy import Supercategory
+from inatcomp.world import bodyplan, render
 
 _NEUTRAL = render.CameraStyle(colour_gain=(1.0, 1.0, 1.0), background=0, blur_sigma=0.0, noise=0.0, jpeg_quality=90)
 _POSE = render.PhotoPose(

@@ -1,4 +1,4 @@
-"""Tests for inatcomp.report: safe cells, atomic report files, leaderboard ranks and the leaderboard CLI."""
+"""Tests for inatcomp.score.report: safe cells, atomic report files, leaderboard ranks and the leaderboard CLI."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from inatcomp.cli import main
-from inatcomp.report import (
+from inatcomp.score.report import (
     build_leaderboard,
     competition_ranks,
     csv_text,
@@ -24,7 +24,7 @@ from inatcomp.report import (
     write_leaderboard,
     write_score_report,
 )
-from inatcomp.scoring import analyse, score_arrays
+from inatcomp.score.scoring import analyse, score_arrays
 
 SOLUTION = "id,expected,usage\n1,10,Public\n2,20,Public\n3,30,Private\n4,40,Private\n"
 

@@ -1,4 +1,4 @@
-"""Tests for inatcomp.scoring: the metric against scikit-learn, hand-made cases, hostile submissions, the CLI."""
+"""Tests for inatcomp.score.scoring: the metric against scikit-learn, hand-made cases, hostile submissions, the CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import top_k_accuracy_score
 
 from inatcomp.cli import main
-from inatcomp.scoring import (
+from inatcomp.score.scoring import (
     MAX_REPORTED,
     SubmissionFormat,
     analyse,
@@ -416,7 +416,7 @@ def test_max_size_mb_sets_the_limit_and_the_row_bound_says_so(tmp_path: Path) ->
 
 def test_quoted_standard_headers_are_read_alike_by_score_and_validate(tmp_path: Path) -> None:
     """Kaggle accepts quoted CSV fields; the scorer and ``validate --against`` give one answer."""
-    from inatcomp.submission import validate_submission
+    from inatcomp.predict.submission import validate_submission
 
     images = [{"id": i, "width": 1, "height": 1, "file_name": f"{i}.jpg"} for i in range(3)]
     categories = [{"id": c, "name": f"c{c}"} for c in range(4)]

@@ -1,4 +1,4 @@
-"""Tests of inatcomp.splits: presets and their overrides, rule checks, photographer-isolated assignment.
+"""Tests of inatcomp.build.splits: presets and their overrides, rule checks, photographer-isolated assignment.
 
 The sorting and ranking helpers are tested against NumPy in tests/test_build.py; the isolation of whole
 releases (no observer, observation or photo in two splits) in tests/test_build.py as well.
@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from inatcomp.splits import BuildRules, PhotoChoice, Preset, Split, assign_observers, rules_for
+from inatcomp.build.splits import BuildRules, PhotoChoice, Preset, Split, assign_observers, rules_for
 
 
 def _assign(observer, category, rules, seed=0):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inatcomp.predictions import PredictionWriter
+from inatcomp.formats.predictions import PredictionWriter
 
 HEAVY = {"torch", "timm", "torchvision"}
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from inatcomp.cli import main
-from inatcomp.predictions import PredictionWriter
-from inatcomp.scoring import SubmissionFormat, score_file
-from inatcomp.submission import validate_submission, write_submission
+from inatcomp.formats.predictions import PredictionWriter
+from inatcomp.predict.submission import validate_submission, write_submission
+from inatcomp.score.scoring import SubmissionFormat, score_file
 
 CATEGORIES = [3, 8, 15, 21, 40, 41, 57]
 IMAGE_IDS = [500, 501, 502, 503, 504, 505, 506, 507]

@@ -1,11 +1,11 @@
-"""Tests of inatcomp.taxonomy: ranks, ancestry strings, ancestors at each rank (the roll-up), supercategories."""
+"""inatcomp.formats.taxonomy: ranks, ancestry strings, ancestors at each rank (the roll-up), supercategories."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from inatcomp.taxonomy import (
+from inatcomp.formats.taxonomy import (
     CATEGORY_RANKS,
     LIFE_TAXON_ID,
     Rank,

@@ -11,12 +11,12 @@ import yaml
 from safetensors.torch import load_file
 
 from inatcomp.build import build_dataset
+from inatcomp.build.splits import Preset, rules_for
 from inatcomp.cli import main
 from inatcomp.data import CompetitionDataset, create_loader, create_transform, resolve_data_config
-from inatcomp.models import create_model, load_checkpoint
-from inatcomp.splits import Preset, rules_for
-from inatcomp.synth import SynthConfig, write_export
+from inatcomp.models.factory import create_model, load_checkpoint
 from inatcomp.train import evaluate, lr_at, resolve_config, train
+from inatcomp.world.synth import SynthConfig, write_export
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_train_config as _config
 from safetensors.torch import load_file
 
-from inatcomp.losses import LossType, TaxonomySmoothingCrossEntropy, create_loss, taxonomy_smoothing_targets
+from inatcomp.models.losses import LossType, TaxonomySmoothingCrossEntropy, create_loss, taxonomy_smoothing_targets
 from inatcomp.train import train
 from inatcomp.train.mixing import MixConfig, Mixer, mixed_loss, soft_targets
 from inatcomp.train.parts import compile_or_eager

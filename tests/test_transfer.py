@@ -12,8 +12,9 @@ from conftest import tiny_train_config as _config
 from safetensors.torch import load_file
 
 from inatcomp.build import build_dataset, split_val
+from inatcomp.build.splits import Preset, rules_for
 from inatcomp.cli import main
-from inatcomp.models import (
+from inatcomp.models.factory import (
     FreezeMode,
     NewTaxaInit,
     TaxonMatch,
@@ -26,9 +27,8 @@ from inatcomp.models import (
     taxon_keys,
     transfer_classifier,
 )
-from inatcomp.splits import Preset, rules_for
-from inatcomp.synth import SynthConfig, write_export
 from inatcomp.train import resolve_config, train
+from inatcomp.world.synth import SynthConfig, write_export
 
 CONFIGS = Path(__file__).resolve().parents[1] / "kernels" / "configs"
 OLD_NAMES = [f"Genus{i // 2} species{i}" for i in range(6)]

@@ -1,9 +1,9 @@
 """Turning an observation export into a challenge dataset: ``inatcomp build``.
 
-The way through: read the four export tables (:mod:`inatcomp.export`) → give every observation a
+The way through: read the four export tables (:mod:`inatcomp.build.export`) → give every observation a
 class or a reason why not (roll-up, hybrids, inactive or unknown taxa, quality grade; leaf genera and
 inclusion thresholds for ``production``) → keep the photos per observation the rules allow → put
-every observer in one split (:func:`inatcomp.splits.assign_observers`) → sample each class to its
+every observer in one split (:func:`inatcomp.build.splits.assign_observers`) → sample each class to its
 quotas → resize the images into the release layout → write the release files, the organizer's
 private files (solution, provenance) and an audit that re-checks leakage from the written files.
 

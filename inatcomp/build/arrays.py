@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from inatcomp.splits import sort_with_order
+from inatcomp.build.splits import sort_with_order
 
 _UUID_HASH = np.uint64(0x9E3779B97F4A7C15)
 
@@ -138,7 +138,7 @@ def _dense(top: int, n: int) -> bool:
 
 def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(values, return_inverse=True)`` for integers: by counting when they are small and
-    non-negative, else by :func:`~inatcomp.splits.sort_with_order` (several times faster than NumPy's)."""
+    non-negative, else by :func:`~inatcomp.build.splits.sort_with_order` (several times faster than NumPy's)."""
     if len(values) == 0 or values.dtype.kind not in "iu" or values.min() < 0:
         return np.unique(values, return_inverse=True)
     if _dense(int(values.max()), len(values)):

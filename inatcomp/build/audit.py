@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from inatcomp import formats
 from inatcomp.build.arrays import _sorted_unique, _unique_inverse, _uuid_key, _uuid_words
-from inatcomp.splits import BuildRules, sort_with_order
+from inatcomp.build.splits import BuildRules, sort_with_order
+from inatcomp.formats import validate as formats
 
 
 class _Audit:

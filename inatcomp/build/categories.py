@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from inatcomp.splits import BuildRules, Preset
-from inatcomp.taxonomy import TaxonIndex
+from inatcomp.build.splits import BuildRules, Preset
+from inatcomp.formats.taxonomy import TaxonIndex
 
 _RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
 

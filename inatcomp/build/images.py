@@ -20,7 +20,7 @@ import pyarrow as pa
 from inatcomp.build.audit import _Audit
 from inatcomp.build.layout import _file_names
 from inatcomp.build.selection import _Selection
-from inatcomp.splits import BuildRules, Split
+from inatcomp.build.splits import BuildRules, Split
 
 _logger = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from inatcomp import formats
 from inatcomp.build.arrays import _DENSE_IDS, _needs_escape, _unique_inverse
 from inatcomp.build.audit import _json_image_ids
 from inatcomp.build.layout import _PARTS
 from inatcomp.build.selection import _ImageColumns, _Selection
-from inatcomp.splits import BuildRules, Preset, Split
+from inatcomp.build.splits import BuildRules, Preset, Split
+from inatcomp.formats import validate as formats
 
 _LICENSE_URLS = {
     "CC0": "https://creativecommons.org/publicdomain/zero/1.0/",
@@ -231,7 +231,7 @@ def _locations_json(texts: _ReleaseTexts, idx: np.ndarray) -> Iterator[bytes]:
 
 
 def _compact_json(obj: object) -> bytes:
-    """Compact JSON text of a small object, as :func:`inatcomp.formats.write_json` writes it."""
+    """Compact JSON text of a small object, as :func:`inatcomp.formats.validate.write_json` writes it."""
     import orjson
 
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inatcomp import formats
-from inatcomp.splits import rank_within_groups
+from inatcomp.build.splits import rank_within_groups
+from inatcomp.formats import validate as formats
 
 
 def split_val(

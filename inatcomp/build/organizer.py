@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from inatcomp import formats
 from inatcomp.build.audit import _provenance_leakage
 from inatcomp.build.selection import _Selection
-from inatcomp.competitions import format_of_preset
-from inatcomp.splits import BuildRules
+from inatcomp.build.splits import BuildRules
+from inatcomp.formats import validate as formats
+from inatcomp.formats.competitions import format_of_preset
 
 
 def _write_solution(path: Path, *, rules: BuildRules, seed: int, test_ids: np.ndarray, expected: np.ndarray) -> None:

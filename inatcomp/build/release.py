@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from inatcomp.build.audit import _Audit, _json_mismatches, _write_audit
 from inatcomp.build.categories import _category_frame, _category_records
+from inatcomp.build.export import TABLE_COLUMNS, read_export
 from inatcomp.build.images import _write_images
 from inatcomp.build.inclusion import _classify
 from inatcomp.build.json_text import _release_texts, _write_json_files
@@ -21,9 +22,8 @@ from inatcomp.build.layout import _prepare_out, release_names
 from inatcomp.build.organizer import _write_provenance, _write_sample_submission, _write_solution
 from inatcomp.build.sampling import _apply_quotas, _photos_per_observation, _split_observers, _split_sizes
 from inatcomp.build.selection import _name_files, _select, _Selection
+from inatcomp.build.splits import BuildRules, Split
 from inatcomp.build.stats import _stats_and_plot, _write_stats
-from inatcomp.export import TABLE_COLUMNS, read_export
-from inatcomp.splits import BuildRules, Split
 
 _logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import numpy as np
 
 from inatcomp.build.arrays import _take_numbers, _unique_inverse
 from inatcomp.build.audit import _Audit
+from inatcomp.build.export import ExportTables
 from inatcomp.build.inclusion import _Classified
 from inatcomp.build.layout import _PARTS
-from inatcomp.export import ExportTables
-from inatcomp.splits import (
+from inatcomp.build.splits import (
     BuildRules,
     PhotoChoice,
     Split,
@@ -91,7 +91,7 @@ def _photos_per_observation(
 def _split_observers(
     classified: _Classified, candidates: _Candidates, rules: BuildRules, rng: np.random.Generator, audit: _Audit
 ) -> _Splits:
-    """Put every observer in one split (:func:`~inatcomp.splits.assign_observers`); audit the classes dropped.
+    """Put every observer in one split (:func:`~inatcomp.build.splits.assign_observers`); audit the classes dropped.
 
     Classes and observers get compact indices first; a class without a supercategory is dropped.
     """

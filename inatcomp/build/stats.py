@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from inatcomp import formats
 from inatcomp.build.arrays import _sorted_unique
 from inatcomp.build.layout import _PARTS
-from inatcomp.splits import Split
+from inatcomp.build.splits import Split
+from inatcomp.formats import validate as formats
 
 
 def _stats_and_plot(

@@ -2,8 +2,9 @@
 
 One run folder holds everything: ``config.yaml`` (the resolved configuration), ``metrics.csv`` and
 ``metrics.json`` (per epoch: losses, val top-1/top-3 error, images/s, distinct bad images and failed reads,
-learning rate), ``best.*`` and ``last.*`` checkpoints (safetensors plus JSON metadata, see :mod:`inatcomp.models`) and
-``last.state.*`` (optimizer, EMA, sampler and RNG states) from which ``--resume`` continues exactly.
+learning rate), ``best.*`` and ``last.*`` checkpoints (safetensors plus JSON metadata, see
+:mod:`inatcomp.models.factory`) and ``last.state.*`` (optimizer, EMA, sampler and RNG states) from which
+``--resume`` continues exactly.
 
 Configuration precedence lives in :func:`resolve_config`: command line over ``-c config.yaml`` over the
 defaults of :class:`TrainConfig`.
@@ -23,7 +24,7 @@ Recipes on top of the loop (configs in ``kernels/configs/``):
   ``--new-taxa-init`` (zero or the mean row); everything else is loaded. The counts of taxa carried, added
   and dropped are logged, in every metrics row and in the checkpoints' ``transfer`` metadata.
 * ``--freeze none|backbone|all-but-last-N`` trains only the classifier, or the last N stages and what
-  follows them; frozen BatchNorm layers keep their statistics (see :func:`inatcomp.models.freeze_model`).
+  follows them; frozen BatchNorm layers keep their statistics (see :func:`inatcomp.models.factory.freeze_model`).
 * ``--categories-from init|CHECKPOINT|JSON`` takes the head's categories (and their order) from elsewhere
   than the training JSON: val fine-tuning trains on a val file under the train file's category set.
 * Under ``torchrun`` (``WORLD_SIZE`` > 1) every process joins the process group (gloo on the CPU, NCCL

@@ -3,7 +3,8 @@
 :class:`TrainConfig` holds every option; :func:`resolve_config` applies the precedence (command line over
 ``-c config.yaml`` over an ``--init`` checkpoint's architecture over the defaults) and checks the result.
 Choice fields are Enums defined here (or in :mod:`inatcomp.options`); the loop maps them to the torch-side
-Enums of :mod:`inatcomp.data`, :mod:`inatcomp.losses`, :mod:`inatcomp.heads` and :mod:`inatcomp.models`.
+Enums of :mod:`inatcomp.data`,
+:mod:`inatcomp.models.losses`, :mod:`inatcomp.models.heads` and :mod:`inatcomp.models.factory`.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class SamplerOption(enum.Enum):
 
 
 class LossOption(enum.Enum):
-    """The loss; label and taxonomy smoothing are options of ``ce`` (see :func:`inatcomp.losses.create_loss`)."""
+    """The loss; label and taxonomy smoothing are options of ``ce`` (see :func:`inatcomp.models.losses.create_loss`)."""
 
     CE = "ce"
     CLASS_BALANCED = "class-balanced"
@@ -94,14 +95,14 @@ class TrainStage(enum.Enum):
 
 
 class HeadOption(enum.Enum):
-    """The classification head (:class:`~inatcomp.heads.HeadType` of the same value)."""
+    """The classification head (:class:`~inatcomp.models.heads.HeadType` of the same value)."""
 
     AVG = "avg"
     ISQRTCOV = "isqrtcov"
 
 
 class TransferMatchOption(enum.Enum):
-    """How an ``init`` checkpoint's taxa are matched (:class:`~inatcomp.models.TaxonMatch` of the same value)."""
+    """How an ``init`` checkpoint's taxa are matched (``models.factory.TaxonMatch`` of the same value)."""
 
     AUTO = "auto"
     ID = "id"
@@ -109,7 +110,7 @@ class TransferMatchOption(enum.Enum):
 
 
 class NewTaxaInitOption(enum.Enum):
-    """Start of the classifier rows of taxa an ``init`` lacks (:class:`~inatcomp.models.NewTaxaInit`)."""
+    """Start of the classifier rows of taxa an ``init`` lacks (:class:`~inatcomp.models.factory.NewTaxaInit`)."""
 
     ZERO = "zero"
     MEAN = "mean"
@@ -124,11 +125,11 @@ class TrainConfig:
     (under torchrun the global batch is ``batch_size × WORLD_SIZE``).
 
     Recipe fields: ``pretrained`` (the backbone's weights: a local file, ``timm`` or ``hf-hub:OWNER/NAME.TAG``,
-    see :func:`~inatcomp.models.create_model`); ``init`` (a checkpoint, stem or run folder to start from);
+    see :func:`~inatcomp.models.factory.create_model`); ``init`` (a checkpoint, stem or run folder to start from);
     ``categories_from`` (``init``, a checkpoint or a dataset JSON whose categories make the head, default: the
     training JSON's);
-    ``transfer_match`` (``auto``, ``id`` or ``name``, see :class:`~inatcomp.models.TaxonMatch`) and
-    ``new_taxa_init`` (``zero`` or ``mean``, see :class:`~inatcomp.models.NewTaxaInit`) for an ``init`` with
+    ``transfer_match`` (``auto``, ``id`` or ``name``, see :class:`~inatcomp.models.factory.TaxonMatch`) and
+    ``new_taxa_init`` (``zero`` or ``mean``, see :class:`~inatcomp.models.factory.NewTaxaInit`) for an ``init`` with
     another category set; ``freeze`` (``none``, ``backbone`` or ``all-but-last-N``, see
     :func:`~inatcomp.options.parse_freeze`; one option, as the command line writes it); ``freeze_norm_stats``
     (every BatchNorm layer keeps the running statistics it starts with while its weights train: for val
@@ -396,7 +397,7 @@ def _inherited_from_init(values: Mapping[str, Any]) -> dict[str, Any]:
     if not values.get("init") or not needed:
         return {}
     # Imported here: models imports torch, and only a run that starts from a checkpoint needs it.
-    from inatcomp.models import resolve_checkpoint
+    from inatcomp.models.factory import resolve_checkpoint
 
     metadata_file = resolve_checkpoint(values["init"]).with_suffix(".json")
     try:

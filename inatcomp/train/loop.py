@@ -11,8 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from inatcomp.formats import write_atomic
-from inatcomp.models import load_checkpoint, save_checkpoint
+from inatcomp.formats.validate import write_atomic
+from inatcomp.models.factory import load_checkpoint, save_checkpoint
 from inatcomp.train.checkpointing import Progress, checkpoint_metadata, config_yaml, training_state, write_metrics
 from inatcomp.train.config import Stage, TrainConfig, progressive_stages, stage_at
 from inatcomp.train.distributed import DistributedContext, init_distributed

@@ -6,7 +6,7 @@ a box of ``x_j`` into ``x_i`` and takes ``λ`` as the share of ``x_i`` left. As 
 mixed with probability ``mix_prob``, and when both are on, CutMix is chosen with probability ``switch_prob``.
 
 The target is ``λ · t(y_i) + (1 − λ) · t(y_j)``, where ``t`` is whatever target distribution the loss builds from a
-label (one-hot, label-smoothed, or spread over the taxonomy). Every loss of :mod:`inatcomp.losses` is linear in
+label (one-hot, label-smoothed, or spread over the taxonomy). Every loss of :mod:`inatcomp.models.losses` is linear in
 that distribution, so :func:`mixed_loss` computes ``λ · L(z, y_i) + (1 − λ) · L(z, y_j)``: the same number, with
 the loss's own smoothing applied to each label, and no loss has to take soft targets.
 """

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from inatcomp.models import set_drop_rate
+from inatcomp.models.factory import set_drop_rate
 from inatcomp.options import AmpMode
 from inatcomp.train.config import LossOption, SamplerOption, Stage, TrainConfig, TrainStage
 from inatcomp.train.distributed import DistributedContext
@@ -36,7 +36,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: A checkpoint as :func:`inatcomp.models.load_checkpoint` returns it with its training state.
+#: A checkpoint as :func:`inatcomp.models.factory.load_checkpoint` returns it with its training state.
 Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]
 
 
@@ -136,9 +136,9 @@ def create_criterion(config: TrainConfig, train_set: Any) -> torch.nn.Module:
     """The loss ``config.loss`` names, with the label or taxonomy smoothing it asks for.
 
     ``logit-adjusted`` and ``balanced-softmax`` wrap the cross-entropy (smoothed or not) in
-    :class:`~inatcomp.losses.LogitAdjustedLoss` (τ = ``logit_adjust_tau``, or 1 for the balanced softmax).
+    :class:`~inatcomp.models.losses.LogitAdjustedLoss` (τ = ``logit_adjust_tau``, or 1 for the balanced softmax).
     """
-    from inatcomp.losses import LossType, create_loss
+    from inatcomp.models.losses import LossType, create_loss
 
     if config.loss is LossOption.CLASS_BALANCED:
         loss_type = LossType.CLASS_BALANCED

@@ -12,8 +12,7 @@ from typing import Any
 import torch
 
 from inatcomp.fileio import read_json
-from inatcomp.heads import HeadType
-from inatcomp.models import (
+from inatcomp.models.factory import (
     FreezeMode,
     NewTaxaInit,
     TaxonMatch,
@@ -28,6 +27,7 @@ from inatcomp.models import (
     taxon_keys,
     transfer_classifier,
 )
+from inatcomp.models.heads import HeadType
 from inatcomp.train.config import TrainConfig, TrainStage
 from inatcomp.train.distributed import is_main_process
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from inatcomp.fileio import read_json, resolve_checkpoint
-from inatcomp.predictions import (
+from inatcomp.formats.predictions import (
     Predictions,
     PredictionWriter,
     expected_columns,
@@ -329,7 +329,7 @@ def fit_tau(
     if fit.effective_images < FEW_EFFECTIVE_IMAGES:
         _logger.warning(
             "%s: τ was fitted on %.0f effective images (target %s): too few to trust; where the organizer publishes "
-            "the test's distribution, τ follows from the training prior (inatcomp.longtail.tau_towards)",
+            "the test's distribution, τ follows from the training prior (inatcomp.predict.longtail.tau_towards)",
             val_predictions,
             fit.effective_images,
             target.value,
@@ -422,7 +422,7 @@ def tau_normalise(model: Any, power: float) -> int:
     """Divide each classifier row by its norm to the ``power`` (Kang et al.'s τ-norm), in place.
 
     Args:
-        model: A timm model (its classifier found by :func:`inatcomp.models.classifier_names`).
+        model: A timm model (its classifier found by :func:`inatcomp.models.factory.classifier_names`).
         power: ``P`` in ``[0, 1]`` usually; 0 leaves the weights unchanged.
 
     Returns:
@@ -430,7 +430,7 @@ def tau_normalise(model: Any, power: float) -> int:
     """
     import torch
 
-    from inatcomp.models import classifier_names
+    from inatcomp.models.factory import classifier_names
 
     if power == 0:
         return 0

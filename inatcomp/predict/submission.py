@@ -4,10 +4,11 @@
 labels in 2017 and 2021, 3 in 2018, 1 in 2019; category ids separated by single spaces, most confident first)
 from a prediction folder, streaming in row chunks and renaming a temporary file into place at the end.
 
-``inatcomp validate SUBMISSION --against TEST.json`` reads the submission with :mod:`inatcomp.scoring`'s hardened
+``inatcomp validate SUBMISSION --against TEST.json`` reads the submission with :mod:`inatcomp.score.scoring`'s hardened
 reader (size limit, encoding, malformed or repeated labels, duplicate ids: each named by its line) and adds what
 only the test file can tell: the year's exact header, every test image exactly once, exactly the year's number
-of labels per row, and every label a category id of the test file. Problems are :class:`inatcomp.formats.Problem`.
+of labels per row, and every label a category id of the test file. Problems are
+:class:`inatcomp.formats.validate.Problem`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from inatcomp.competitions import SubmissionFormat
 from inatcomp.fileio import read_json
-from inatcomp.formats import Problem
-from inatcomp.predictions import index_of, open_predictions, top_k_columns
-from inatcomp.scoring import read_submission
+from inatcomp.formats.competitions import SubmissionFormat
+from inatcomp.formats.predictions import index_of, open_predictions, top_k_columns
+from inatcomp.formats.validate import Problem
+from inatcomp.score.scoring import read_submission
 
 __all__ = ["read_test_ids", "validate_submission", "write_submission"]
 
@@ -49,7 +50,8 @@ def write_submission(
         out: The CSV to write (``submissions/NAME.csv`` by convention).
         chunk_rows: Rows per chunk (about 64 MB of float32 scores when None).
         logit_adjust: ``(τ, prior)``: rank the labels by the logit-adjusted probabilities
-            (:func:`inatcomp.longtail.adjust_scores` with the :class:`~inatcomp.longtail.ClassPrior`'s log prior).
+            (:func:`~inatcomp.predict.longtail.adjust_scores` with the
+            :class:`~inatcomp.predict.longtail.ClassPrior`'s log prior).
 
     Returns:
         The CSV.
@@ -67,7 +69,7 @@ def write_submission(
             pred, preds.header["failed_images"],
         )  # fmt: skip
     if logit_adjust is not None:
-        from inatcomp.longtail import adjust_scores
+        from inatcomp.predict.longtail import adjust_scores
 
         tau, log_prior = float(logit_adjust[0]), logit_adjust[1].log_prior
         _logger.info("%s: labels ranked after logit adjustment, τ = %g (prior %s)", pred, tau, logit_adjust[1].source)
@@ -130,7 +132,7 @@ def validate_submission(
         path: The submission CSV.
         test_json: The test JSON whose images and categories the submission must cover.
         format: The year's format; guessed from the header and labels when None.
-        max_bytes: Size limit of the submission (:data:`inatcomp.scoring.DEFAULT_MAX_BYTES` when None).
+        max_bytes: Size limit of the submission (:data:`inatcomp.score.scoring.DEFAULT_MAX_BYTES` when None).
         max_problems: At most this many problems, then one saying how many more there were.
 
     Returns:

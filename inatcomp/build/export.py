@@ -3,7 +3,7 @@
 Each table may be plain tab-separated text (``taxa.csv``), gzipped (``taxa.csv.gz``) or Parquet
 (``taxa.parquet``). Only the columns a stage uses are read, with pyarrow's multi-threaded parser, so a
 30-million-photo export fits in memory. Extra columns are ignored. When the fast parser rejects a file,
-the schema validator (:func:`inatcomp.formats.validate_file`) finds the line and column to report.
+the schema validator (:func:`inatcomp.formats.validate.validate_file`) finds the line and column to report.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def find_table(folder: str | os.PathLike, name: str) -> Path:
 
 def _explain(path: Path, table: str, error: Exception) -> ValueError:
     """A ValueError naming the file, line and column, found by the schema validator."""
-    from inatcomp.formats import FileKind, validate_file
+    from inatcomp.formats.validate import FileKind, validate_file
 
     problems = validate_file(path, FileKind(f"export_{table}"), max_problems=5)
     if problems:

@@ -1,6 +1,6 @@
 """Rendering of synthetic organism photos whose appearance follows the taxonomy.
 
-The organism is drawn from its supercategory's body plan (:mod:`inatcomp.bodyplan`): the family fixes the
+The organism is drawn from its supercategory's body plan (:mod:`inatcomp.world.bodyplan`): the family fixes the
 plan's proportions, the genus its colours and pattern, and species of one genus differ in one or two field
 marks, so telling siblings apart is the hard part, as on iNaturalist. Each photo varies pose (turn, mirror
 image, the articulation of legs, wings and tail), scale (the subject usually fills 20-70 % of the frame,
@@ -22,8 +22,8 @@ import os
 import cv2
 import numpy as np
 
-from inatcomp.bodyplan import MARKS, N_PROPORTIONS, Look, normalise, plan_shapes
-from inatcomp.taxonomy import Supercategory
+from inatcomp.formats.taxonomy import Supercategory
+from inatcomp.world.bodyplan import MARKS, N_PROPORTIONS, Look, normalise, plan_shapes
 
 __all__ = [
     "BACKGROUND_KINDS",

@@ -29,7 +29,7 @@ location keep their row bit for bit; an image with a place but no date gets the 
 Prediction files hold probabilities (``score_kind`` ``prob``: also ``--average logit`` predictions, the softmax
 of the mean logits); rank-ensemble scores (``rank``) are refused, since they are not probabilities.
 
-A prior is saved as a checkpoint (:func:`inatcomp.models.save_checkpoint`): ``PRIOR.safetensors`` with the
+A prior is saved as a checkpoint (:func:`inatcomp.models.factory.save_checkpoint`): ``PRIOR.safetensors`` with the
 weights and ``PRIOR.json`` with ``format`` :data:`PRIOR_FORMAT`, the category ids in column order, the encoding,
 the training options and the data counts. Nothing is unpickled.
 """
@@ -159,7 +159,7 @@ class Locations:
 
     def lookup(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lat, lon, day) of these images; NaN for images this table does not hold."""
-        from inatcomp.predictions import index_of
+        from inatcomp.formats.predictions import index_of
 
         where = index_of(self.image_ids, np.asarray(image_ids, dtype=np.int64))
         found = where >= 0
@@ -661,7 +661,7 @@ def train_prior(
 
 def save_prior(prior: GeoPrior, path: str | os.PathLike) -> Path:
     """Write ``PATH.safetensors`` (weights) and ``PATH.json`` (metadata) atomically; returns the weights file."""
-    from inatcomp.models import save_checkpoint
+    from inatcomp.models.factory import save_checkpoint
 
     weights = save_checkpoint(path, prior.net, prior.metadata)
     prior.path = weights
@@ -675,7 +675,7 @@ def load_prior(path: str | os.PathLike, *, device: str | None = None) -> GeoPrio
     Raises:
         ValueError: Missing files, or metadata or weights that are not a geo prior's.
     """
-    from inatcomp.models import load_checkpoint, resolve_checkpoint
+    from inatcomp.models.factory import load_checkpoint, resolve_checkpoint
 
     state_dict, meta, _ = load_checkpoint(path)
     where = resolve_checkpoint(path).with_suffix(".json")
@@ -743,7 +743,7 @@ def _combined_chunks(
 
     Memory is a few float32 copies of one chunk (the prior's scores, the product, the combined rows).
     """
-    from inatcomp.predictions import index_of
+    from inatcomp.formats.predictions import index_of
 
     kind = preds.header.get("score_kind", "prob")
     if kind != "prob":
@@ -821,7 +821,7 @@ def apply_prior(
     Raises:
         ValueError: Unreadable inputs, or scores that are not probabilities.
     """
-    from inatcomp.predictions import PredictionWriter, open_predictions
+    from inatcomp.formats.predictions import PredictionWriter, open_predictions
 
     preds = open_predictions(predictions)
     prior = prior if isinstance(prior, GeoPrior) else load_prior(prior)
@@ -880,8 +880,8 @@ def evaluate_prior(
     Raises:
         ValueError: Unreadable files, ids that do not match.
     """
-    from inatcomp.predictions import expected_columns, open_predictions, top_k_columns
-    from inatcomp.scoring import top_k_hits
+    from inatcomp.formats.predictions import expected_columns, open_predictions, top_k_columns
+    from inatcomp.score.scoring import top_k_hits
 
     preds = open_predictions(predictions)
     prior = prior if isinstance(prior, GeoPrior) else load_prior(prior)
@@ -955,7 +955,7 @@ def plot_prior_map(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from inatcomp.formats import write_atomic
+    from inatcomp.formats.validate import write_atomic
 
     prior = prior if isinstance(prior, GeoPrior) else load_prior(prior)
     if category_id is None:

@@ -1,13 +1,13 @@
 """Backbones pretrained on a synthetic world that no competition export shares a taxon with.
 
-``inatcomp pretrain`` (``make pretrain``) generates a pretraining world (:attr:`inatcomp.synth.World.PRETRAIN`:
-its own taxon ids, its own names, see :class:`~inatcomp.synth.World`), builds it into a release with the
+``inatcomp pretrain`` (``make pretrain``) generates a pretraining world (:attr:`inatcomp.world.synth.World.PRETRAIN`:
+its own taxon ids, its own names, see :class:`~inatcomp.world.synth.World`), builds it into a release with the
 inat2018 rules, every grade and every photo kept (:data:`PRETRAIN_RULES`: most species stay), trains a timm
 model on it from scratch (random batches, plain cross-entropy, cosine schedule), and writes the trained
 backbone, classifier removed and stored as float16, as ``OUT/<model>-synth.safetensors`` with an entry in
 ``OUT/manifest.json``: what it was trained on, how, how well (the last epoch's val errors), the file's sha256
 and size, the command, the date, the machine and the wall time. ``--install`` copies both into the package's
-weights folder (:func:`inatcomp.models.synth_weights_dir`), where ``--pretrained synth`` finds them.
+weights folder (:func:`inatcomp.models.factory.synth_weights_dir`), where ``--pretrained synth`` finds them.
 
 The defaults (:data:`PRETRAIN_DEFAULTS`, the one place they are set; the command line and the Makefile take
 them from here) are the shipped run's: 11 minutes on a 2-core CPU at 64 px. A rerun with the same data options
@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from inatcomp.build.splits import Preset
 from inatcomp.fileio import read_json, write_atomic, write_json
-from inatcomp.splits import Preset
-from inatcomp.synth import World
+from inatcomp.world.synth import World
 
 __all__ = [
     "PRETRAIN_DEFAULTS",
@@ -68,7 +68,7 @@ class PretrainConfig:
         batch_size: Images per batch.
         lr: Peak learning rate (SGD, cosine schedule, half an epoch of warm-up).
         seed: Seed of the world, its build and the training (not a competition export's seed: the worlds
-            differ anyway, see :class:`~inatcomp.synth.World`).
+            differ anyway, see :class:`~inatcomp.world.synth.World`).
         workers: Loader processes while training (0: in the training process, best on a small CPU).
         install: Also write the weights and the manifest entry into the package's weights folder.
     """
@@ -126,7 +126,7 @@ def _recorded(folder: Path) -> dict[str, Any] | None:
 
 def _world(config: PretrainConfig, folder: Path) -> None:
     """Write the pretraining world under ``folder``, unless one with the same options is there."""
-    from inatcomp.synth import SynthConfig, write_export
+    from inatcomp.world.synth import SynthConfig, write_export
 
     key = _world_key(config)
     recorded = _recorded(folder)
@@ -148,8 +148,8 @@ def _release(config: PretrainConfig, world: Path, folder: Path) -> tuple[Any, di
         The :class:`~inatcomp.pipeline.Release` and ``{"classes": …, "images": {split: count}}``.
     """
     from inatcomp.build import build_dataset
+    from inatcomp.build.splits import rules_for
     from inatcomp.pipeline import find_release
-    from inatcomp.splits import rules_for
 
     key = {"world": _world_key(config), "preset": PRETRAIN_PRESET.value, "rules": PRETRAIN_RULES, "seed": config.seed}
     recorded = _recorded(folder)
@@ -187,7 +187,7 @@ def _backbone_bytes(checkpoint: Path, model_name: str) -> tuple[bytes, dict[str,
     import torch
     from safetensors.torch import save
 
-    from inatcomp.models import backbone_state, create_model, load_checkpoint
+    from inatcomp.models.factory import backbone_state, create_model, load_checkpoint
 
     state, metadata, _ = load_checkpoint(checkpoint)
     model = create_model(model_name, num_classes=int(metadata["num_classes"]))
@@ -200,7 +200,7 @@ def _backbone_bytes(checkpoint: Path, model_name: str) -> tuple[bytes, dict[str,
 def _manifest_entry(config: PretrainConfig, *, weights: Path, metadata: dict, built: dict, final: dict,
                     command: str | None, seconds: float) -> dict[str, Any]:  # fmt: skip
     """The manifest entry of a pretrained backbone: data, training, result, file, provenance."""
-    from inatcomp.models import file_sha256
+    from inatcomp.models.factory import file_sha256
 
     data_config = metadata["data_config"]
     return {
@@ -253,7 +253,7 @@ def _manifest_entry(config: PretrainConfig, *, weights: Path, metadata: dict, bu
 
 def _merge_manifest(folder: Path, entry: dict[str, Any]) -> Path:
     """Add (or replace) ``entry`` under its model in ``folder/manifest.json``, atomically."""
-    from inatcomp.models import SYNTH_MANIFEST, read_synth_manifest
+    from inatcomp.models.factory import SYNTH_MANIFEST, read_synth_manifest
 
     manifest = read_synth_manifest(folder)
     manifest[entry["model"]] = entry
@@ -291,7 +291,7 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str,
     Raises:
         ValueError: Impossible options, or what a stage refuses (e.g. an unknown ``model``).
     """
-    from inatcomp.models import synth_weights_dir
+    from inatcomp.models.factory import synth_weights_dir
 
     config.check()
     started = time.perf_counter()

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from inatcomp.taxonomy import Supercategory
+from inatcomp.formats.taxonomy import Supercategory
 
 __all__ = ["MARK_COLOURS", "MARKS", "N_PROPORTIONS", "Look", "Shape", "plan_shapes", "normalise"]
 

@@ -1,6 +1,6 @@
 """Ensembles of prediction files: ``inatcomp ensemble``.
 
-Members are prediction folders (:mod:`inatcomp.predict`) over the same images and the same categories, in any
+Members are prediction folders (:mod:`inatcomp.predict.engine`) over the same images and the same categories, in any
 order: each member is aligned to the first one's rows and columns (images and categories may be permuted), and
 members whose image or category *sets* differ are refused with a message saying what differs. The output keeps
 the first member's order. Everything streams in row chunks, so memory stays at a few chunks whatever the size.
@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from inatcomp.predictions import Predictions, PredictionWriter, ScoreKind, expected_columns, index_of, open_predictions
+from inatcomp.formats.predictions import (
+    Predictions,
+    PredictionWriter,
+    ScoreKind,
+    expected_columns,
+    index_of,
+    open_predictions,
+)
 
 __all__ = ["EnsembleMode", "FitResult", "align_members", "combine", "ensemble", "fit_weights"]
 

@@ -17,7 +17,7 @@ What makes it realistic enough to measure on:
   subspecies; 1–4 photos each;
 * a wide, overlapping range and a mild season per species, some observations without coordinates or date,
   some with absurd positional accuracy;
-* images whose look follows the taxonomy (see :mod:`inatcomp.render`).
+* images whose look follows the taxonomy (see :mod:`inatcomp.world.render`).
 
 The same arguments give byte-identical files, whatever the number of processes.
 """
@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from inatcomp import render
-from inatcomp.taxonomy import LIFE_TAXON_ID, Rank, Supercategory, supercategory_of
+from inatcomp.formats.taxonomy import LIFE_TAXON_ID, Rank, Supercategory, supercategory_of
+from inatcomp.world import render
 
 __all__ = [
     "EXPORT_TABLES",

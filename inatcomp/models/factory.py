@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from inatcomp.fileio import read_json, resolve_checkpoint, write_atomic
-from inatcomp.heads import CovarianceModel, HeadType
+from inatcomp.models.heads import CovarianceModel, HeadType
 from inatcomp.options import FreezeMode, PretrainedSource, parse_freeze, parse_pretrained
 
 __all__ = [
@@ -69,7 +69,7 @@ _logger = logging.getLogger(__name__)
 
 #: The environment variable naming another folder of synthetic-world weights than the package's ``weights/``.
 SYNTH_WEIGHTS_ENV = "INATCOMP_WEIGHTS_DIR"
-#: The file beside the weights that names them, keyed by model name (see :mod:`inatcomp.pretrain`).
+#: The file beside the weights that names them, keyed by model name (see :mod:`inatcomp.train.pretrain`).
 SYNTH_MANIFEST = "manifest.json"
 
 
@@ -101,8 +101,8 @@ def create_model(
         drop_rate: Dropout before the classifier, or ``None`` for the model's default.
         channels_last: Put the weights in channels-last memory format (faster convolutions).
         head: :attr:`HeadType.AVG` keeps timm's model as it is; :attr:`HeadType.ISQRTCOV` puts covariance
-            pooling on a CNN's feature map (a :class:`~inatcomp.heads.CovarianceModel`, see
-            :mod:`inatcomp.heads`).
+            pooling on a CNN's feature map (a :class:`~inatcomp.models.heads.CovarianceModel`, see
+            :mod:`inatcomp.models.heads`).
         head_dim: iSQRT-COV channels after the 1×1 reduction (``None``: 256, a 32,896-dim vector).
         head_iterations: iSQRT-COV Newton–Schulz steps (``None``: 5).
         **kwargs: Passed to ``timm.create_model``.

@@ -85,7 +85,7 @@ def _check_batch(checkpoint: Any, val: Any, images: Any, size: int, batch: int) 
     """Centre crops of ``val`` (NCHW float32, 0-255), or seeded random pixels without one."""
     if val is None:
         return np.random.default_rng(0).uniform(0, 255, (batch, 3, size, size)).astype(np.float32)
-    from inatcomp.predict import center_crop_batches
+    from inatcomp.predict.engine import center_crop_batches
 
     views, _ = next(iter(center_crop_batches(checkpoint, val, images, batch_size=batch)))
     return np.ascontiguousarray(views.transpose(0, 3, 1, 2)).astype(np.float32)
@@ -105,8 +105,8 @@ def _val_top1_errors(
     import onnxruntime
 
     from inatcomp.data import CompetitionDataset
-    from inatcomp.predict import center_crop_batches
-    from inatcomp.predictions import index_of, load_labels
+    from inatcomp.formats.predictions import index_of, load_labels
+    from inatcomp.predict.engine import center_crop_batches
 
     sessions = [onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
     base = CompetitionDataset(val, images, category_ids=category_ids)
@@ -150,7 +150,7 @@ def export_model(
     import torch
 
     from inatcomp.fileio import write_atomic
-    from inatcomp.predict import load_model
+    from inatcomp.predict.engine import load_model
 
     format = ExportFormat(format)
     if int8 and format is not ExportFormat.ONNX:

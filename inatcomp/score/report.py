@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from inatcomp.fileio import write_atomic
-from inatcomp.scoring import (
+from inatcomp.score.scoring import (
     ScoreResult,
     Solution,
     SubmissionFormat,
@@ -107,7 +107,7 @@ def score_markdown(result: ScoreResult) -> str:
 
 
 def prediction_score_markdown(result: dict[str, Any]) -> str:
-    """A Markdown report of :func:`inatcomp.scoring.score_predictions`: its figures, then any analyses."""
+    """A Markdown report of :func:`inatcomp.score.scoring.score_predictions`: its figures, then any analyses."""
     figures = [(key, value) for key, value in result.items() if key != "analysis"]
     rows = [[key, f"{value:.4f}" if isinstance(value, float) else value] for key, value in figures]
     parts = [markdown_table(["metric", "value"], rows)]

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from inatcomp.competitions import SubmissionFormat
 from inatcomp.fileio import read_json
-from inatcomp.predictions import index_of
+from inatcomp.formats.competitions import SubmissionFormat
+from inatcomp.formats.predictions import index_of
 
 _logger = logging.getLogger(__name__)
 
@@ -1098,7 +1098,7 @@ def score_predictions(
     Raises:
         ValueError: Unreadable files or ids that do not match.
     """
-    from inatcomp.predictions import expected_columns, open_predictions, top_k_columns
+    from inatcomp.formats.predictions import expected_columns, open_predictions, top_k_columns
 
     preds = open_predictions(pred_path)
     truth = expected_columns(preds, val_json, source=pred_path)

@@ -56,7 +56,7 @@ def average_checkpoints(sources: Sequence[str | os.PathLike], *, out: str | os.P
     from safetensors.torch import load_file
 
     from inatcomp.fileio import read_json, resolve_checkpoint, write_atomic
-    from inatcomp.models import file_sha256, save_tensors
+    from inatcomp.models.factory import file_sha256, save_tensors
 
     if not sources:
         raise ValueError("average: give at least one checkpoint")

@@ -44,10 +44,9 @@ import numpy as np
 if TYPE_CHECKING:  # pandas is imported where tables are read: validating a JSON file never pays for it
     import pandas as pd
 
-from inatcomp.competitions import COMPETITIONS, SubmissionFormat
-
 # The file primitives live in inatcomp.fileio (no pandas there); re-exported for the stages that import them here.
 from inatcomp.fileio import read_json, write_atomic, write_csv, write_csv_columns, write_json  # noqa: F401
+from inatcomp.formats.competitions import COMPETITIONS, SubmissionFormat
 
 _logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ view at least ``crop_size`` source pixels, cuts all its views from that one deco
 batch of images through the model together; the views' probabilities (or logits) are averaged. An unreadable
 image gets a uniform row, is logged and counted in the header, and never stops the run.
 
-The output is a prediction file (:mod:`inatcomp.predictions`, ``data_schema/predictions.md``).
+The output is a prediction file (:mod:`inatcomp.formats.predictions`, ``data_schema/predictions.md``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from inatcomp.formats.predictions import PredictionWriter
 from inatcomp.options import AmpMode, enum_choice, resolve_device
-from inatcomp.predictions import PredictionWriter
 
 __all__ = [
     "PREDICT_DEFAULTS",
@@ -490,7 +490,7 @@ def prefetch(items: Iterable[_T], *, depth: int = 2) -> Iterator[_T]:
 
 def load_model(checkpoint: str | os.PathLike, *, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
     """The eval-mode model of a checkpoint (file, stem or run folder) and its metadata."""
-    from inatcomp.models import create_model, head_options, load_checkpoint
+    from inatcomp.models.factory import create_model, head_options, load_checkpoint
 
     state_dict, metadata, _ = load_checkpoint(checkpoint)
     for key in ("model", "num_classes", "category_ids"):
@@ -554,13 +554,13 @@ def _load_eval_model(
 
     model, metadata = load_model(checkpoint, device=device)
     if tau_norm:
-        from inatcomp.longtail import tau_normalise
+        from inatcomp.predict.longtail import tau_normalise
 
         tau_normalise(model, tau_norm)
         _logger.info("τ-norm: classifier rows divided by their norm^%g", tau_norm)
     folded = 0
     if fold_bn:
-        from inatcomp.models import fold_batchnorm
+        from inatcomp.models.factory import fold_batchnorm
 
         model, folded = fold_batchnorm(model)
         _logger.info("folded %d BatchNorm layer(s) into their convolutions", folded)
@@ -614,7 +614,7 @@ def center_crop_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """The centre crops ``predict --tta center`` cuts for a checkpoint: uint8 ``[N, s, s, 3]`` batches, row indices.
 
-    For running an exported model on the same inputs as the checkpoint (:mod:`inatcomp.deploy`).
+    For running an exported model on the same inputs as the checkpoint (:mod:`inatcomp.predict.deploy`).
     """
     import torch
 
@@ -680,7 +680,7 @@ def predict(
 
     Args:
         checkpoint: A checkpoint file, stem or run folder (its ``best``).
-        data: The competition JSON (test, or val for :func:`inatcomp.scoring.score_predictions`).
+        data: The competition JSON (test, or val for :func:`inatcomp.score.scoring.score_predictions`).
         images: Folder the ``file_name`` entries are relative to (``None``: the JSON's folder).
         tta: The views preset; :attr:`TTAMode.CUSTOM` with ``views``.
         out: The prediction folder to write.
@@ -693,13 +693,13 @@ def predict(
         amp: ``bf16`` or ``fp16`` runs the model under ``torch.autocast`` (bf16 also on the CPU); ``None``/``off``
             in float32. Under autocast the normalised batch is handed to the model already rounded to that dtype
             (as autocast rounds it for the first convolution). Averaging is always in float32.
-        fold_bn: Fold each BatchNorm into the convolution before it (:func:`inatcomp.models.fold_batchnorm`):
+        fold_bn: Fold each BatchNorm into the convolution before it (:func:`inatcomp.models.factory.fold_batchnorm`):
             the same scores up to rounding, faster forward passes.
-        geo_prior: A saved :mod:`inatcomp.geoprior` prior: the probabilities are multiplied by it and renormalised
-            (:func:`inatcomp.geoprior.apply_prior`; images without a place unchanged).
-        locations: The images' places for ``geo_prior`` (default :func:`inatcomp.geoprior.find_locations`).
+        geo_prior: A saved geo prior (:mod:`~inatcomp.predict.geoprior`): the probabilities are multiplied by it
+            and renormalised (:func:`inatcomp.predict.geoprior.apply_prior`; images without a place unchanged).
+        locations: The images' places for ``geo_prior`` (default :func:`inatcomp.predict.geoprior.find_locations`).
         tau_norm: ``P`` of Kang et al.'s τ-norm applied to the classifier first
-            (:func:`inatcomp.longtail.tau_normalise`; ``None`` or 0: unchanged).
+            (:func:`inatcomp.predict.longtail.tau_normalise`; ``None`` or 0: unchanged).
 
     Returns:
         The prediction folder.
@@ -723,7 +723,7 @@ def predict(
         workers = min(8, os.cpu_count() or 1) if torch_device.type == "cuda" else 0
     geo = None
     if geo_prior is not None:  # loaded first: a bad prior or location file fails before the images are read
-        from inatcomp.geoprior import apply_prior, find_locations, load_locations, load_prior
+        from inatcomp.predict.geoprior import apply_prior, find_locations, load_locations, load_prior
 
         geo = load_prior(geo_prior), load_locations(find_locations(data, locations))
     ev = _load_eval_model(

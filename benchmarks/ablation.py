@@ -22,7 +22,7 @@ alike, as iNat2018's val does and as the published long-tail results are measure
 third of train taken by whole observers, follows train's long tail: a few head classes fill most of it and reward
 predicting them). Every row is scored on the test split against the release's hidden ``solution.csv``: the
 submission is written and validated with ``inatcomp.pipeline.submit`` (the official top-1 and top-3 error), and
-its top-1 labels go through ``inatcomp.score.scoring.analyse`` with the training-count bins ``0–9`` and ``≥ 10``: the
+its top-1 labels go through ``inatcomp.score.analysis.analyse`` with the training-count bins ``0–9`` and ``≥ 10``: the
 tail-class accuracy is the mean per-class top-1 accuracy of the test classes with fewer than 10 train images, the
 genus share is the share of top-1 mistakes whose prediction is a sibling of the same genus, and the mean class
 accuracy (all test classes weighing the same) shows what a class-balanced test would say. Each figure is the mean
@@ -114,7 +114,7 @@ class Setup:
         minival_frac: Share of val kept aside by observer as the minival (model choice), the rest fine-tunes.
         finetune_epochs: Epochs of val fine-tuning.
         finetune_lr_factor: Fine-tuning learning rate as a share of ``lr``.
-        tta: The TTA preset of step 6 (:class:`inatcomp.predict.engine.TTAMode` value).
+        tta: The TTA preset of step 6 (:class:`inatcomp.predict.tta.TTAMode` value).
         prior_epochs: Epochs of the geo prior.
         prior_hidden: Width of the geo prior's layers.
         threads: Torch threads of this process (1: with other work on the machine more threads only spin).
@@ -215,7 +215,7 @@ class Row:
 
 def _release(out: Path, setup: Setup) -> Any:
     """The synthetic release, reused when ``out`` already holds one built with the same data key."""
-    from inatcomp.formats.validate import read_json, write_json
+    from inatcomp.fileio import read_json, write_json
     from inatcomp.pipeline import find_release, synthetic_release
 
     stamp = out / "ablation_data.json"
@@ -237,7 +237,7 @@ def _observers(release: Any) -> dict[int, Any]:
 
     ``user_id`` is preferred: display names (``rights_holder``) are not unique to one observer.
     """
-    from inatcomp.formats.validate import read_json
+    from inatcomp.fileio import read_json
 
     observers: dict[int, Any] = {}
     for path in (release.train, release.val):
@@ -251,7 +251,7 @@ def _observers(release: Any) -> dict[int, Any]:
 
 def seen_observer_share(train_json: str | os.PathLike, val_json: str | os.PathLike, observers: dict[int, Any]) -> float:
     """Share of the val images whose observer also has images in train."""
-    from inatcomp.formats.validate import read_json
+    from inatcomp.fileio import read_json
 
     train_observers = {observers.get(int(i["id"])) for i in read_json(train_json)["images"]} - {None}
     val = [observers.get(int(i["id"])) for i in read_json(val_json)["images"]]
@@ -278,7 +278,7 @@ def leaky_split(
     Raises:
         ValueError: An image in both files, or an image with no annotation.
     """
-    from inatcomp.formats.validate import read_json, write_json
+    from inatcomp.fileio import read_json, write_json
 
     train, val = read_json(train_json), read_json(val_json)
     images = {int(i["id"]): i for i in train["images"]}
@@ -311,7 +311,7 @@ def leaky_split(
 
 def release_facts(release: Any, minival: Path, solution: Any, info: Any) -> dict[str, Any]:
     """Sizes of the release that the discussion needs: classes, splits, the tail, how skewed test is."""
-    from inatcomp.formats.validate import read_json
+    from inatcomp.fileio import read_json
 
     counts = info.train_counts
     test = collections.Counter(solution.expected.tolist())
@@ -342,7 +342,8 @@ def score_test(pred: Path, release: Any, solution: Any, info: Any, out_csv: Path
     """Score test predictions against the hidden solution: errors, tail accuracy, genus share, class mean."""
     from inatcomp.formats.predictions import index_of
     from inatcomp.pipeline import submit
-    from inatcomp.score.scoring import analyse, read_submission
+    from inatcomp.score.analysis import analyse
+    from inatcomp.score.readers import read_submission
 
     scored = submit(release, pred, out_csv)
     submission = read_submission(scored["submission"], max_rows=len(solution.ids))
@@ -371,7 +372,7 @@ def prior_corrected_errors(pred: Path, solution: Any, info: Any) -> dict[str, fl
     model lost on a prior shift, not on what it recognises.
     """
     from inatcomp.formats.predictions import index_of, open_predictions, top_k_columns
-    from inatcomp.score.scoring import top_k_error
+    from inatcomp.score.metric import top_k_error
 
     preds = open_predictions(pred)
     prior = np.array([info.train_counts.get(int(c), 0) for c in preds.category_ids], dtype=np.float64)
@@ -440,8 +441,9 @@ class _Bench:
 def _prepare(setup: Setup, out: Path) -> _Bench:
     """Build (or reuse) the release, split val into fine-tuning and minival, write the leaky split."""
     from inatcomp.build import split_val
-    from inatcomp.formats.validate import write_json
-    from inatcomp.score.scoring import load_dataset_info, read_solution
+    from inatcomp.fileio import write_json
+    from inatcomp.score.analysis import load_dataset_info
+    from inatcomp.score.readers import read_solution
 
     clock = _Clock()
     release = _release(out / "data", setup)
@@ -549,7 +551,9 @@ def _ensemble_and_prior(
 ) -> tuple[dict[str, Path], dict[str, Path]]:
     """Steps 7 and 8 of one seed: the mean-prob ensemble of two step-6 models, then × the geo prior."""
     from inatcomp.predict.ensemble import ensemble
-    from inatcomp.predict.geoprior import PriorConfig, apply_prior, find_locations, train_prior
+    from inatcomp.predict.geocombine import apply_prior
+    from inatcomp.predict.geodata import find_locations
+    from inatcomp.predict.geoprior import PriorConfig, train_prior
 
     setup, predictions = bench.setup, bench.out / f"seed{seed}" / "predictions"
     combined = {
@@ -598,7 +602,7 @@ def run(
 
 
 def _run(setup: Setup, out: Path) -> list[Row]:
-    from inatcomp.formats.validate import write_json
+    from inatcomp.fileio import write_json
 
     bench = _prepare(setup, out)
     rows = [Row("ablation", n.format(tta=setup.tta)) for n in ROW_NAMES]

@@ -45,7 +45,7 @@ _BUILD = """
 import json, logging, time
 from benchmarks.common import cpu_seconds, peak_rss_mb
 from inatcomp.build import build_dataset
-from inatcomp.build.splits import Preset, rules_for
+from inatcomp.build.rules import Preset, rules_for
 logging.basicConfig(level=logging.WARNING)
 start, cpu = time.perf_counter(), cpu_seconds()
 result = build_dataset({export!r}, {out!r}, rules=rules_for(Preset.INAT2018), images=False)

@@ -124,7 +124,7 @@ def run(*, quick: bool = False, device: str | None = None) -> list[Result]:
         device = "cuda"
     torch_device = torch.device(device)
     from inatcomp.build import build_dataset
-    from inatcomp.build.splits import Preset, rules_for
+    from inatcomp.build.rules import Preset, rules_for
     from inatcomp.predict.engine import load_model, predict
     from inatcomp.train import resolve_config, train
     from inatcomp.world.synth import SynthConfig, write_export

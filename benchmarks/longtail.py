@@ -134,7 +134,8 @@ class _Bench:
 
 def _prepare(setup: LongTailSetup, out: Path) -> _Bench:
     from inatcomp.build import split_val
-    from inatcomp.score.scoring import load_dataset_info, read_solution
+    from inatcomp.score.analysis import load_dataset_info
+    from inatcomp.score.readers import read_solution
 
     clock = _Clock()
     release = _release(out / "data", setup.base)
@@ -183,7 +184,7 @@ def _prior(bench: _Bench, category_ids: np.ndarray) -> Any:
 
 def _test_errors(bench: _Bench, scores: _Scores, probs: np.ndarray, test: str) -> dict[str, float]:
     from inatcomp.formats.predictions import top_k_columns
-    from inatcomp.score.scoring import top_k_error
+    from inatcomp.score.metric import top_k_error
 
     rows = bench.balanced if test == "bal" else np.arange(len(bench.test_ids))
     ranked = scores.category_ids[top_k_columns(probs[rows], 3)]
@@ -316,7 +317,7 @@ def run(
     """
     import torch
 
-    from inatcomp.formats.validate import write_json
+    from inatcomp.fileio import write_json
 
     setup = setup or (QUICK if quick else FULL)
     if seeds is not None:

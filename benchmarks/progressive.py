@@ -59,7 +59,7 @@ def plot(curves: dict[str, tuple[list[float], list[float]]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from inatcomp.formats.validate import write_atomic
+    from inatcomp.fileio import write_atomic
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, (seconds, accuracy) in curves.items():

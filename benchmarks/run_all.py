@@ -10,7 +10,7 @@ import os
 import platform
 from pathlib import Path
 
-from inatcomp.formats.validate import write_atomic
+from inatcomp.fileio import write_atomic
 
 _logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.common import Result, run_script
 from inatcomp.build import build_dataset
-from inatcomp.build.splits import Preset, rules_for
+from inatcomp.build.rules import Preset, rules_for
 from inatcomp.data import CompetitionDataset, create_loader, create_sampler, create_transform, resolve_data_config
 from inatcomp.data.samplers import SamplerType
 from inatcomp.models.factory import create_model

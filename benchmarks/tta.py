@@ -4,7 +4,7 @@ Goals:
 
 * ten-crop TTA through :func:`inatcomp.predict.engine.predict` costs at most 1.25× the floor: one reduced-scale decode
   per image plus ten forward passes of a batch of the same size (measured side by side, with the model as
-  predict runs it: BatchNorm folded into the convolutions, :func:`inatcomp.models.factory.fold_batchnorm`; same
+  predict runs it: BatchNorm folded into the convolutions, :func:`inatcomp.models.freezing.fold_batchnorm`; same
   batches);
 * and runs at least 1.5× faster than the naive pipeline that opens and decodes the image for each view and
   transforms it with torchvision (``Resize`` of the shorter side, then the ``FiveCrop``-style crop, mirror,
@@ -80,7 +80,8 @@ def _make_images(root: Path, count: int, seed: int = 0) -> Path:
 def _checkpoint(root: Path) -> Path:
     import torch
 
-    from inatcomp.models.factory import create_model, save_checkpoint
+    from inatcomp.models.checkpoints import save_checkpoint
+    from inatcomp.models.factory import create_model
 
     torch.manual_seed(0)
     model = create_model("resnet10t", num_classes=1000)
@@ -105,7 +106,7 @@ def _floor(model: object, paths: list[str]) -> float:
     import torch
     from PIL import Image
 
-    from inatcomp.predict.engine import TTAMode, decode_factor, view_boxes
+    from inatcomp.predict.tta import TTAMode, decode_factor, view_boxes
 
     x = torch.randn(BATCH * VIEWS, 3, CROP, CROP).contiguous(memory_format=torch.channels_last)
     start = time.perf_counter()
@@ -151,7 +152,7 @@ def _speed(quick: bool) -> list[Result]:
     import torch
 
     from inatcomp.data import CompetitionDataset
-    from inatcomp.models.factory import fold_batchnorm
+    from inatcomp.models.freezing import fold_batchnorm
     from inatcomp.predict.engine import load_model, predict
 
     count = 48 if quick else 200

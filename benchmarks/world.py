@@ -34,7 +34,7 @@ SIZE = 64
 
 def _release(out: Path, *, species: int, photos: int) -> Any:
     from inatcomp.build import build_dataset
-    from inatcomp.build.splits import Preset, rules_for
+    from inatcomp.build.rules import Preset, rules_for
     from inatcomp.pipeline import find_release
     from inatcomp.world.synth import SynthConfig, write_export
 
@@ -104,7 +104,7 @@ def _colour_histogram(release: Any) -> float:
 
 
 def _shipped(model: str) -> bool:
-    from inatcomp.models.factory import read_synth_manifest
+    from inatcomp.models.pretrained import read_synth_manifest
 
     return model in read_synth_manifest()
 

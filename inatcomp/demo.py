@@ -23,16 +23,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inatcomp.build import build_dataset, release_names, split_val
-from inatcomp.build.splits import Preset, rules_for
+from inatcomp.build.layout import release_names
+from inatcomp.build.minival import split_val
+from inatcomp.build.release import build_dataset
+from inatcomp.build.releases import find_release
+from inatcomp.build.rules import Preset, rules_for
 from inatcomp.fileio import replace_generated_block, write_atomic
 from inatcomp.formats.predictions import open_predictions
 from inatcomp.formats.validate import validate_file
-from inatcomp.pipeline import ensemble_run, find_release, predict_run, submit, train_run
+from inatcomp.pipeline import ensemble_run, predict_run, submit
 from inatcomp.predict.longtail import SAMPLER_PRIOR_POWER, TargetPrior, adjust_predictions, class_prior, tau_towards
-from inatcomp.score.report import build_leaderboard, leaderboard_markdown, write_leaderboard, write_score_report
+from inatcomp.score.leaderboard import build_leaderboard, leaderboard_markdown, write_leaderboard
+from inatcomp.score.report import write_score_report
 from inatcomp.score.scoring import score_file, score_predictions
-from inatcomp.world.synth import EXPORT_TABLES, SynthConfig, write_export
+from inatcomp.train.runs import train_run
+from inatcomp.world.synth import SynthConfig, write_export
+from inatcomp.world.tables import EXPORT_TABLES
 
 __all__ = ["DEMO_EPOCHS", "run_demo", "summary_markdown"]
 

@@ -2,8 +2,9 @@
 primitives every stage shares.
 
 Every output goes to a temporary file in its folder first and is renamed into place, so nothing is left
-half-written under either name. Imports nothing heavy (orjson and pyarrow only inside the functions that use
-them), so the scoring commands can use it and still start at once.
+half-written under either name. Imports nothing heavy (orjson takes a few milliseconds), so the scoring commands
+can use it and still start at once; the fast pyarrow writer of big comma-separated tables is
+:func:`inatcomp.formats.tables.write_csv_columns`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 __all__ = [
     "read_json",
@@ -21,7 +25,6 @@ __all__ = [
     "resolve_checkpoint",
     "write_atomic",
     "write_csv",
-    "write_csv_columns",
     "write_json",
 ]
 
@@ -39,8 +42,6 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Iterable[bytes]) -
     The data goes to a temporary file in the same folder, renamed over ``path`` when complete; the temporary
     file is removed if writing fails, so nothing half-written is left under either name.
     """
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -62,8 +63,6 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Iterable[bytes]) -
 
 def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> None:
     """Write JSON atomically, keys in the order given, UTF-8, deterministic (orjson: fast at release scale)."""
-    import orjson
-
     option = orjson.OPT_INDENT_2 if indent else 0
     write_atomic(path, orjson.dumps(obj, option=option | orjson.OPT_SERIALIZE_NUMPY))
 
@@ -74,8 +73,6 @@ def read_json(path: str | os.PathLike) -> Any:
     Raises:
         ValueError: Naming the file: unreadable, or not JSON (with orjson's line and column).
     """
-    import orjson
-
     try:
         return orjson.loads(Path(path).read_bytes())
     except OSError as error:
@@ -90,25 +87,6 @@ def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterabl
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    write_atomic(path, buffer.getvalue())
-
-
-def write_csv_columns(path: str | os.PathLike, columns: dict[str, Any]) -> None:
-    """Write equal-length columns as a comma-separated file atomically, fast (pyarrow) for big tables.
-
-    Values are written unquoted; a value that would need quoting falls back to the csv module's quoting.
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    table = pa.table({name: pa.array(values) for name, values in columns.items()})
-    buffer = io.BytesIO()
-    try:
-        buffer.write((",".join(columns) + "\n").encode("utf-8"))  # pyarrow quotes header names
-        pacsv.write_csv(table, buffer, pacsv.WriteOptions(quoting_style="none", include_header=False))
-    except pa.ArrowInvalid:  # a value with a comma, quote or newline: let the csv module quote it
-        write_csv(path, list(columns), zip(*(table[name].to_pylist() for name in columns)))
-        return
     write_atomic(path, buffer.getvalue())
 
 

@@ -52,7 +52,7 @@ def resolve_device(name: str | None = None) -> Any:
     Raises:
         ValueError: A name torch does not know as a device, naming it.
     """
-    import torch
+    import torch  # lazy: the torch-free file commands import options too; only the device resolver needs torch
 
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -76,7 +76,7 @@ _FREEZE_PATTERN = re.compile(r"all-but-last-(\d+)")
 def parse_freeze(text: str) -> tuple[FreezeMode, int]:
     """Parse ``none``, ``backbone`` or ``all-but-last-N`` (N ≥ 1) into a mode and N.
 
-    Here rather than in :mod:`inatcomp.models.factory` so a training config is checked without importing torch.
+    Here rather than in :mod:`inatcomp.models.freezing` so a training config is checked without importing torch.
 
     Raises:
         ValueError: Anything else.

@@ -13,14 +13,24 @@ The kernels (``kernels/*.py``), the demo and the ablation are short sequences of
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from inatcomp.build.splits import Preset
-from inatcomp.predict.engine import PREDICT_DEFAULTS
+import numpy as np
+
+from inatcomp.build.release import build_dataset
+from inatcomp.build.releases import Release, find_release
+from inatcomp.build.rules import Preset, rules_for
+from inatcomp.fileio import read_json, write_json
+from inatcomp.predict.engine import PREDICT_DEFAULTS, predict
+from inatcomp.predict.ensemble import ensemble
+from inatcomp.predict.submission import validate_submission, write_submission
+from inatcomp.score.scoring import score_file, score_predictions
+from inatcomp.train.runs import train_run
+from inatcomp.world.synth import SynthConfig, write_export
 
 __all__ = [
     "YEARS",
@@ -39,34 +49,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Release:
-    """The files of a competition release.
-
-    Attributes:
-        root: The folder the JSON ``file_name`` entries are relative to.
-        preset: The competition year.
-        train: The training JSON.
-        val: The validation JSON.
-        test: The test JSON.
-        solution: The hidden solution CSV, when the release has one.
-    """
-
-    root: Path
-    preset: Preset
-    train: Path
-    val: Path
-    test: Path
-    solution: Path | None
-
-    @property
-    def submission_format(self) -> str:
-        """The submission format of the release's year (2021's for the production preset)."""
-        from inatcomp.formats.competitions import format_of_preset
-
-        return format_of_preset(self.preset).value
 
 
 #: The ``--year`` choices of the kernels and the presets they name.
@@ -103,32 +85,6 @@ def kernel_release(args: Any, *, preset: Preset | str | None = None, image_size:
     raise ValueError("--data is required (the release folder), or --smoke for a tiny synthetic one")
 
 
-def find_release(root: str | os.PathLike, *, preset: Preset | str) -> Release:
-    """The files of a release folder, checked to exist.
-
-    Args:
-        root: The folder holding the JSON files (``train2018.json`` … or ``train.json`` … for 2021).
-        preset: The competition year whose file names to expect.
-
-    Raises:
-        ValueError: The folder or one of its JSON files is missing (naming it and what was expected).
-    """
-    from inatcomp.build import release_names
-    from inatcomp.build.splits import rules_for
-
-    preset = Preset(preset)
-    root = Path(root)
-    names = release_names(rules_for(preset))
-    if not root.is_dir():
-        raise ValueError(f"{root}: not a folder; expected the {preset.value} release ({names['train']}, …)")
-    files = {part: root / names[part] for part in ("train", "val", "test")}
-    for part, path in files.items():
-        if not path.is_file():
-            raise ValueError(f"{path}: missing; a {preset.value} release folder holds {names[part]} ({part} split)")
-    solution = root / "solution.csv"
-    return Release(root=root, preset=preset, solution=solution if solution.is_file() else None, **files)
-
-
 def synthetic_release(
     out: str | os.PathLike,
     *,
@@ -152,10 +108,6 @@ def synthetic_release(
         workers: Processes rendering photos and writing the release (None: all cores).
         rules: Build rules replacing the preset's (``BuildRules`` field → value), e.g. ``{"test_per_class": 10}``.
     """
-    from inatcomp.build import build_dataset
-    from inatcomp.build.splits import rules_for
-    from inatcomp.world.synth import SynthConfig, write_export
-
     out, preset = Path(out), Preset(preset)
     export = out / "export"
     options: dict[str, Any] = {"workers": workers} if workers else {}
@@ -163,27 +115,6 @@ def synthetic_release(
     build_rules = rules_for(preset, **(rules or {}))
     build_dataset(export, out / "release", rules=build_rules, seed=seed, overwrite=True, **options)
     return find_release(out / "release", preset=preset)
-
-
-def train_run(
-    release: Release, out: str | os.PathLike, *, config_file: str | os.PathLike | None = None, **options: Any
-) -> Any:
-    """Train on a release's train split, validating on its val split.
-
-    Args:
-        release: The release (its train, val and image root are the defaults of ``train``, ``val``, ``images``).
-        out: The run folder.
-        config_file: A YAML recipe (``kernels/configs/*.yaml``); ``options`` override it.
-        **options: :class:`inatcomp.train.TrainConfig` fields.
-
-    Returns:
-        The :class:`inatcomp.train.TrainResult`.
-    """
-    from inatcomp.train import resolve_config, train
-
-    overrides = {"train": str(release.train), "val": str(release.val), "images": str(release.root), "out": str(out)}
-    overrides.update({k: str(v) if isinstance(v, Path) else v for k, v in options.items()})
-    return train(resolve_config(config_file=config_file, overrides=overrides))
 
 
 def subset_categories(
@@ -201,10 +132,6 @@ def subset_categories(
     Returns:
         The written file and the kept category ids.
     """
-    import numpy as np
-
-    from inatcomp.formats.validate import read_json, write_json
-
     data = read_json(source)
     ids = sorted(int(c["id"]) for c in data["categories"])
     if category_ids is None:
@@ -237,14 +164,11 @@ def predict_run(
         checkpoint: A checkpoint file, stem or run folder.
         release: The release.
         out: The folder for ``<part>.pred`` prediction folders.
-        tta: The TTA preset (:class:`inatcomp.predict.engine.TTAMode` value).
+        tta: The TTA preset (:class:`inatcomp.predict.tta.TTAMode` value).
         batch_size: Images per batch.
         amp: ``bf16``/``fp16`` autocast, or None.
         parts: Which splits.
     """
-    from inatcomp.predict.engine import predict
-    from inatcomp.score.scoring import score_predictions
-
     out = Path(out)
     preds = {
         part: predict(
@@ -269,9 +193,6 @@ def ensemble_run(
         release: The release whose ``val`` labels score the ensemble.
         out: The folder for ``<part>.pred``.
     """
-    from inatcomp.predict.ensemble import ensemble
-    from inatcomp.score.scoring import score_predictions
-
     out = Path(out)
     combined = {part: ensemble(paths, out=out / f"{part}.pred") for part, paths in members.items()}
     score = score_predictions(combined["val"], release.val, k=3) if "val" in combined else {}
@@ -288,9 +209,6 @@ def submit(release: Release, test_pred: str | os.PathLike, out: str | os.PathLik
     Raises:
         ValueError: The written submission does not validate against the test file.
     """
-    from inatcomp.predict.submission import validate_submission, write_submission
-    from inatcomp.score.scoring import score_file
-
     path = write_submission(test_pred, format=release.submission_format, out=out)
     problems = validate_submission(path, release.test, format=release.submission_format)
     if problems:
@@ -306,8 +224,6 @@ def submit(release: Release, test_pred: str | os.PathLike, out: str | os.PathLik
 
 def write_summary(out: str | os.PathLike, summary: dict[str, Any]) -> Path:
     """Write a kernel's summary as ``out/summary.json`` (paths as strings) and log it."""
-    from inatcomp.formats.validate import write_json
-
     plain = {k: str(v) if isinstance(v, Path) else v for k, v in summary.items()}
     path = Path(out) / "summary.json"
     write_json(path, plain, indent=2)
@@ -319,8 +235,6 @@ def write_summary(out: str | os.PathLike, summary: dict[str, Any]) -> Path:
 
 def run_kernel(get_args_parser: Any, main: Any, argv: list[str] | None = None) -> None:
     """A kernel's ``__main__``: logging to stderr, parse, run; a ``ValueError`` exits with its message."""
-    import sys
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = get_args_parser()
     try:

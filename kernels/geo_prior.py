@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from inatcomp.formats.validate import read_json, write_atomic
+from inatcomp.fileio import read_json, write_atomic
 from inatcomp.pipeline import (
     add_kernel_arguments,
     kernel_release,
@@ -34,15 +34,10 @@ from inatcomp.pipeline import (
     write_summary,
 )
 from inatcomp.predict.engine import predict
-from inatcomp.predict.geoprior import (
-    PriorConfig,
-    apply_prior,
-    evaluate_prior,
-    find_locations,
-    load_observations,
-    plot_prior_map,
-    train_prior,
-)
+from inatcomp.predict.geocombine import apply_prior, evaluate_prior
+from inatcomp.predict.geodata import find_locations, load_observations
+from inatcomp.predict.geomap import plot_prior_map
+from inatcomp.predict.geoprior import PriorConfig, train_prior
 
 _VARIANTS = {"place": False, "place_date": True}
 _NAMES = {"place": "image model + geo prior (place)", "place_date": "image model + geo prior (place and date)"}

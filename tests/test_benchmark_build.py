@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from inatcomp.build import build_dataset
-from inatcomp.build.splits import Preset, rules_for
+from inatcomp.build.rules import Preset, rules_for
 from inatcomp.world.synth import SynthConfig, write_export
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from inatcomp.build import build_dataset, check_leakage, release_names, split_val
-from inatcomp.build.splits import PhotoChoice, Preset, assign_observers, rules_for
+from inatcomp.build.rules import PhotoChoice, Preset, rules_for
+from inatcomp.build.splits import assign_observers
 from inatcomp.cli import main
 from inatcomp.formats.competitions import format_of_preset
 from inatcomp.formats.validate import validate_file
@@ -607,7 +608,7 @@ def test_release_json_escapes_text_and_leakage_check_reads_it(tmp_path):
 @pytest.mark.parametrize("top", [2, 1000, 1 << 20, 1 << 40, 1 << 62, (1 << 64) - 1])
 @pytest.mark.parametrize("n", [1, 2, 9, 5000])
 def test_sorting_helpers_equal_numpy(top, n):
-    from inatcomp.build.splits import first_within_groups, lexsort_by_group, rank_within_groups, sort_with_order
+    from inatcomp.build.arrays import first_within_groups, lexsort_by_group, rank_within_groups, sort_with_order
 
     rng = np.random.default_rng(n)
     values = rng.integers(0, top, n, dtype=np.uint64, endpoint=True)
@@ -648,8 +649,8 @@ def test_unique_inverse_and_is_in_equal_numpy_for_small_and_large_ids(top):
 
 @pytest.mark.parametrize("quota", [1, 3, 40])
 def test_within_quota_ranks_few_and_equals_ranking_all(quota):
+    from inatcomp.build.arrays import random_keys, rank_within_groups
     from inatcomp.build.sampling import _within_quota
-    from inatcomp.build.splits import random_keys, rank_within_groups
 
     rng = np.random.default_rng(quota)
     n, n_groups = 60_000, 30
@@ -696,7 +697,7 @@ def test_rule_overrides_are_the_numeric_rules_and_rules_for_takes_each():
     import dataclasses
     import typing
 
-    from inatcomp.build.splits import BuildRules, rule_overrides
+    from inatcomp.build.rules import BuildRules, rule_overrides
 
     overrides = rule_overrides()
     hints = typing.get_type_hints(BuildRules)

@@ -15,7 +15,7 @@ from scipy import stats
 from torch import nn
 
 from inatcomp.build import build_dataset
-from inatcomp.build.splits import Preset, rules_for
+from inatcomp.build.rules import Preset, rules_for
 from inatcomp.data import (
     CompetitionDataset,
     DataConfig,

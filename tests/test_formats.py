@@ -1,4 +1,4 @@
-"""Tests for inatcomp.formats.validate: schemas, validation of every file kind, kind guessing, table reading."""
+"""Tests for inatcomp.formats: schemas, validation of every file kind, kind guessing, table reading."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from inatcomp.formats.competitions import COMPETITIONS, SubmissionFormat
-from inatcomp.formats.validate import FileKind, Problem, guess_kind, load_schema, read_table, validate_file
+from inatcomp.formats.kinds import FileKind, Problem, load_schema
+from inatcomp.formats.tables import read_table
+from inatcomp.formats.validate import guess_kind, validate_file
 
 TAXA = ["kingdom", "phylum", "class", "order", "family", "genus"]
 YEARS = (2017, 2018, 2019, 2021)
@@ -702,7 +704,7 @@ def test_write_atomic_replaces_whole_files_with_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from inatcomp.formats.validate import write_atomic
+    from inatcomp.fileio import write_atomic
 
     target = tmp_path / "out.json"
     write_atomic(target, "first")

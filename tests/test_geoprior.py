@@ -13,23 +13,18 @@ import torch
 
 from inatcomp.cli import main
 from inatcomp.formats.predictions import PredictionWriter, ScoreKind, open_predictions
-from inatcomp.models.factory import save_checkpoint
-from inatcomp.predict.geoprior import (
-    GeoPrior,
+from inatcomp.models.checkpoints import save_checkpoint
+from inatcomp.predict.geocombine import apply_prior, evaluate_prior
+from inatcomp.predict.geodata import (
     Observations,
-    PriorConfig,
-    apply_prior,
     day_fraction,
     encode_inputs,
-    evaluate_prior,
     load_locations,
     load_observations,
-    load_prior,
-    plot_prior_map,
     sample_sphere,
-    save_prior,
-    train_prior,
 )
+from inatcomp.predict.geomap import plot_prior_map
+from inatcomp.predict.geoprior import GeoPrior, PriorConfig, load_prior, save_prior, train_prior
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Category id: (latitude, longitude, peak of the season as a fraction of the year).

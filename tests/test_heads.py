@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from inatcomp.data import resolve_data_config
-from inatcomp.models.factory import create_model, head_options, load_checkpoint, save_checkpoint
+from inatcomp.models.checkpoints import head_options, load_checkpoint, save_checkpoint
+from inatcomp.models.factory import create_model
 from inatcomp.models.heads import CovarianceModel, CovariancePool, HeadType, covariance, isqrt, triu_vector
 from inatcomp.predict.engine import load_model
 

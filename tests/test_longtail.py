@@ -21,9 +21,9 @@ from inatcomp.predict.longtail import (
     adjust_scores,
     class_prior,
     fit_tau,
-    tau_normalise,
     tau_towards,
 )
+from inatcomp.predict.taunorm import tau_normalise
 from inatcomp.train import train
 
 COUNTS = np.array([90, 9, 1])

@@ -8,15 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from inatcomp.models.factory import (
-    create_model,
-    flatten_state,
-    fold_batchnorm,
-    load_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
-    unflatten_state,
-)
+from inatcomp.fileio import resolve_checkpoint
+from inatcomp.models.checkpoints import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from inatcomp.models.factory import create_model
+from inatcomp.models.freezing import fold_batchnorm
 
 
 def test_checkpoint_round_trip_with_training_state(tmp_path):

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from inatcomp import pipeline
-from inatcomp.build.splits import Preset
+from inatcomp.build.rules import Preset
+from inatcomp.formats.predictions import PredictionWriter
 from inatcomp.pipeline import (
     YEARS,
     Release,
@@ -26,7 +27,6 @@ from inatcomp.pipeline import (
     subset_categories,
     synthetic_release,
 )
-from inatcomp.predict.engine import PredictionWriter
 
 
 @pytest.fixture(scope="module")

@@ -13,24 +13,24 @@ import pytest
 import torch
 
 from inatcomp.build import build_dataset
-from inatcomp.build.splits import Preset, rules_for
+from inatcomp.build.rules import Preset, rules_for
 from inatcomp.cli import main
 from inatcomp.formats.predictions import open_predictions
-from inatcomp.models.factory import create_model, fold_batchnorm, save_checkpoint
-from inatcomp.predict.engine import (
+from inatcomp.models.checkpoints import save_checkpoint
+from inatcomp.models.factory import create_model
+from inatcomp.models.freezing import fold_batchnorm
+from inatcomp.predict.engine import _InputBuffer, load_model, predict
+from inatcomp.predict.submission import write_submission
+from inatcomp.predict.tta import (
     AverageMode,
     TTAMode,
     View,
     _average,
-    _InputBuffer,
     _ViewDataset,
     decode_factor,
-    load_model,
     load_views,
-    predict,
     view_boxes,
 )
-from inatcomp.predict.submission import write_submission
 from inatcomp.score.scoring import score_predictions
 from inatcomp.world.synth import SynthConfig, write_export
 
@@ -342,7 +342,7 @@ def test_unreadable_images_get_uniform_rows_and_are_counted(release, checkpoint,
 def test_prediction_headers_match_their_schema(release, checkpoint, tmp_path):
     import jsonschema
 
-    from inatcomp.formats.validate import SCHEMA_DIR
+    from inatcomp.formats.kinds import SCHEMA_DIR
 
     schema = json.loads((SCHEMA_DIR / "predictions_header.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)

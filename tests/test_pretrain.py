@@ -19,12 +19,15 @@ from safetensors.torch import load_file
 
 from inatcomp.cli import main
 from inatcomp.formats.taxonomy import LIFE_TAXON_ID
-from inatcomp.models.factory import SYNTH_WEIGHTS_ENV, create_model, file_sha256
+from inatcomp.models.checkpoints import file_sha256
+from inatcomp.models.factory import create_model
+from inatcomp.models.pretrained import SYNTH_WEIGHTS_ENV
 from inatcomp.options import PretrainedSource, parse_pretrained
-from inatcomp.world.synth import SynthConfig, World, generate_taxonomy, write_export
+from inatcomp.world.synth import SynthConfig, write_export
+from inatcomp.world.taxa import World, generate_taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "inatcomp" / "weights" / "resnet10t-synth.safetensors"
+SHIPPED = ROOT / "inatcomp" / "models" / "weights" / "resnet10t-synth.safetensors"
 TINY = ["--species", "12", "--photos", "300", "--img-size", "16", "--epochs", "1", "--model", "resnet10t"]
 
 

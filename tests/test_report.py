@@ -1,4 +1,4 @@
-"""Tests for inatcomp.score.report: safe cells, atomic report files, leaderboard ranks and the leaderboard CLI."""
+"""Tests for inatcomp.score's reports: safe cells, atomic report files, leaderboard ranks and the leaderboard CLI."""
 
 from __future__ import annotations
 
@@ -11,20 +11,18 @@ import numpy as np
 import pytest
 
 from inatcomp.cli import main
-from inatcomp.score.report import (
+from inatcomp.score.analysis import analyse
+from inatcomp.score.leaderboard import (
     build_leaderboard,
     competition_ranks,
-    csv_text,
     leaderboard_csv,
     leaderboard_markdown,
-    markdown_table,
-    sanitize_cell,
-    score_markdown,
     team_name,
     write_leaderboard,
-    write_score_report,
 )
-from inatcomp.score.scoring import analyse, score_arrays
+from inatcomp.score.metric import score_arrays
+from inatcomp.score.report import score_markdown, write_score_report
+from inatcomp.score.tables import csv_text, markdown_table, sanitize_cell
 
 SOLUTION = "id,expected,usage\n1,10,Public\n2,20,Public\n3,30,Private\n4,40,Private\n"
 

@@ -1,4 +1,4 @@
-"""Tests for inatcomp.score.scoring: the metric against scikit-learn, hand-made cases, hostile submissions, the CLI."""
+"""Tests for the scorer (inatcomp.score): the metric against scikit-learn, hand-made cases, hostile files, the CLI."""
 
 from __future__ import annotations
 
@@ -12,19 +12,12 @@ import pytest
 from sklearn.metrics import top_k_accuracy_score
 
 from inatcomp.cli import main
-from inatcomp.score.scoring import (
-    MAX_REPORTED,
-    SubmissionFormat,
-    analyse,
-    load_dataset_info,
-    rank_labels,
-    read_solution,
-    read_submission,
-    score_arrays,
-    score_file,
-    top_k_error,
-    top_k_hits,
-)
+from inatcomp.formats.competitions import SubmissionFormat
+from inatcomp.score.analysis import analyse, load_dataset_info
+from inatcomp.score.csvgrid import MAX_REPORTED
+from inatcomp.score.metric import rank_labels, score_arrays, top_k_error, top_k_hits
+from inatcomp.score.readers import read_solution, read_submission
+from inatcomp.score.scoring import score_file
 
 SOLUTION = "id,expected,usage\n1,10,Public\n2,20,Public\n3,30,Private\n4,40,Private\n"
 

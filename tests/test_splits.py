@@ -1,4 +1,5 @@
-"""Tests of inatcomp.build.splits: presets and their overrides, rule checks, photographer-isolated assignment.
+"""Tests of inatcomp.build.rules and inatcomp.build.splits: presets and their overrides, rule checks,
+photographer-isolated assignment.
 
 The sorting and ranking helpers are tested against NumPy in tests/test_build.py; the isolation of whole
 releases (no observer, observation or photo in two splits) in tests/test_build.py as well.
@@ -11,7 +12,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from inatcomp.build.splits import BuildRules, PhotoChoice, Preset, Split, assign_observers, rules_for
+from inatcomp.build.rules import BuildRules, PhotoChoice, Preset, Split, rules_for
+from inatcomp.build.splits import assign_observers
 
 
 def _assign(observer, category, rules, seed=0):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from inatcomp.cli import main
+from inatcomp.formats.competitions import SubmissionFormat
 from inatcomp.formats.predictions import PredictionWriter
 from inatcomp.predict.submission import validate_submission, write_submission
-from inatcomp.score.scoring import SubmissionFormat, score_file
+from inatcomp.score.scoring import score_file
 
 CATEGORIES = [3, 8, 15, 21, 40, 41, 57]
 IMAGE_IDS = [500, 501, 502, 503, 504, 505, 506, 507]

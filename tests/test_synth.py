@@ -15,7 +15,8 @@ from PIL import Image
 from inatcomp.cli import main
 from inatcomp.formats.taxonomy import LIFE_TAXON_ID, Supercategory, split_ancestry
 from inatcomp.world import render
-from inatcomp.world.synth import REAL_TAXONOMY_COLUMNS, SynthConfig, generate_taxonomy, load_real_taxonomy, write_export
+from inatcomp.world.synth import SynthConfig, write_export
+from inatcomp.world.taxa import REAL_TAXONOMY_COLUMNS, generate_taxonomy, load_real_taxonomy
 
 EXPORT_COLUMNS = {
     "taxa": ["taxon_id", "ancestry", "rank_level", "rank", "name", "active"],
@@ -340,7 +341,7 @@ def test_sibling_preview_tiles_two_species_of_one_genus_and_a_row_per_supercateg
     rows = [sheet[128 * r : 128 * (r + 1)] for r in range(2 + observed)]
     assert all(row.std() > 10 for row in rows)  # every row holds photos, none is blank
     taxa = _read(export / "taxa.csv")
-    from inatcomp.world.synth import sibling_preview
+    from inatcomp.world.preview import sibling_preview
 
     first, second = sibling_preview(export, out, per_species=3)
     assert first.split()[0] == second.split()[0] and first != second

@@ -11,10 +11,11 @@ import yaml
 from safetensors.torch import load_file
 
 from inatcomp.build import build_dataset
-from inatcomp.build.splits import Preset, rules_for
+from inatcomp.build.rules import Preset, rules_for
 from inatcomp.cli import main
 from inatcomp.data import CompetitionDataset, create_loader, create_transform, resolve_data_config
-from inatcomp.models.factory import create_model, load_checkpoint
+from inatcomp.models.checkpoints import load_checkpoint
+from inatcomp.models.factory import create_model
 from inatcomp.train import evaluate, lr_at, resolve_config, train
 from inatcomp.world.synth import SynthConfig, write_export
 

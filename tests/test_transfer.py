@@ -12,21 +12,20 @@ from conftest import tiny_train_config as _config
 from safetensors.torch import load_file
 
 from inatcomp.build import build_dataset, split_val
-from inatcomp.build.splits import Preset, rules_for
+from inatcomp.build.rules import Preset, rules_for
 from inatcomp.cli import main
-from inatcomp.models.factory import (
-    FreezeMode,
+from inatcomp.models.checkpoints import load_checkpoint
+from inatcomp.models.factory import create_model
+from inatcomp.models.freezing import freeze_model
+from inatcomp.models.transfer import (
     NewTaxaInit,
     TaxonMatch,
     choose_taxon_match,
     classifier_names,
-    create_model,
-    freeze_model,
-    load_checkpoint,
-    parse_freeze,
     taxon_keys,
     transfer_classifier,
 )
+from inatcomp.options import FreezeMode, parse_freeze
 from inatcomp.train import resolve_config, train
 from inatcomp.world.synth import SynthConfig, write_export
 

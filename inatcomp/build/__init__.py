@@ -1,16 +1,21 @@
-"""Turning an observation export into a challenge dataset: ``inatcomp build``.
+"""Turning an observation export into a challenge dataset: ``inatcomp build``, and ``inatcomp split-val``.
 
-The way through: read the four export tables (:mod:`inatcomp.build.export`) → give every observation a
-class or a reason why not (roll-up, hybrids, inactive or unknown taxa, quality grade; leaf genera and
-inclusion thresholds for ``production``) → keep the photos per observation the rules allow → put
-every observer in one split (:func:`inatcomp.build.splits.assign_observers`) → sample each class to its
-quotas → resize the images into the release layout → write the release files, the organizer's
-private files (solution, provenance) and an audit that re-checks leakage from the written files.
+It holds the export reader, the build rules, the photographer-isolated splits and each phase of a build down to the
+written release and its audit; it may import :mod:`inatcomp.formats`, :mod:`inatcomp.fileio` and
+:mod:`inatcomp.options` (and no torch: ``build`` and ``split-val`` are file commands). The way through: read the
+four export tables (:mod:`inatcomp.build.export`) → give every observation a class or a reason why not (roll-up,
+hybrids, inactive or unknown taxa, quality grade; leaf genera and inclusion thresholds for ``production``) → keep
+the photos per observation the rules allow → put every observer in one split
+(:func:`inatcomp.build.splits.assign_observers`) → sample each class to its quotas → resize the images into the
+release layout → write the release files, the organizer's private files (solution, provenance) and an audit that
+re-checks leakage from the written files.
 
 One module per phase, in the order :func:`build_dataset` (:mod:`~inatcomp.build.release`) runs them:
 
+- :mod:`~inatcomp.build.rules`: the presets' rules (:func:`rules_for`) and the ones the command line overrides.
 - :mod:`~inatcomp.build.inclusion`: each observation's class or the reason why not; photos joined to observations.
 - :mod:`~inatcomp.build.sampling`: photos per observation, observers' splits, per-class quotas, ``train_mini``.
+- :mod:`~inatcomp.build.splits`: the greedy observer split (:func:`~inatcomp.build.splits.assign_observers`).
 - :mod:`~inatcomp.build.categories`: category ids in taxonomic order and their records.
 - :mod:`~inatcomp.build.selection`: the chosen images in the release order, with what the files need from the export.
 - :mod:`~inatcomp.build.layout`: file and folder names of a release and of its images.
@@ -20,7 +25,8 @@ One module per phase, in the order :func:`build_dataset` (:mod:`~inatcomp.build.
 - :mod:`~inatcomp.build.audit`: what each rule removed, and leakage re-checked from the written files.
 - :mod:`~inatcomp.build.stats`: statistics and the long-tail plot.
 - :mod:`~inatcomp.build.minival`: ``inatcomp split-val``, a val file split into val and minival by observer.
-- :mod:`~inatcomp.build.arrays`: the NumPy and Arrow kernels the phases share.
+- :mod:`~inatcomp.build.releases`: a release folder's files, found and checked (:func:`find_release`).
+- :mod:`~inatcomp.build.arrays`: the NumPy and Arrow kernels the phases share (sorting and ranking in groups, joins).
 
 Outputs, named as the releases (2018 shown; 2017 and 2021 use their own names):
 ``train2018.json``, ``val2018.json``, ``test2018.json`` (no annotations),
@@ -29,9 +35,62 @@ Outputs, named as the releases (2018 shown; 2017 and 2021 use their own names):
 ``stats.md`` + ``long_tail.png``, and the images under ``train_val2018/`` and ``test2018/``.
 """
 
-from inatcomp.build.audit import check_leakage
-from inatcomp.build.layout import release_names
-from inatcomp.build.minival import split_val
-from inatcomp.build.release import BUILD_COLUMNS, BuildResult, build_dataset
+from __future__ import annotations
 
-__all__ = ["BUILD_COLUMNS", "BuildResult", "build_dataset", "check_leakage", "release_names", "split_val"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inatcomp.build.audit import check_leakage
+    from inatcomp.build.layout import release_names
+    from inatcomp.build.minival import split_val
+    from inatcomp.build.release import BUILD_COLUMNS, BuildResult, build_dataset
+    from inatcomp.build.releases import Release, find_release
+    from inatcomp.build.rules import BuildRules, PhotoChoice, Preset, rules_for
+    from inatcomp.build.splits import assign_observers
+
+__all__ = [
+    "BUILD_COLUMNS",
+    "BuildResult",
+    "BuildRules",
+    "PhotoChoice",
+    "Preset",
+    "Release",
+    "assign_observers",
+    "build_dataset",
+    "check_leakage",
+    "find_release",
+    "release_names",
+    "rules_for",
+    "split_val",
+]
+
+#: Public names → their module, loaded on first use (PEP 562): the phases import pyarrow, pandas and Pillow,
+#: which ``inatcomp.build.rules`` (the presets, read by the command line and the kernels) does not need.
+_LAZY = {
+    "BUILD_COLUMNS": "release",
+    "BuildResult": "release",
+    "BuildRules": "rules",
+    "PhotoChoice": "rules",
+    "Preset": "rules",
+    "Release": "releases",
+    "assign_observers": "splits",
+    "build_dataset": "release",
+    "check_leakage": "audit",
+    "find_release": "releases",
+    "release_names": "layout",
+    "rules_for": "rules",
+    "split_val": "minival",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

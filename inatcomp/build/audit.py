@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
-from inatcomp.build.arrays import _sorted_unique, _unique_inverse, _uuid_key, _uuid_words
-from inatcomp.build.splits import BuildRules, sort_with_order
-from inatcomp.formats import validate as formats
+from inatcomp.build.arrays import _sorted_unique, _unique_inverse, _uuid_key, _uuid_words, sort_with_order
+from inatcomp.build.rules import BuildRules
+from inatcomp.fileio import read_json, write_atomic, write_json
 
 
 class _Audit:
@@ -60,8 +61,8 @@ def _write_audit(
         "observers": observers,
         "leakage": leakage,
     }
-    formats.write_json(out / "audit.json", audit_dict, indent=2)
-    formats.write_atomic(out / "audit.md", _audit_markdown(audit_dict))
+    write_json(out / "audit.json", audit_dict, indent=2)
+    write_atomic(out / "audit.md", _audit_markdown(audit_dict))
     return audit_dict
 
 
@@ -103,8 +104,6 @@ def _provenance_leakage(path: Path) -> tuple[dict[str, int], np.ndarray]:
         The three counts, and the split code (0 train, 1 val, 2 test, 3 other) of every image id, -1 for
         ids that are not there.
     """
-    import pyarrow.csv as pacsv
-
     types = {"image_id": pa.int64(), "photo_id": pa.int64(), "observer_id": pa.int64()}
     prov = pacsv.read_csv(
         path,
@@ -190,7 +189,7 @@ def _json_image_ids(path: Path) -> np.ndarray:
             if 0 <= start < end:
                 ids = _record_ids(text, start + len(b'"images":['), end)
     if ids is None:
-        ids = np.fromiter((image["id"] for image in formats.read_json(path)["images"]), np.int64)
+        ids = np.fromiter((image["id"] for image in read_json(path)["images"]), np.int64)
     return ids
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from inatcomp.build.splits import BuildRules, Preset
+from inatcomp.build.rules import BuildRules, Preset
 from inatcomp.formats.taxonomy import TaxonIndex
 
 _RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")

@@ -19,6 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from inatcomp.formats.kinds import FileKind
+from inatcomp.formats.validate import validate_file
+
 __all__ = ["TABLE_COLUMNS", "ExportTables", "ancestry_parents", "find_table", "read_columns", "read_export"]
 
 _logger = logging.getLogger(__name__)
@@ -56,8 +59,6 @@ def find_table(folder: str | os.PathLike, name: str) -> Path:
 
 def _explain(path: Path, table: str, error: Exception) -> ValueError:
     """A ValueError naming the file, line and column, found by the schema validator."""
-    from inatcomp.formats.validate import FileKind, validate_file
-
     problems = validate_file(path, FileKind(f"export_{table}"), max_problems=5)
     if problems:
         detail = "; ".join(str(p) for p in problems[:5])

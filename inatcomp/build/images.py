@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image, UnidentifiedImageError
 
 from inatcomp.build.audit import _Audit
 from inatcomp.build.layout import _file_names
+from inatcomp.build.rules import BuildRules, Split
 from inatcomp.build.selection import _Selection
-from inatcomp.build.splits import BuildRules, Split
 
 _logger = logging.getLogger(__name__)
 
@@ -119,8 +120,6 @@ def _drop_failed(
 def _resize_one(args: tuple[str, str, int, int]) -> str:
     """Resize one source photo to (width, height) into a staging path; '' on success, else the error."""
     source, target, width, height = args
-    from PIL import Image, UnidentifiedImageError
-
     if os.path.exists(target):  # an interrupted build resumes: keep a finished image of the right size
         try:
             with Image.open(target) as done:

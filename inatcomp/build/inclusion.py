@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from inatcomp.build.arrays import _dense, _index_in, _is_in
 from inatcomp.build.audit import _Audit
 from inatcomp.build.export import ExportTables, ancestry_parents
-from inatcomp.build.splits import BuildRules
+from inatcomp.build.rules import BuildRules
 from inatcomp.formats.taxonomy import TaxonIndex
 
 _REASONS = (

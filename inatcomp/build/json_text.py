@@ -13,15 +13,16 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from inatcomp.build.arrays import _DENSE_IDS, _needs_escape, _unique_inverse
 from inatcomp.build.audit import _json_image_ids
 from inatcomp.build.layout import _PARTS
+from inatcomp.build.rules import BuildRules, Preset, Split
 from inatcomp.build.selection import _ImageColumns, _Selection
-from inatcomp.build.splits import BuildRules, Preset, Split
-from inatcomp.formats import validate as formats
+from inatcomp.fileio import write_atomic
 
 _LICENSE_URLS = {
     "CC0": "https://creativecommons.org/publicdomain/zero/1.0/",
@@ -207,7 +208,7 @@ def _write_json_files(
 
 def _write_file(path: Path, make: Callable[[], Iterable[bytes] | bytes], reread: bool) -> np.ndarray | None:
     """Write ``make()``'s text to ``path``; its image ids read back when ``reread``."""
-    formats.write_atomic(path, make())
+    write_atomic(path, make())
     return _json_image_ids(path) if reread else None
 
 
@@ -231,9 +232,7 @@ def _locations_json(texts: _ReleaseTexts, idx: np.ndarray) -> Iterator[bytes]:
 
 
 def _compact_json(obj: object) -> bytes:
-    """Compact JSON text of a small object, as :func:`inatcomp.formats.validate.write_json` writes it."""
-    import orjson
-
+    """Compact JSON text of a small object, as :func:`inatcomp.fileio.write_json` writes it."""
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -270,8 +269,6 @@ def _json_pairs(first: np.ndarray, second: np.ndarray, template: tuple[str, str,
 
 def _json_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Strings as JSON string literals (quoted and escaped as orjson does); null as ``null``."""
-    import orjson
-
     array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     if _needs_escape(array):
         encoded = pc.dictionary_encode(array)

@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from inatcomp.build.arrays import _needs_escape
+from inatcomp.build.arrays import _needs_escape, lexsort_by_group, stable_argsort
 from inatcomp.build.categories import _dir_names
-from inatcomp.build.splits import BuildRules, Preset, Split, lexsort_by_group, stable_argsort
+from inatcomp.build.rules import BuildRules, Preset, Split
 
 #: The split of each dataset file, in the order they are written and counted.
 _PARTS = {"train": Split.TRAIN, "val": Split.VAL, "test": Split.TEST}

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from inatcomp.build.splits import rank_within_groups
-from inatcomp.formats import validate as formats
+from inatcomp.build.arrays import rank_within_groups
+from inatcomp.fileio import read_json, write_json
+from inatcomp.formats.validate import validate_file
 
 
 def split_val(
@@ -43,10 +44,10 @@ def split_val(
     if not 0 < minival_frac < 1:
         raise ValueError(f"--minival-frac must be in (0, 1), got {minival_frac}")
     path = Path(val_json)
-    problems = formats.validate_file(path)
+    problems = validate_file(path)
     if problems:
         raise ValueError("; ".join(str(p) for p in problems[:5]))
-    data = formats.read_json(path)
+    data = read_json(path)
     if "annotations" not in data:
         raise ValueError(f"{path}: no annotations: expected a val file, not a test file")
     images = data["images"]
@@ -55,7 +56,7 @@ def split_val(
     category = np.array([label.get(int(i), -1) for i in ids], dtype=np.int64)
     locations = path.with_name(path.stem + "_locations.json")
     if locations.is_file():
-        users = {r["id"]: r.get("user_id") for r in formats.read_json(locations)}
+        users = {r["id"]: r.get("user_id") for r in read_json(locations)}
         who = [str(users.get(int(i))) for i in ids]
     else:
         who = [str(image.get("rights_holder", "")) for image in images]
@@ -84,5 +85,5 @@ def split_val(
             "images": [image for image in images if image["id"] in keep],
             "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
         }
-        formats.write_json(out / name, part)
+        write_json(out / name, part)
     return {"val": int((~in_minival).sum()), "minival": int(minival.sum()), "left_out": int(surplus.sum())}

@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 
 from inatcomp.build.audit import _provenance_leakage
+from inatcomp.build.rules import BuildRules
 from inatcomp.build.selection import _Selection
-from inatcomp.build.splits import BuildRules
-from inatcomp.formats import validate as formats
 from inatcomp.formats.competitions import format_of_preset
+from inatcomp.formats.tables import write_csv_columns
 
 
 def _write_solution(path: Path, *, rules: BuildRules, seed: int, test_ids: np.ndarray, expected: np.ndarray) -> None:
@@ -23,7 +23,7 @@ def _write_solution(path: Path, *, rules: BuildRules, seed: int, test_ids: np.nd
         "expected": expected,
         "usage": pa.array(["Public", "Private"]).take(pa.array(private.astype(np.int8))),
     }
-    formats.write_csv_columns(path, columns)
+    write_csv_columns(path, columns)
 
 
 def _write_sample_submission(path: Path, *, rules: BuildRules, test_ids: np.ndarray, n_classes: int) -> None:
@@ -40,7 +40,7 @@ def _write_sample_submission(path: Path, *, rules: BuildRules, test_ids: np.ndar
         header[0]: test_ids,
         header[1]: pa.array([sample_labels]).take(pa.array(np.zeros(len(test_ids), np.int8))),
     }
-    formats.write_csv_columns(path, columns)
+    write_csv_columns(path, columns)
 
 
 def _write_provenance(path: Path, selection: _Selection) -> tuple[dict[str, int], np.ndarray]:
@@ -58,5 +58,5 @@ def _write_provenance(path: Path, selection: _Selection) -> tuple[dict[str, int]
         "observer_id": s.columns.observer_id,
         "taxon_id": s.cat_frame["taxon_id"].to_numpy()[s.category],
     }
-    formats.write_csv_columns(path, provenance)
+    write_csv_columns(path, provenance)
     return _provenance_leakage(path)

@@ -20,9 +20,9 @@ from inatcomp.build.inclusion import _classify
 from inatcomp.build.json_text import _release_texts, _write_json_files
 from inatcomp.build.layout import _prepare_out, release_names
 from inatcomp.build.organizer import _write_provenance, _write_sample_submission, _write_solution
+from inatcomp.build.rules import BuildRules, Split
 from inatcomp.build.sampling import _apply_quotas, _photos_per_observation, _split_observers, _split_sizes
 from inatcomp.build.selection import _name_files, _select, _Selection
-from inatcomp.build.splits import BuildRules, Split
 from inatcomp.build.stats import _stats_and_plot, _write_stats
 
 _logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class _Laps:
         self.cpu[stage] = self.cpu.get(stage, 0.0) + cpu - self.last_cpu
         self.last, self.last_cpu = now, cpu
         if _logger.isEnabledFor(logging.DEBUG):
-            import resource
+            import resource  # lazy: a Unix-only module, read only for --verbose's stage timings
 
             self.peak_mb[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -10,20 +10,19 @@ import dataclasses
 
 import numpy as np
 
-from inatcomp.build.arrays import _take_numbers, _unique_inverse
-from inatcomp.build.audit import _Audit
-from inatcomp.build.export import ExportTables
-from inatcomp.build.inclusion import _Classified
-from inatcomp.build.layout import _PARTS
-from inatcomp.build.splits import (
-    BuildRules,
-    PhotoChoice,
-    Split,
-    assign_observers,
+from inatcomp.build.arrays import (
+    _take_numbers,
+    _unique_inverse,
     first_within_groups,
     random_keys,
     rank_within_groups,
 )
+from inatcomp.build.audit import _Audit
+from inatcomp.build.export import ExportTables
+from inatcomp.build.inclusion import _Classified
+from inatcomp.build.layout import _PARTS
+from inatcomp.build.rules import BuildRules, PhotoChoice, Split
+from inatcomp.build.splits import assign_observers
 
 
 @dataclasses.dataclass

@@ -14,11 +14,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from inatcomp.build.arrays import _take_numbers, _take_strings
+from inatcomp.build.arrays import _take_numbers, _take_strings, random_keys, sort_with_order
 from inatcomp.build.export import ExportTables
 from inatcomp.build.layout import _file_names, _release_order
+from inatcomp.build.rules import BuildRules
 from inatcomp.build.sampling import _Candidates, _Splits
-from inatcomp.build.splits import BuildRules, random_keys, sort_with_order
 
 
 class _Gather:

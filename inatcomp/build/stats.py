@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
 
 from inatcomp.build.arrays import _sorted_unique
 from inatcomp.build.layout import _PARTS
-from inatcomp.build.splits import Split
-from inatcomp.formats import validate as formats
+from inatcomp.build.rules import Split
+from inatcomp.fileio import write_atomic, write_json
 
 
 def _stats_and_plot(
@@ -26,8 +27,8 @@ def _stats_and_plot(
 
 def _write_stats(out: Path, stats: dict) -> None:
     """Write ``stats.json`` and ``stats.md``."""
-    formats.write_json(out / "stats.json", stats, indent=2)
-    formats.write_atomic(out / "stats.md", _stats_markdown(stats))
+    write_json(out / "stats.json", stats, indent=2)
+    write_atomic(out / "stats.md", _stats_markdown(stats))
 
 
 def _stats(cat_frame: pd.DataFrame, category: np.ndarray, split: np.ndarray, sizes: dict[str, int]) -> dict:
@@ -89,8 +90,6 @@ def _stats_markdown(stats: dict) -> str:
 
 def _long_tail_plot(path: Path, category: np.ndarray, split: np.ndarray, n_classes: int) -> None:
     """Train images per class, classes sorted by count, on a log scale: a PNG drawn with Pillow (fast to import)."""
-    from PIL import Image, ImageDraw, ImageFont
-
     counts = np.sort(np.bincount(category[split == Split.TRAIN], minlength=n_classes))[::-1]
     width, height, left, right, top, bottom = 600, 350, 70, 20, 36, 50
     image = Image.new("RGB", (width, height), "white")
@@ -137,4 +136,4 @@ def _long_tail_plot(path: Path, category: np.ndarray, split: np.ndarray, n_class
     image.paste(label.rotate(90, expand=True), (4, int((y0 + y1) / 2) - 80))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
-    formats.write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())

@@ -1,26 +1,17 @@
-"""Datasets, transforms, samplers and the loader of the trainer (one flat set of factories)."""
+"""Data: the competition dataset and its loader, the transforms and the samplers, one flat set of factories.
 
-from inatcomp.data.dataset import CompetitionDataset, Sample, Taxonomy, create_loader, seed_worker
-from inatcomp.data.samplers import (
-    ClassBalancedSampler,
-    EpochSampler,
-    RandomSampler,
-    SamplerType,
-    SqrtSampler,
-    create_sampler,
-)
-from inatcomp.data.transforms import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    CropBox,
-    DataConfig,
-    DecodePlan,
-    EvalPreset,
-    Interpolation,
-    TrainPreset,
-    create_transform,
-    resolve_data_config,
-)
+:mod:`~inatcomp.data.dataset` (:class:`CompetitionDataset` over a 2017, 2018 or 2021 JSON, the loader),
+:mod:`~inatcomp.data.transforms` (the train and eval presets, decoding at reduced scale) and
+:mod:`~inatcomp.data.samplers` (random, class-balanced and square-root epochs, sharded over ranks). It may import
+:mod:`inatcomp.formats`, :mod:`inatcomp.fileio` and :mod:`inatcomp.options`; ``models``, ``predict`` and
+``train`` build on it. The modules import torch, so the names below load on first use (PEP 562): importing the
+package alone costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
@@ -45,3 +36,40 @@ __all__ = [
     "resolve_data_config",
     "seed_worker",
 ]
+
+#: Public name → the module of this package that defines it, imported on first use.
+_LAZY = {
+    "CompetitionDataset": "dataset",
+    "Sample": "dataset",
+    "Taxonomy": "dataset",
+    "create_loader": "dataset",
+    "seed_worker": "dataset",
+    "ClassBalancedSampler": "samplers",
+    "EpochSampler": "samplers",
+    "RandomSampler": "samplers",
+    "SamplerType": "samplers",
+    "SqrtSampler": "samplers",
+    "create_sampler": "samplers",
+    "IMAGENET_DEFAULT_MEAN": "transforms",
+    "IMAGENET_DEFAULT_STD": "transforms",
+    "CropBox": "transforms",
+    "DataConfig": "transforms",
+    "DecodePlan": "transforms",
+    "EvalPreset": "transforms",
+    "Interpolation": "transforms",
+    "TrainPreset": "transforms",
+    "create_transform": "transforms",
+    "resolve_data_config": "transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -75,7 +75,7 @@ COMPETITIONS: dict[SubmissionFormat, Competition] = {
     SubmissionFormat.INAT2021: Competition(year=2021, columns=("Id", "Predicted"), labels=5, official_k=1),
 }
 
-#: Build presets (``inatcomp.build.splits.Preset`` values) and the format their releases use.
+#: Build presets (``inatcomp.build.rules.Preset`` values) and the format their releases use.
 _PRESET_FORMATS = {
     "inat2017": SubmissionFormat.INAT2017,
     "inat2018": SubmissionFormat.INAT2018,

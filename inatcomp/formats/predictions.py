@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from inatcomp.fileio import read_json
+
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "PREDICTION_FORMAT",
@@ -321,8 +323,6 @@ def load_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: Unreadable file, no annotations, or an image with two different labels.
     """
-    from inatcomp.fileio import read_json
-
     data = read_json(path)
     try:
         annotations = data["annotations"]

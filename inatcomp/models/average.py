@@ -17,6 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file
+
+from inatcomp.fileio import read_json, resolve_checkpoint, write_atomic
+from inatcomp.models.checkpoints import file_sha256, save_tensors
+
 __all__ = ["average_checkpoints", "epoch_checkpoints"]
 
 _logger = logging.getLogger(__name__)
@@ -52,12 +58,6 @@ def average_checkpoints(sources: Sequence[str | os.PathLike], *, out: str | os.P
         ValueError: No sources, or one whose model, categories, tensor names or shapes differ from the first's
             (naming that checkpoint and what differs).
     """
-    import torch
-    from safetensors.torch import load_file
-
-    from inatcomp.fileio import read_json, resolve_checkpoint, write_atomic
-    from inatcomp.models.factory import file_sha256, save_tensors
-
     if not sources:
         raise ValueError("average: give at least one checkpoint")
     files = [resolve_checkpoint(source) for source in sources]

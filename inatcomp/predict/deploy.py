@@ -28,6 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
+import torch
+
+from inatcomp.data.dataset import CompetitionDataset
+from inatcomp.fileio import write_atomic
+from inatcomp.formats.predictions import index_of, load_labels
+from inatcomp.predict.engine import center_crop_batches, load_model
 
 __all__ = ["OPSET", "TOLERANCE", "ExportFormat", "ExportReport", "export_model"]
 
@@ -64,8 +71,6 @@ class ExportReport:
 
 
 def _normalised(model: Any, mean: list[float], std: list[float]) -> Any:
-    import torch
-
     class Normalised(torch.nn.Module):
         """The eval model behind the checkpoint's normalisation (0-255 RGB in, logits out)."""
 
@@ -85,15 +90,11 @@ def _check_batch(checkpoint: Any, val: Any, images: Any, size: int, batch: int) 
     """Centre crops of ``val`` (NCHW float32, 0-255), or seeded random pixels without one."""
     if val is None:
         return np.random.default_rng(0).uniform(0, 255, (batch, 3, size, size)).astype(np.float32)
-    from inatcomp.predict.engine import center_crop_batches
-
     views, _ = next(iter(center_crop_batches(checkpoint, val, images, batch_size=batch)))
     return np.ascontiguousarray(views.transpose(0, 3, 1, 2)).astype(np.float32)
 
 
 def _onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime
-
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
@@ -102,12 +103,6 @@ def _val_top1_errors(
     paths: list[Path], checkpoint: Any, val: Any, images: Any, category_ids: np.ndarray
 ) -> list[float]:
     """Top-1 error of each ONNX model on the centre crops of a labelled JSON (decoded once for all of them)."""
-    import onnxruntime
-
-    from inatcomp.data import CompetitionDataset
-    from inatcomp.formats.predictions import index_of, load_labels
-    from inatcomp.predict.engine import center_crop_batches
-
     sessions = [onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
     base = CompetitionDataset(val, images, category_ids=category_ids)
     ids, labels = load_labels(val)
@@ -147,11 +142,6 @@ def export_model(
         ValueError: ``int8`` with TorchScript, or an exported model whose logits differ from PyTorch's by more
             than :data:`TOLERANCE` (the file is removed).
     """
-    import torch
-
-    from inatcomp.fileio import write_atomic
-    from inatcomp.predict.engine import load_model
-
     format = ExportFormat(format)
     if int8 and format is not ExportFormat.ONNX:
         raise ValueError("--int8 quantises with ONNX Runtime: use --format onnx")
@@ -204,6 +194,7 @@ def _quantise(
     out: Path, x: np.ndarray, want: np.ndarray, *, checkpoint: Any, val: Any, images: Any, category_ids: np.ndarray
 ) -> dict[str, Any]:
     """Dynamic int8 quantisation of an exported ONNX file; its difference and (with ``val``) the error change."""
+    # lazy: the quantiser imports onnx and its tools (0.5 s more), needed only with --int8
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
     target = out.with_name(out.stem + ".int8.onnx")

@@ -1,4 +1,4 @@
-"""Post-hoc long-tail tools: logit adjustment of prediction files and τ-normalised classifier weights.
+"""Post-hoc long-tail tools for prediction files: logit adjustment, its prior and its fitted τ.
 
 **Logit adjustment** (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021): a model trained on
 a long-tailed train set with plain cross-entropy scores ``log p(y | x) ≈ f_y(x) + log π_y + const``, where ``π``
@@ -21,12 +21,10 @@ Every adjusted prediction file records what was applied in its header (``logit_a
 and the fit when there was one). Classes without train images get a count of 1 (their log prior stays finite).
 
 **τ-normalisation** (Kang et al., "Decoupling representation and classifier for long-tailed recognition",
-ICLR 2020): after training, each classifier row ``w_c`` is divided by ``‖w_c‖^P``; long-tailed training leaves
-head-class rows with larger norms, and ``P`` between 0 (identity) and 1 (unit norms) trades head for tail
-accuracy. :func:`tau_normalise` applies it to a model in place (the bias is kept).
+ICLR 2020) changes a model's classifier rather than a prediction file: it is
+:func:`inatcomp.predict.taunorm.tau_normalise`.
 
-This module imports no torch (only :func:`tau_normalise` does, when called): ``submit`` and ``ensemble`` start at
-once.
+This module imports no torch: ``submit`` and ``ensemble`` start at once.
 """
 
 from __future__ import annotations
@@ -64,7 +62,6 @@ __all__ = [
     "resolve_adjustment",
     "tau_grid",
     "target_weights",
-    "tau_normalise",
     "tau_towards",
 ]
 
@@ -416,33 +413,3 @@ def resolve_adjustment(
         raise ValueError(f"--fit-logit-adjust {fit_on}: its categories are not those of {predictions} (same model?)")
     fit = fit_tau(fit_on, labels, prior=chosen, target=target)
     return fit.tau, chosen, fit
-
-
-def tau_normalise(model: Any, power: float) -> int:
-    """Divide each classifier row by its norm to the ``power`` (Kang et al.'s τ-norm), in place.
-
-    Args:
-        model: A timm model (its classifier found by :func:`inatcomp.models.factory.classifier_names`).
-        power: ``P`` in ``[0, 1]`` usually; 0 leaves the weights unchanged.
-
-    Returns:
-        The number of classifier weight matrices normalised.
-    """
-    import torch
-
-    from inatcomp.models.factory import classifier_names
-
-    if power == 0:
-        return 0
-    modules = dict(model.named_modules())
-    done = 0
-    with torch.no_grad():
-        for name in classifier_names(model):
-            weight = getattr(modules[name], "weight", None)
-            if weight is None or weight.ndim != 2:
-                continue
-            weight.div_(weight.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(power))
-            done += 1
-    if not done:
-        raise ValueError("τ-norm: the model has no linear classifier weights")
-    return done

@@ -4,11 +4,11 @@
 labels in 2017 and 2021, 3 in 2018, 1 in 2019; category ids separated by single spaces, most confident first)
 from a prediction folder, streaming in row chunks and renaming a temporary file into place at the end.
 
-``inatcomp validate SUBMISSION --against TEST.json`` reads the submission with :mod:`inatcomp.score.scoring`'s hardened
+``inatcomp validate SUBMISSION --against TEST.json`` reads the submission with :mod:`inatcomp.score.readers`' hardened
 reader (size limit, encoding, malformed or repeated labels, duplicate ids: each named by its line) and adds what
 only the test file can tell: the year's exact header, every test image exactly once, exactly the year's number
 of labels per row, and every label a category id of the test file. Problems are
-:class:`inatcomp.formats.validate.Problem`.
+:class:`inatcomp.formats.kinds.Problem`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import numpy as np
 
 from inatcomp.fileio import read_json
 from inatcomp.formats.competitions import SubmissionFormat
+from inatcomp.formats.kinds import Problem
 from inatcomp.formats.predictions import index_of, open_predictions, top_k_columns
-from inatcomp.formats.validate import Problem
-from inatcomp.score.scoring import read_submission
+from inatcomp.predict.longtail import adjust_scores
+from inatcomp.score.readers import read_submission
 
 __all__ = ["read_test_ids", "validate_submission", "write_submission"]
 
@@ -69,8 +70,6 @@ def write_submission(
             pred, preds.header["failed_images"],
         )  # fmt: skip
     if logit_adjust is not None:
-        from inatcomp.predict.longtail import adjust_scores
-
         tau, log_prior = float(logit_adjust[0]), logit_adjust[1].log_prior
         _logger.info("%s: labels ranked after logit adjustment, τ = %g (prior %s)", pred, tau, logit_adjust[1].source)
     out = Path(out)
@@ -132,7 +131,7 @@ def validate_submission(
         path: The submission CSV.
         test_json: The test JSON whose images and categories the submission must cover.
         format: The year's format; guessed from the header and labels when None.
-        max_bytes: Size limit of the submission (:data:`inatcomp.score.scoring.DEFAULT_MAX_BYTES` when None).
+        max_bytes: Size limit of the submission (:data:`inatcomp.score.csvgrid.DEFAULT_MAX_BYTES` when None).
         max_problems: At most this many problems, then one saying how many more there were.
 
     Returns:

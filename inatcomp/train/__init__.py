@@ -1,20 +1,24 @@
-"""The training loop: ``inatcomp train``.
-
-One run folder holds everything: ``config.yaml`` (the resolved configuration), ``metrics.csv`` and
-``metrics.json`` (per epoch: losses, val top-1/top-3 error, images/s, distinct bad images and failed reads,
-learning rate), ``best.*`` and ``last.*`` checkpoints (safetensors plus JSON metadata, see
-:mod:`inatcomp.models.factory`) and ``last.state.*`` (optimizer, EMA, sampler and RNG states) from which
-``--resume`` continues exactly.
-
-Configuration precedence lives in :func:`resolve_config`: command line over ``-c config.yaml`` over the
-defaults of :class:`TrainConfig`.
+"""Training: ``inatcomp train`` (the epoch loop and its recipes) and ``inatcomp pretrain`` (synthetic-world backbones).
 
 The package's modules are the run's phases: :mod:`~inatcomp.train.config` (options, checked without torch),
 :mod:`~inatcomp.train.distributed` (torchrun), :mod:`~inatcomp.train.recipes` (init, transfer, freezing),
 :mod:`~inatcomp.train.parts` (datasets, model, sampler, loss, optimizer), :mod:`~inatcomp.train.engine`
 (one epoch, evaluation), :mod:`~inatcomp.train.checkpointing` (run folder, exact resume) and
-:mod:`~inatcomp.train.loop` (the epochs). Importing the package imports only the config: the names from
-the torch-using modules load on first use, so ``from inatcomp.train import TrainConfig`` stays free of torch.
+:mod:`~inatcomp.train.loop` (the epochs); :mod:`~inatcomp.train.runs` (:func:`train_run`, a run on a release) and
+:mod:`~inatcomp.train.pretrain` (``inatcomp pretrain``) build on them. It may import :mod:`inatcomp.formats`,
+:mod:`inatcomp.data`, :mod:`inatcomp.models`, :mod:`inatcomp.build` (a release to train on), :mod:`inatcomp.world`
+(the pretraining world), :mod:`inatcomp.fileio` and :mod:`inatcomp.options`; never ``pipeline``, ``cli`` or
+``demo``. Importing the package imports only the config: the names from the torch-using modules load on first
+use (PEP 562), so ``from inatcomp.train import TrainConfig`` stays free of torch.
+
+One run folder holds everything: ``config.yaml`` (the resolved configuration), ``metrics.csv`` and
+``metrics.json`` (per epoch: losses, val top-1/top-3 error, images/s, distinct bad images and failed reads,
+learning rate), ``best.*`` and ``last.*`` checkpoints (safetensors plus JSON metadata, see
+:mod:`inatcomp.models.checkpoints`) and ``last.state.*`` (optimizer, EMA, sampler and RNG states) from which
+``--resume`` continues exactly.
+
+Configuration precedence lives in :func:`resolve_config`: command line over ``-c config.yaml`` over the
+defaults of :class:`TrainConfig`.
 
 Recipes on top of the loop (configs in ``kernels/configs/``):
 
@@ -24,7 +28,7 @@ Recipes on top of the loop (configs in ``kernels/configs/``):
   ``--new-taxa-init`` (zero or the mean row); everything else is loaded. The counts of taxa carried, added
   and dropped are logged, in every metrics row and in the checkpoints' ``transfer`` metadata.
 * ``--freeze none|backbone|all-but-last-N`` trains only the classifier, or the last N stages and what
-  follows them; frozen BatchNorm layers keep their statistics (see :func:`inatcomp.models.factory.freeze_model`).
+  follows them; frozen BatchNorm layers keep their statistics (see :func:`inatcomp.models.freezing.freeze_model`).
 * ``--categories-from init|CHECKPOINT|JSON`` takes the head's categories (and their order) from elsewhere
   than the training JSON: val fine-tuning trains on a val file under the train file's category set.
 * Under ``torchrun`` (``WORLD_SIZE`` > 1) every process joins the process group (gloo on the CPU, NCCL
@@ -66,6 +70,7 @@ if TYPE_CHECKING:
     from inatcomp.train.engine import evaluate, train_one_epoch
     from inatcomp.train.loop import TrainResult, train
     from inatcomp.train.optim import lr_at
+    from inatcomp.train.runs import train_run
 
 __all__ = [
     "AmpMode",
@@ -86,6 +91,7 @@ __all__ = [
     "resolve_config",
     "lr_at",
     "train",
+    "train_run",
     "train_one_epoch",
     "evaluate",
     "Stage",
@@ -103,6 +109,7 @@ _LAZY = {
     "distributed_context": "distributed",
     "init_distributed": "distributed",
     "lr_at": "optim",
+    "train_run": "runs",
     "train_one_epoch": "engine",
     "evaluate": "engine",
 }

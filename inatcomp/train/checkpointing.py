@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from inatcomp.formats.validate import write_atomic
+from inatcomp.fileio import write_atomic
 from inatcomp.train.config import TrainConfig
 
 if TYPE_CHECKING:

@@ -4,7 +4,8 @@
 ``-c config.yaml`` over an ``--init`` checkpoint's architecture over the defaults) and checks the result.
 Choice fields are Enums defined here (or in :mod:`inatcomp.options`); the loop maps them to the torch-side
 Enums of :mod:`inatcomp.data`,
-:mod:`inatcomp.models.losses`, :mod:`inatcomp.models.heads` and :mod:`inatcomp.models.factory`.
+:mod:`inatcomp.models.losses`, :mod:`inatcomp.models.heads`, :mod:`inatcomp.models.transfer` and
+:mod:`inatcomp.models.freezing`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from inatcomp.fileio import read_json
+from inatcomp.fileio import read_json, resolve_checkpoint
 from inatcomp.options import AmpMode, enum_choice, parse_freeze, parse_pretrained
 
 __all__ = [
@@ -102,7 +103,7 @@ class HeadOption(enum.Enum):
 
 
 class TransferMatchOption(enum.Enum):
-    """How an ``init`` checkpoint's taxa are matched (``models.factory.TaxonMatch`` of the same value)."""
+    """How an ``init`` checkpoint's taxa are matched (``models.transfer.TaxonMatch`` of the same value)."""
 
     AUTO = "auto"
     ID = "id"
@@ -110,7 +111,7 @@ class TransferMatchOption(enum.Enum):
 
 
 class NewTaxaInitOption(enum.Enum):
-    """Start of the classifier rows of taxa an ``init`` lacks (:class:`~inatcomp.models.factory.NewTaxaInit`)."""
+    """Start of the classifier rows of taxa an ``init`` lacks (:class:`~inatcomp.models.transfer.NewTaxaInit`)."""
 
     ZERO = "zero"
     MEAN = "mean"
@@ -128,8 +129,8 @@ class TrainConfig:
     see :func:`~inatcomp.models.factory.create_model`); ``init`` (a checkpoint, stem or run folder to start from);
     ``categories_from`` (``init``, a checkpoint or a dataset JSON whose categories make the head, default: the
     training JSON's);
-    ``transfer_match`` (``auto``, ``id`` or ``name``, see :class:`~inatcomp.models.factory.TaxonMatch`) and
-    ``new_taxa_init`` (``zero`` or ``mean``, see :class:`~inatcomp.models.factory.NewTaxaInit`) for an ``init`` with
+    ``transfer_match`` (``auto``, ``id`` or ``name``, see :class:`~inatcomp.models.transfer.TaxonMatch`) and
+    ``new_taxa_init`` (``zero`` or ``mean``, see :class:`~inatcomp.models.transfer.NewTaxaInit`) for an ``init`` with
     another category set; ``freeze`` (``none``, ``backbone`` or ``all-but-last-N``, see
     :func:`~inatcomp.options.parse_freeze`; one option, as the command line writes it); ``freeze_norm_stats``
     (every BatchNorm layer keeps the running statistics it starts with while its weights train: for val
@@ -396,9 +397,6 @@ def _inherited_from_init(values: Mapping[str, Any]) -> dict[str, Any]:
         needed = [name for name in needed if not name.startswith("head_")]
     if not values.get("init") or not needed:
         return {}
-    # Imported here: models imports torch, and only a run that starts from a checkpoint needs it.
-    from inatcomp.models.factory import resolve_checkpoint
-
     metadata_file = resolve_checkpoint(values["init"]).with_suffix(".json")
     try:
         metadata = read_json(metadata_file)

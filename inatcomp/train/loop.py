@@ -11,8 +11,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from inatcomp.formats.validate import write_atomic
-from inatcomp.models.factory import load_checkpoint, save_checkpoint
+from inatcomp.data.dataset import create_loader
+from inatcomp.data.samplers import DrawSampler
+from inatcomp.fileio import write_atomic
+from inatcomp.models.checkpoints import load_checkpoint, save_checkpoint
 from inatcomp.train.checkpointing import Progress, checkpoint_metadata, config_yaml, training_state, write_metrics
 from inatcomp.train.config import Stage, TrainConfig, progressive_stages, stage_at
 from inatcomp.train.distributed import DistributedContext, init_distributed
@@ -111,9 +113,6 @@ def _stage_loaders(parts: RunParts, stage: Stage, epoch: int) -> tuple[Any, Any]
     Each sample's augmentation is seeded by its draw (see SeedPerDraw), not by the worker, so kept workers give
     the epochs a fresh loader would, and a resumed run the epochs of an unbroken one.
     """
-    from inatcomp.data import create_loader
-    from inatcomp.data.samplers import DrawSampler
-
     config, device, sampler = parts.config, parts.device, parts.sampler
     keep = config.workers > 0
     train_loader = create_loader(

@@ -14,7 +14,11 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from inatcomp.data.dataset import CompetitionDataset
+from inatcomp.data.samplers import SamplerType, create_sampler
+from inatcomp.data.transforms import create_transform, resolve_data_config
 from inatcomp.models.factory import set_drop_rate
+from inatcomp.models.losses import LossType, create_loss
 from inatcomp.options import AmpMode
 from inatcomp.train.config import LossOption, SamplerOption, Stage, TrainConfig, TrainStage
 from inatcomp.train.distributed import DistributedContext
@@ -36,7 +40,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: A checkpoint as :func:`inatcomp.models.factory.load_checkpoint` returns it with its training state.
+#: A checkpoint as :func:`inatcomp.models.checkpoints.load_checkpoint` returns it with its training state.
 Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]
 
 
@@ -98,8 +102,6 @@ class RunParts:
 
 def _datasets(config: TrainConfig, resumed: Mapping[str, Any] | None) -> tuple[Any, Any | None]:
     """The training and validation sets over the head's categories (the resumed run's, or ``categories_from``'s)."""
-    from inatcomp.data import CompetitionDataset
-
     head_ids = head_records = None
     if resumed is not None:  # the head of the run being resumed, whatever the JSON says now
         head_ids, head_records = resumed["category_ids"], resumed.get("categories")
@@ -115,8 +117,6 @@ def _datasets(config: TrainConfig, resumed: Mapping[str, Any] | None) -> tuple[A
 
 def _sampler_for(config: TrainConfig, train_set: Any, context: DistributedContext) -> Any:
     """The epoch sampler ``config.sampler`` names, sharded over the ranks."""
-    from inatcomp.data import SamplerType, create_sampler
-
     sampler_types = {
         SamplerOption.RANDOM: SamplerType.RANDOM,
         SamplerOption.CLASS_BALANCED: SamplerType.CLASS_BALANCED,
@@ -138,8 +138,6 @@ def create_criterion(config: TrainConfig, train_set: Any) -> torch.nn.Module:
     ``logit-adjusted`` and ``balanced-softmax`` wrap the cross-entropy (smoothed or not) in
     :class:`~inatcomp.models.losses.LogitAdjustedLoss` (τ = ``logit_adjust_tau``, or 1 for the balanced softmax).
     """
-    from inatcomp.models.losses import LossType, create_loss
-
     if config.loss is LossOption.CLASS_BALANCED:
         loss_type = LossType.CLASS_BALANCED
     elif config.taxonomy_smoothing:
@@ -204,8 +202,6 @@ def enter_stage(parts: RunParts, stage: Stage, *, log: bool) -> Any:
         stage: The stage entered.
         log: Log the stage (rank 0 of a progressive run).
     """
-    from inatcomp.data import create_transform, resolve_data_config
-
     config = parts.config
     stage_config = resolve_data_config(parts.model, input_size=stage.img_size, crop_pct=config.crop_pct)
     parts.train_set.transform = create_transform(

@@ -1,13 +1,13 @@
 """Backbones pretrained on a synthetic world that no competition export shares a taxon with.
 
-``inatcomp pretrain`` (``make pretrain``) generates a pretraining world (:attr:`inatcomp.world.synth.World.PRETRAIN`:
-its own taxon ids, its own names, see :class:`~inatcomp.world.synth.World`), builds it into a release with the
+``inatcomp pretrain`` (``make pretrain``) generates a pretraining world (:attr:`inatcomp.world.taxa.World.PRETRAIN`:
+its own taxon ids, its own names, see :class:`~inatcomp.world.taxa.World`), builds it into a release with the
 inat2018 rules, every grade and every photo kept (:data:`PRETRAIN_RULES`: most species stay), trains a timm
 model on it from scratch (random batches, plain cross-entropy, cosine schedule), and writes the trained
 backbone, classifier removed and stored as float16, as ``OUT/<model>-synth.safetensors`` with an entry in
 ``OUT/manifest.json``: what it was trained on, how, how well (the last epoch's val errors), the file's sha256
 and size, the command, the date, the machine and the wall time. ``--install`` copies both into the package's
-weights folder (:func:`inatcomp.models.factory.synth_weights_dir`), where ``--pretrained synth`` finds them.
+weights folder (:func:`inatcomp.models.pretrained.synth_weights_dir`), where ``--pretrained synth`` finds them.
 
 The defaults (:data:`PRETRAIN_DEFAULTS`, the one place they are set; the command line and the Makefile take
 them from here) are the shipped run's: 11 minutes on a 2-core CPU at 64 px. A rerun with the same data options
@@ -26,9 +26,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inatcomp.build.splits import Preset
+import torch
+from safetensors.torch import save
+
+from inatcomp.build.release import build_dataset
+from inatcomp.build.releases import Release, find_release
+from inatcomp.build.rules import Preset, rules_for
 from inatcomp.fileio import read_json, write_atomic, write_json
-from inatcomp.world.synth import World
+from inatcomp.models.checkpoints import file_sha256, load_checkpoint
+from inatcomp.models.factory import create_model
+from inatcomp.models.pretrained import SYNTH_MANIFEST, backbone_state, read_synth_manifest, synth_weights_dir
+from inatcomp.train.loop import TrainResult
+from inatcomp.train.runs import train_run
+from inatcomp.world.synth import SynthConfig, write_export
+from inatcomp.world.taxa import World
 
 __all__ = [
     "PRETRAIN_DEFAULTS",
@@ -68,7 +79,7 @@ class PretrainConfig:
         batch_size: Images per batch.
         lr: Peak learning rate (SGD, cosine schedule, half an epoch of warm-up).
         seed: Seed of the world, its build and the training (not a competition export's seed: the worlds
-            differ anyway, see :class:`~inatcomp.world.synth.World`).
+            differ anyway, see :class:`~inatcomp.world.taxa.World`).
         workers: Loader processes while training (0: in the training process, best on a small CPU).
         install: Also write the weights and the manifest entry into the package's weights folder.
     """
@@ -126,8 +137,6 @@ def _recorded(folder: Path) -> dict[str, Any] | None:
 
 def _world(config: PretrainConfig, folder: Path) -> None:
     """Write the pretraining world under ``folder``, unless one with the same options is there."""
-    from inatcomp.world.synth import SynthConfig, write_export
-
     key = _world_key(config)
     recorded = _recorded(folder)
     if recorded is not None and recorded.get("world") == key:
@@ -141,16 +150,12 @@ def _world(config: PretrainConfig, folder: Path) -> None:
     write_json(folder / _KEY_FILE, {"world": key, "counts": counts}, indent=2)
 
 
-def _release(config: PretrainConfig, world: Path, folder: Path) -> tuple[Any, dict[str, Any]]:
+def _release(config: PretrainConfig, world: Path, folder: Path) -> tuple[Release, dict[str, Any]]:
     """Build the world into a release under ``folder`` (reused when built from the same world and rules).
 
     Returns:
-        The :class:`~inatcomp.pipeline.Release` and ``{"classes": …, "images": {split: count}}``.
+        The :class:`~inatcomp.build.releases.Release` and ``{"classes": …, "images": {split: count}}``.
     """
-    from inatcomp.build import build_dataset
-    from inatcomp.build.splits import rules_for
-    from inatcomp.pipeline import find_release
-
     key = {"world": _world_key(config), "preset": PRETRAIN_PRESET.value, "rules": PRETRAIN_RULES, "seed": config.seed}
     recorded = _recorded(folder)
     if recorded is not None and recorded.get("release") == key:
@@ -165,10 +170,8 @@ def _release(config: PretrainConfig, world: Path, folder: Path) -> tuple[Any, di
     return find_release(folder, preset=PRETRAIN_PRESET), built
 
 
-def _train(config: PretrainConfig, release: Any, run_dir: Path) -> Any:
+def _train(config: PretrainConfig, release: Release, run_dir: Path) -> TrainResult:
     """Train the model on the release from scratch: random batches, plain cross-entropy, cosine."""
-    from inatcomp.pipeline import train_run
-
     _logger.info("pretraining %s: %d epochs at %d px, batch %d, lr %g", config.model, config.epochs,
                  config.img_size, config.batch_size, config.lr)  # fmt: skip
     return train_run(
@@ -184,11 +187,6 @@ def _backbone_bytes(checkpoint: Path, model_name: str) -> tuple[bytes, dict[str,
     Returns:
         The file's bytes and the checkpoint's metadata.
     """
-    import torch
-    from safetensors.torch import save
-
-    from inatcomp.models.factory import backbone_state, create_model, load_checkpoint
-
     state, metadata, _ = load_checkpoint(checkpoint)
     model = create_model(model_name, num_classes=int(metadata["num_classes"]))
     model.load_state_dict(state)
@@ -200,8 +198,6 @@ def _backbone_bytes(checkpoint: Path, model_name: str) -> tuple[bytes, dict[str,
 def _manifest_entry(config: PretrainConfig, *, weights: Path, metadata: dict, built: dict, final: dict,
                     command: str | None, seconds: float) -> dict[str, Any]:  # fmt: skip
     """The manifest entry of a pretrained backbone: data, training, result, file, provenance."""
-    from inatcomp.models.factory import file_sha256
-
     data_config = metadata["data_config"]
     return {
         "model": config.model,
@@ -253,8 +249,6 @@ def _manifest_entry(config: PretrainConfig, *, weights: Path, metadata: dict, bu
 
 def _merge_manifest(folder: Path, entry: dict[str, Any]) -> Path:
     """Add (or replace) ``entry`` under its model in ``folder/manifest.json``, atomically."""
-    from inatcomp.models.factory import SYNTH_MANIFEST, read_synth_manifest
-
     manifest = read_synth_manifest(folder)
     manifest[entry["model"]] = entry
     path = folder / SYNTH_MANIFEST
@@ -291,8 +285,6 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str,
     Raises:
         ValueError: Impossible options, or what a stage refuses (e.g. an unknown ``model``).
     """
-    from inatcomp.models.factory import synth_weights_dir
-
     config.check()
     started = time.perf_counter()
     out = Path(config.out)

@@ -11,23 +11,21 @@ from typing import Any
 
 import torch
 
-from inatcomp.fileio import read_json
-from inatcomp.models.factory import (
-    FreezeMode,
+from inatcomp.data.dataset import CompetitionDataset
+from inatcomp.fileio import read_json, resolve_checkpoint
+from inatcomp.models.checkpoints import load_checkpoint
+from inatcomp.models.factory import create_model
+from inatcomp.models.freezing import freeze_model, freeze_norm_statistics
+from inatcomp.models.heads import HeadType
+from inatcomp.models.transfer import (
     NewTaxaInit,
     TaxonMatch,
     choose_taxon_match,
     classifier_names,
-    create_model,
-    freeze_model,
-    freeze_norm_statistics,
-    load_checkpoint,
-    parse_freeze,
-    resolve_checkpoint,
     taxon_keys,
     transfer_classifier,
 )
-from inatcomp.models.heads import HeadType
+from inatcomp.options import FreezeMode, parse_freeze
 from inatcomp.train.config import TrainConfig, TrainStage
 from inatcomp.train.distributed import is_main_process
 
@@ -42,8 +40,6 @@ def head_categories(source: str) -> tuple[list[int], list[dict] | None]:
     Raises:
         ValueError: Neither a checkpoint with category ids nor a readable dataset JSON.
     """
-    from inatcomp.data import CompetitionDataset
-
     try:
         weights = resolve_checkpoint(source)
     except ValueError:

@@ -25,8 +25,9 @@ from collections.abc import Callable
 import numpy as np
 
 from inatcomp.formats.taxonomy import Supercategory
+from inatcomp.world.shapes import Shape, band, blend, ellipse, jointed, polar, rotate, tube
 
-__all__ = ["MARK_COLOURS", "MARKS", "N_PROPORTIONS", "Look", "Shape", "plan_shapes", "normalise"]
+__all__ = ["MARK_COLOURS", "MARKS", "N_PROPORTIONS", "Look", "plan_shapes", "normalise"]
 
 #: Proportions a family fixes (each in [0, 1]; every plan reads them in its own way).
 N_PROPORTIONS = 10
@@ -61,78 +62,26 @@ class Look:
     marks: tuple[int, int, int, int]
 
 
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """A filled polygon (``width == 0``) or a polyline of that width, in body coordinates."""
-
-    points: np.ndarray
-    colour: np.ndarray
-    width: float = 0.0
-
-
-# --- geometry -------------------------------------------------------------------------------------------------
-
-
-def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    return points @ np.array([[c, s], [-s, c]])
-
-
-def _ellipse(cx: float, cy: float, a: float, b: float, angle: float = 0.0, n: int = 28) -> np.ndarray:
-    t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
-    return _rotate(np.stack([a * np.cos(t), b * np.sin(t)], axis=1), angle) + (cx, cy)
-
-
-def _slice(cx: float, cy: float, a: float, b: float, x0: float, x1: float, angle: float = 0.0) -> np.ndarray:
-    """The part of an ellipse between local x0 and x1 (fractions of ``a`` in [-1, 1]): a band across it."""
-    xs = np.linspace(max(x0, -1.0), min(x1, 1.0), 10)
-    ys = np.sqrt(np.clip(1.0 - xs * xs, 0.0, 1.0))
-    local = np.concatenate([np.stack([xs, ys], 1), np.stack([xs[::-1], -ys[::-1]], 1)]) * (a, b)
-    return _rotate(local, angle) + (cx, cy)
-
-
-def _tube(centre: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """A polygon around a centreline with a half-width at each point (bodies of snakes, lizards, legs)."""
-    tangent = np.gradient(centre, axis=0)
-    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True) + 1e-9
-    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1) * widths[:, None]
-    return np.concatenate([centre + normal, (centre - normal)[::-1]])
-
-
-def _polar(angle: float, length: float) -> np.ndarray:
-    return np.array([np.cos(angle), np.sin(angle)]) * length
-
-
-def _limb(start: np.ndarray, angles: tuple[float, float], lengths: tuple[float, float]) -> np.ndarray:
-    """A two-segment limb (hip, knee, foot) as a polyline."""
-    knee = start + _polar(angles[0], lengths[0])
-    return np.stack([start, knee, knee + _polar(angles[1], lengths[1])])
-
-
-def _mix(colour: np.ndarray, other: np.ndarray, share: float) -> np.ndarray:
-    return colour * (1.0 - share) + other * share
-
-
 def _patterned(
-    out: list[Shape], look: Look, ellipse: tuple[float, float, float, float, float], colour: np.ndarray
+    out: list[Shape], look: Look, part: tuple[float, float, float, float, float], colour: np.ndarray
 ) -> None:
     """A body part as an ellipse in ``colour`` with the genus' pattern over it in its secondary colour."""
-    cx, cy, a, b, angle = ellipse
-    out.append(Shape(_ellipse(cx, cy, a, b, angle), colour))
+    cx, cy, a, b, angle = part
+    out.append(Shape(ellipse(cx, cy, a, b, angle), colour))
     ink = look.colours[1]
     if look.pattern == 1:  # bars across the part
         n = 2 + int(round(3 * look.density))
         for k in range(n):
             x = -0.8 + 1.6 * (k + 0.5) / n
-            out.append(Shape(_slice(cx, cy, a, b, x - 0.25 / n, x + 0.25 / n, angle), ink))
+            out.append(Shape(band(cx, cy, a, b, x - 0.25 / n, x + 0.25 / n, angle), ink))
     elif look.pattern == 2:  # spots on a spiral grid
         n = 3 + int(round(6 * look.density))
         for k in range(n):
             r, t = 0.7 * np.sqrt((k + 0.5) / n), 2.39996 * k
-            centre = _rotate(np.array([[a * r * np.cos(t), b * r * np.sin(t)]]), angle)[0] + (cx, cy)
-            out.append(Shape(_ellipse(*centre, 0.13 * b + 0.05 * a / n, 0.13 * b + 0.05 * a / n, n=12), ink))
+            centre = rotate(np.array([[a * r * np.cos(t), b * r * np.sin(t)]]), angle)[0] + (cx, cy)
+            out.append(Shape(ellipse(*centre, 0.13 * b + 0.05 * a / n, 0.13 * b + 0.05 * a / n, n=12), ink))
     elif look.pattern == 3:  # a lengthwise stripe
-        out.append(Shape(_ellipse(cx, cy, 0.9 * a, (0.18 + 0.2 * look.density) * b, angle), ink))
+        out.append(Shape(ellipse(cx, cy, 0.9 * a, (0.18 + 0.2 * look.density) * b, angle), ink))
 
 
 # --- the plans ------------------------------------------------------------------------------------------------
@@ -146,32 +95,32 @@ def _bird(look: Look, art: float) -> list[Shape]:
     for dx in (-0.06, 0.06):
         foot = np.array([dx + 0.04, -b - leg])
         out.append(Shape(np.array([[dx, -0.6 * b], [dx, -b - leg], foot + (0.1, 0)]), _DARK, 0.025))
-    rear = _rotate(np.array([[-0.85 * a, 0.0]]), tilt)[0]
+    rear = rotate(np.array([[-0.85 * a, 0.0]]), tilt)[0]
     direction = tilt + np.pi + 0.35 * (art - 0.5)
     length, spread = 0.25 + 0.45 * p[4], 0.05 + 0.1 * p[5]
-    side = _polar(direction + np.pi / 2, 1.0)
-    tip = rear + _polar(direction, length)
+    side = polar(direction + np.pi / 2, 1.0)
+    tip = rear + polar(direction, length)
     out.append(
         Shape(np.stack([rear + 0.07 * side, tip + spread * side, tip - spread * side, rear - 0.07 * side]), second)
     )
     _patterned(out, look, (0.0, 0.0, a, b, tilt), main)
-    breast = _rotate(np.array([[0.45 * a, -0.4 * b]]), tilt)[0]
-    out.append(Shape(_ellipse(*breast, 0.3 * a, 0.45 * b, tilt - 0.3), mark[2]))
-    wing_c = _rotate(np.array([[-0.12 * a, 0.12 * b]]), tilt)[0]
+    breast = rotate(np.array([[0.45 * a, -0.4 * b]]), tilt)[0]
+    out.append(Shape(ellipse(*breast, 0.3 * a, 0.45 * b, tilt - 0.3), mark[2]))
+    wing_c = rotate(np.array([[-0.12 * a, 0.12 * b]]), tilt)[0]
     wa, wb, wang = 0.72 * a * (0.8 + 0.4 * p[6]), 0.55 * b, tilt - 0.12 - 0.25 * art
-    out.append(Shape(_ellipse(*wing_c, wa, wb, wang), second))
-    out.append(Shape(_slice(*wing_c, wa, wb, 0.05, 0.4, wang), mark[0]))
-    head = _rotate(np.array([[0.92 * a, 0.75 * b]]), tilt)[0]
+    out.append(Shape(ellipse(*wing_c, wa, wb, wang), second))
+    out.append(Shape(band(*wing_c, wa, wb, 0.05, 0.4, wang), mark[0]))
+    head = rotate(np.array([[0.92 * a, 0.75 * b]]), tilt)[0]
     rh = 0.13 + 0.08 * p[7]
-    out.append(Shape(_ellipse(*head, rh, rh), main))
-    out.append(Shape(_slice(*head, rh, rh, 0.35, 1.0, np.pi / 2 - 0.3), mark[3]))
+    out.append(Shape(ellipse(*head, rh, rh), main))
+    out.append(Shape(band(*head, rh, rh, 0.35, 1.0, np.pi / 2 - 0.3), mark[3]))
     beak_len, beak_depth, curve = 0.08 + 0.25 * p[8], 0.03 + 0.04 * p[9], -0.12 * p[8] * p[9]
     front = head + (0.85 * rh, 0.0)
     beak = np.array([front + (0, beak_depth), front + (beak_len, curve), front - (0, beak_depth)])
-    out.append(Shape(beak, _mix(accent, _DARK, 0.5)))
+    out.append(Shape(beak, blend(accent, _DARK, 0.5)))
     eye = head + (0.35 * rh, 0.2 * rh)
-    out.append(Shape(_ellipse(*eye, 0.065, 0.065, n=14), mark[1]))
-    out.append(Shape(_ellipse(*eye, 0.03, 0.03, n=10), _DARK))
+    out.append(Shape(ellipse(*eye, 0.065, 0.065, n=14), mark[1]))
+    out.append(Shape(ellipse(*eye, 0.03, 0.03, n=10), _DARK))
     return out
 
 
@@ -185,31 +134,31 @@ def _insect(look: Look, art: float) -> list[Shape]:
         for sign in (1, -1):
             hip = sign * (np.pi / 2 + (k - 1) * 0.6 + 0.3 * (art - 0.5))
             knee = hip - sign * (0.5 + 0.3 * k)
-            out.append(Shape(_limb(np.array([x, 0.0]), (hip, knee), (leg, 0.9 * leg)), _DARK, 0.02))
+            out.append(Shape(jointed(np.array([x, 0.0]), (hip, knee), (leg, 0.9 * leg)), _DARK, 0.02))
     head = np.array([thx_a + 0.8 * head_r, 0.0])
     for sign in (1, -1):
         angle = sign * (0.35 + 0.35 * art)
-        out.append(Shape(_limb(head, (angle, angle * 0.6), ((0.08 + 0.2 * p[5]),) * 2), _DARK, 0.015))
+        out.append(Shape(jointed(head, (angle, angle * 0.6), ((0.08 + 0.2 * p[5]),) * 2), _DARK, 0.015))
     abd_x = -(thx_a + 0.85 * abd_a)
     _patterned(out, look, (abd_x, 0.0, abd_a, abd_b, 0.0), main)
     for x0 in (-0.75, -0.45):
-        out.append(Shape(_slice(abd_x, 0.0, abd_a, abd_b, x0, x0 + 0.15), mark[1]))
+        out.append(Shape(band(abd_x, 0.0, abd_a, abd_b, x0, x0 + 0.15), mark[1]))
     if p[6] > 0.5:  # wing cases (beetles): two halves over the abdomen, the genus' pattern on them
         for sign in (1, -1):
             centre = (abd_x + 0.1 * abd_a, sign * 0.5 * abd_b)
             _patterned(out, look, (*centre, 0.95 * abd_a, 0.55 * abd_b, 0.0), second)
-            out.append(Shape(_ellipse(centre[0] - 0.3 * abd_a, centre[1], 0.1, 0.1, n=14), mark[0]))
+            out.append(Shape(ellipse(centre[0] - 0.3 * abd_a, centre[1], 0.1, 0.1, n=14), mark[0]))
     else:  # membranous wings, spread more or less
         wing_len = 0.4 + 0.3 * p[7]
         for sign in (1, -1):
             angle = sign * (2.55 + 0.35 * art)
-            centre = _polar(angle, 0.5 * wing_len) + (0.02, 0.0)
-            out.append(Shape(_ellipse(*centre, 0.5 * wing_len, 0.16 * wing_len, angle), _mix(second, 1.0, 0.45)))
-            out.append(Shape(_ellipse(*_polar(angle, 0.78 * wing_len), 0.07, 0.07, n=14), mark[0]))
-    out.append(Shape(_ellipse(0.0, 0.0, thx_a, thx_b), main))
-    out.append(Shape(_ellipse(0.0, 0.0, 0.5 * thx_a, 0.45 * thx_b), mark[3]))
-    out.append(Shape(_ellipse(*head, head_r, head_r), mark[2]))
-    out.append(Shape(_ellipse(head[0] + 0.4 * head_r, 0.0, 0.3 * head_r, 0.8 * head_r), _mix(accent, _DARK, 0.3)))
+            centre = polar(angle, 0.5 * wing_len) + (0.02, 0.0)
+            out.append(Shape(ellipse(*centre, 0.5 * wing_len, 0.16 * wing_len, angle), blend(second, 1.0, 0.45)))
+            out.append(Shape(ellipse(*polar(angle, 0.78 * wing_len), 0.07, 0.07, n=14), mark[0]))
+    out.append(Shape(ellipse(0.0, 0.0, thx_a, thx_b), main))
+    out.append(Shape(ellipse(0.0, 0.0, 0.5 * thx_a, 0.45 * thx_b), mark[3]))
+    out.append(Shape(ellipse(*head, head_r, head_r), mark[2]))
+    out.append(Shape(ellipse(head[0] + 0.4 * head_r, 0.0, 0.3 * head_r, 0.8 * head_r), blend(accent, _DARK, 0.3)))
     return out
 
 
@@ -223,11 +172,11 @@ def _arachnid(look: Look, art: float) -> list[Shape]:
         for sign in (1, -1):
             hip = sign * (0.5 + 0.62 * k + 0.15 * (art - 0.5) * (-1) ** k)
             bend = hip + sign * (0.6 + 0.4 * p[4]) * (1 if k < 2 else -1)
-            limb = _limb(np.array([0.02 * (1.5 - k), 0.0]), (hip, bend), (0.55 * leg, 0.7 * leg))
-            out.append(Shape(limb, _mix(second, _DARK, 0.5), 0.022))
-            out.append(Shape(_ellipse(*limb[1], 0.03, 0.03, n=10), mark[1]))
+            limb = jointed(np.array([0.02 * (1.5 - k), 0.0]), (hip, bend), (0.55 * leg, 0.7 * leg))
+            out.append(Shape(limb, blend(second, _DARK, 0.5), 0.022))
+            out.append(Shape(ellipse(*limb[1], 0.03, 0.03, n=10), mark[1]))
     for sign in (1, -1):
-        out.append(Shape(_limb(np.array([ceph_a, 0.0]), (sign * 0.4, sign * 0.1), (0.08, 0.06)), _DARK, 0.02))
+        out.append(Shape(jointed(np.array([ceph_a, 0.0]), (sign * 0.4, sign * 0.1), (0.08, 0.06)), _DARK, 0.02))
     abd_x = -(ceph_a + 0.9 * abd_a)
     _patterned(out, look, (abd_x, 0.0, abd_a, abd_b, 0.0), main)
     diamond = np.array([[0.55, 0.0], [0.0, 0.35], [-0.55, 0.0], [0.0, -0.35]]) * (abd_a, abd_b) + (abd_x, 0.0)
@@ -235,8 +184,8 @@ def _arachnid(look: Look, art: float) -> list[Shape]:
     spots = 1 + look.marks[3]
     for k in range(spots):
         x = abd_x + abd_a * (0.55 - 1.1 * (k + 0.5) / spots)
-        out.append(Shape(_ellipse(x, 0.0, 0.045, 0.045, n=12), accent))
-    out.append(Shape(_ellipse(0.0, 0.0, ceph_a, ceph_b), mark[2]))
+        out.append(Shape(ellipse(x, 0.0, 0.045, 0.045, n=12), accent))
+    out.append(Shape(ellipse(0.0, 0.0, ceph_a, ceph_b), mark[2]))
     return out
 
 
@@ -244,13 +193,13 @@ def _leaf(base: np.ndarray, angle: float, length: float, width: float, lobed: bo
     t = np.linspace(0.0, 1.0, 14)
     half = width * np.sin(np.pi * t) ** 0.8 * ((1.0 + 0.35 * np.sin(6 * np.pi * t)) if lobed else 1.0)
     centre = np.stack([t * length, np.zeros_like(t)], 1)
-    return _rotate(_tube(centre, half + 1e-3), angle) + base
+    return rotate(tube(centre, half + 1e-3), angle) + base
 
 
 def _plant(look: Look, art: float) -> list[Shape]:
     p, (main, second, accent), mark = look.proportions, look.colours, MARK_COLOURS[list(look.marks)]
     top = 0.2 + 0.4 * p[0]
-    out = [Shape(np.array([[0.0, -1.0], [0.03 * (art - 0.5), -0.3], [0.0, top]]), _mix(main, _DARK, 0.3), 0.035)]
+    out = [Shape(np.array([[0.0, -1.0], [0.03 * (art - 0.5), -0.3], [0.0, top]]), blend(main, _DARK, 0.3), 0.035)]
     pairs = 1 + int(round(2 * p[1]))
     length, width, lobed = 0.28 + 0.25 * p[2], 0.15 + 0.35 * p[3], p[4] > 0.6
     for k in range(pairs):
@@ -259,18 +208,18 @@ def _plant(look: Look, art: float) -> list[Shape]:
             angle = np.pi / 2 - sign * (0.6 + 0.5 * art)
             base = np.array([0.0, y])
             out.append(Shape(_leaf(base, angle, length, width * length, lobed), main))
-            vein_end = base + _polar(angle, 0.85 * length)
+            vein_end = base + polar(angle, 0.85 * length)
             out.append(Shape(np.stack([base, vein_end]), mark[3], 0.012))
     petals = 4 + look.marks[0]
     petal, ratio = 0.14 + 0.14 * p[5], 0.25 + 0.4 * p[6]
     centre = np.array([0.0, top])
     for k in range(petals):
         angle = 2 * np.pi * k / petals + 0.3 * art
-        mid = centre + _polar(angle, 0.9 * petal)
-        out.append(Shape(_ellipse(*mid, petal, ratio * petal, angle), accent))
-        out.append(Shape(_ellipse(*(centre + _polar(angle, 1.6 * petal)), 0.3 * petal, 0.3 * petal, n=12), mark[2]))
+        mid = centre + polar(angle, 0.9 * petal)
+        out.append(Shape(ellipse(*mid, petal, ratio * petal, angle), accent))
+        out.append(Shape(ellipse(*(centre + polar(angle, 1.6 * petal)), 0.3 * petal, 0.3 * petal, n=12), mark[2]))
     core = 0.05 + 0.04 * p[7]
-    out.append(Shape(_ellipse(*centre, core, core), mark[1]))
+    out.append(Shape(ellipse(*centre, core, core), mark[1]))
     _ = second
     return out
 
@@ -280,12 +229,12 @@ def _mushroom(out: list[Shape], look: Look, x: float, size: float) -> None:
     stem_w, stem_h = (0.06 + 0.06 * p[0]) * size, (0.5 + 0.5 * p[1]) * size
     base = -1.0 + 0.05
     out.append(Shape(np.array([[x - stem_w, base], [x + stem_w, base], [x + 0.8 * stem_w, base + stem_h],
-                               [x - 0.8 * stem_w, base + stem_h]]), _mix(second, 1.0, 0.4)))  # fmt: skip
+                               [x - 0.8 * stem_w, base + stem_h]]), blend(second, 1.0, 0.4)))  # fmt: skip
     ring_y = base + (0.6 + 0.2 * p[2]) * stem_h
-    out.append(Shape(_ellipse(x, ring_y, 1.6 * stem_w, 0.25 * stem_w), mark[2]))
+    out.append(Shape(ellipse(x, ring_y, 1.6 * stem_w, 0.25 * stem_w), mark[2]))
     cap_w, cap_h = (0.3 + 0.3 * p[3]) * size, (0.18 + 0.3 * p[4]) * size
     top = base + stem_h
-    out.append(Shape(_slice(x, top, cap_w * 0.95, 0.25 * cap_h, -1.0, 1.0), mark[1]))  # gills
+    out.append(Shape(band(x, top, cap_w * 0.95, 0.25 * cap_h, -1.0, 1.0), mark[1]))  # gills
     for k in range(7):
         gx = x + cap_w * 0.85 * (k / 3 - 1)
         out.append(Shape(np.array([[gx, top], [x + 0.3 * (gx - x), top - 0.2 * cap_h]]), _DARK, 0.01))
@@ -301,7 +250,7 @@ def _mushroom(out: list[Shape], look: Look, x: float, size: float) -> None:
     for k in range(spots):
         sx = x + cap_w * (0.7 * (2 * (k + 0.5) / spots - 1))
         sy = top + cap_h * (0.35 + 0.3 * ((k * 7) % 3) / 2)
-        out.append(Shape(_ellipse(sx, sy, 0.06 * size, 0.045 * size, n=12), mark[0]))
+        out.append(Shape(ellipse(sx, sy, 0.06 * size, 0.045 * size, n=12), mark[0]))
     _ = accent
 
 
@@ -324,7 +273,7 @@ def _fish(look: Look, art: float) -> list[Shape]:
         tail = np.array([[0, 0], [-tail_len, tail_h], [-0.6 * tail_len, 0], [-tail_len, -tail_h]])
     else:
         tail = np.array([[0, 0.3 * tail_h], [-tail_len, tail_h], [-tail_len, -tail_h], [0, -0.3 * tail_h]])
-    out.append(Shape(_rotate(tail, bend) + rear, mark[1]))
+    out.append(Shape(rotate(tail, bend) + rear, mark[1]))
     fin_h = (0.08 + 0.18 * p[4]) * (1 + b)
     dorsal = np.array([[0.25 * a, 0.9 * b], [-0.1 * a, 0.9 * b + fin_h], [-0.45 * a, 0.75 * b]])
     out.append(Shape(dorsal, mark[1]))
@@ -332,17 +281,17 @@ def _fish(look: Look, art: float) -> list[Shape]:
     _patterned(out, look, (0.0, 0.0, a, b, 0.0), main)
     for k in range(look.marks[0]):  # vertical bars: their count is the field mark
         x = 0.45 - 1.1 * (k + 0.5) / max(look.marks[0], 1)
-        out.append(Shape(_slice(0.0, 0.0, a, b, x - 0.07, x + 0.07), _mix(second, _DARK, 0.6)))
-    out.append(Shape(_ellipse(-0.05 * a, -0.05 * b, 0.8 * a, 0.1 * b), mark[3]))
+        out.append(Shape(band(0.0, 0.0, a, b, x - 0.07, x + 0.07), blend(second, _DARK, 0.6)))
+    out.append(Shape(ellipse(-0.05 * a, -0.05 * b, 0.8 * a, 0.1 * b), mark[3]))
     spot = rear + (0.12 * a, 0.2 * b)
-    out.append(Shape(_ellipse(*spot, 0.08, 0.08, n=14), mark[2]))
-    out.append(Shape(_ellipse(*spot, 0.035, 0.035, n=10), _DARK))
+    out.append(Shape(ellipse(*spot, 0.08, 0.08, n=14), mark[2]))
+    out.append(Shape(ellipse(*spot, 0.035, 0.035, n=10), _DARK))
     out.append(
-        Shape(np.array([[0.6 * a, 0.6 * b], [0.55 * a, 0.0], [0.6 * a, -0.6 * b]]), _mix(main, _DARK, 0.5), 0.02)
+        Shape(np.array([[0.6 * a, 0.6 * b], [0.55 * a, 0.0], [0.6 * a, -0.6 * b]]), blend(main, _DARK, 0.5), 0.02)
     )
     eye = (0.78 * a, 0.22 * b)
-    out.append(Shape(_ellipse(*eye, 0.06, 0.06, n=14), _mix(accent, 1.0, 0.6)))
-    out.append(Shape(_ellipse(*eye, 0.03, 0.03, n=10), _DARK))
+    out.append(Shape(ellipse(*eye, 0.06, 0.06, n=14), blend(accent, 1.0, 0.6)))
+    out.append(Shape(ellipse(*eye, 0.03, 0.03, n=10), _DARK))
     return out
 
 
@@ -365,25 +314,25 @@ def _elongate(look: Look, art: float, *, limbs: bool, stout: float) -> list[Shap
             i = int(at * 39)
             for sign in (1, -1):
                 hip = sign * (np.pi / 2 + direction * (0.4 + 0.6 * art))
-                out.append(Shape(_limb(centre[i], (hip, hip - sign * 1.0), (leg, 0.8 * leg)), main, 0.4 * body_w))
-    out.append(Shape(_tube(centre, widths), main))
+                out.append(Shape(jointed(centre[i], (hip, hip - sign * 1.0), (leg, 0.8 * leg)), main, 0.4 * body_w))
+    out.append(Shape(tube(centre, widths), main))
     ink = second
     if look.pattern in (1, 2):
         step = 3 if look.pattern == 1 else 4
         for i in range(5, int(tail_from * 39), step):
             size = widths[i] * (0.9 if look.pattern == 1 else 0.45)
-            out.append(Shape(_ellipse(*centre[i], 0.3 * size if look.pattern == 1 else size, size, n=12), ink))
-    out.append(Shape(_tube(centre[3:-3], widths[3:-3] * 0.22), mark[0]))  # the dorsal stripe
+            out.append(Shape(ellipse(*centre[i], 0.3 * size if look.pattern == 1 else size, size, n=12), ink))
+    out.append(Shape(tube(centre[3:-3], widths[3:-3] * 0.22), mark[0]))  # the dorsal stripe
     for i in (8, 14, 20):
         out.append(
-            Shape(_ellipse(*(centre[i] + (0, 0.55 * widths[i])), 0.25 * widths[i], 0.25 * widths[i], n=12), mark[1])
+            Shape(ellipse(*(centre[i] + (0, 0.55 * widths[i])), 0.25 * widths[i], 0.25 * widths[i], n=12), mark[1])
         )
     for i in (30, 34):
-        out.append(Shape(_ellipse(*centre[i], 0.2 * widths[i] + 0.01, 1.05 * widths[i], n=12), mark[3]))
+        out.append(Shape(ellipse(*centre[i], 0.2 * widths[i] + 0.01, 1.05 * widths[i], n=12), mark[3]))
     head_a = (0.1 + 0.05 * p[4]) * stout
-    out.append(Shape(_ellipse(centre[0][0], centre[0][1], head_a, 0.8 * head_a * (0.8 + 0.4 * p[5])), mark[2]))
+    out.append(Shape(ellipse(centre[0][0], centre[0][1], head_a, 0.8 * head_a * (0.8 + 0.4 * p[5])), mark[2]))
     for sign in (1, -1):
-        out.append(Shape(_ellipse(centre[0][0] + 0.3 * head_a, sign * 0.45 * head_a, 0.025, 0.025, n=10), _DARK))
+        out.append(Shape(ellipse(centre[0][0] + 0.3 * head_a, sign * 0.45 * head_a, 0.025, 0.025, n=10), _DARK))
     _ = accent
     return out
 
@@ -399,21 +348,21 @@ def _frog(look: Look, art: float) -> list[Shape]:
     thick = 0.06 + 0.03 * p[3]
     for sign in (1, -1):
         hip = np.array([-0.7 * a, sign * 0.6 * b])
-        thigh_end = hip + _polar(sign * (1.9 + 0.4 * art), 0.3 + 0.1 * p[4])
-        foot = thigh_end + _polar(sign * 0.35, 0.28)
+        thigh_end = hip + polar(sign * (1.9 + 0.4 * art), 0.3 + 0.1 * p[4])
+        foot = thigh_end + polar(sign * 0.35, 0.28)
         out.append(Shape(np.stack([hip, thigh_end, foot]), main, thick))
-        out.append(Shape(_ellipse(*(0.5 * (hip + thigh_end)), 0.05, 0.05, n=12), mark[3]))
+        out.append(Shape(ellipse(*(0.5 * (hip + thigh_end)), 0.05, 0.05, n=12), mark[3]))
         shoulder = np.array([0.4 * a, sign * 0.7 * b])
-        out.append(Shape(_limb(shoulder, (sign * (1.0 + 0.3 * art), sign * 0.3), (0.16, 0.1)), main, 0.6 * thick))
+        out.append(Shape(jointed(shoulder, (sign * (1.0 + 0.3 * art), sign * 0.3), (0.16, 0.1)), main, 0.6 * thick))
     _patterned(out, look, (0.0, 0.0, a, b, 0.0), main)
-    out.append(Shape(_ellipse(0.85 * a, 0.0, 0.45 * a, 0.8 * b), main))
-    out.append(Shape(_ellipse(0.05 * a, 0.0, 1.05 * a, 0.08 * b), mark[0]))
+    out.append(Shape(ellipse(0.85 * a, 0.0, 0.45 * a, 0.8 * b), main))
+    out.append(Shape(ellipse(0.05 * a, 0.0, 1.05 * a, 0.08 * b), mark[0]))
     for k in range(4):
-        out.append(Shape(_ellipse(-0.4 * a + 0.25 * a * k, (-1) ** k * 0.45 * b, 0.05, 0.05, n=12), mark[1]))
+        out.append(Shape(ellipse(-0.4 * a + 0.25 * a * k, (-1) ** k * 0.45 * b, 0.05, 0.05, n=12), mark[1]))
     for sign in (1, -1):
         eye = (0.95 * a, sign * 0.55 * b)
-        out.append(Shape(_ellipse(*eye, 0.075, 0.075, n=14), mark[2]))
-        out.append(Shape(_ellipse(*eye, 0.035, 0.035, n=10), _DARK))
+        out.append(Shape(ellipse(*eye, 0.075, 0.075, n=14), mark[2]))
+        out.append(Shape(ellipse(*eye, 0.035, 0.035, n=10), _DARK))
     _ = (second, accent)
     return out
 
@@ -432,14 +381,14 @@ def _mammal(look: Look, art: float) -> list[Shape]:
     for x, phase in ((0.65 * a, 0.0), (0.5 * a, 1.0), (-0.6 * a, 1.0), (-0.75 * a, 0.0)):
         swing = 0.35 * (art - 0.5) * (1 if phase else -1)
         top = np.array([x, -0.4 * b])
-        out.append(Shape(np.stack([top, top + _polar(-np.pi / 2 + swing, b + leg)]), _mix(main, _DARK, 0.25), thick))
+        out.append(Shape(np.stack([top, top + polar(-np.pi / 2 + swing, b + leg)]), blend(main, _DARK, 0.25), thick))
     tail_len = 0.15 + 0.5 * p[6]
     base = np.array([-0.95 * a, 0.2 * b])
-    tail_end = base + _polar(np.pi + 0.5 + 0.6 * (art - 0.5), tail_len)
+    tail_end = base + polar(np.pi + 0.5 + 0.6 * (art - 0.5), tail_len)
     out.append(Shape(np.stack([base, 0.5 * (base + tail_end) + (0, 0.05), tail_end]), main, 0.03 + 0.07 * (p[7] > 0.6)))
-    out.append(Shape(_ellipse(*tail_end, 0.06, 0.06, n=12), mark[1]))
+    out.append(Shape(ellipse(*tail_end, 0.06, 0.06, n=12), mark[1]))
     _patterned(out, look, (0.0, 0.0, a, b, 0.0), main)
-    out.append(Shape(_slice(0.0, 0.0, a, b, -0.6, 0.6, 0.0)[10:], mark[2]))  # the belly (the lower half)
+    out.append(Shape(band(0.0, 0.0, a, b, -0.6, 0.6, 0.0)[10:], mark[2]))  # the belly (the lower half)
     head = np.array([a + 0.05, 0.55 * b + 0.1])
     ha = 0.15 + 0.05 * p[2]
     ear = 0.05 + 0.12 * p[4]
@@ -448,16 +397,16 @@ def _mammal(look: Look, art: float) -> list[Shape]:
         apex = head + (dx, 0.5 * ha + ear)
         out.append(Shape(np.stack([base_l, apex, base_r]), main))
         out.append(Shape(np.stack([0.7 * base_l + 0.3 * apex, apex * 0.8 + base_r * 0.2, base_r]), mark[3]))
-    out.append(Shape(_ellipse(*head, ha, 0.75 * ha, 0.2), main))
+    out.append(Shape(ellipse(*head, ha, 0.75 * ha, 0.2), main))
     snout = 0.06 + 0.12 * p[3]
     out.append(
         Shape(
-            _ellipse(*(head + (0.7 * ha + 0.5 * snout, -0.2 * ha)), 0.5 * snout + 0.04, 0.35 * ha),
-            _mix(main, second, 0.5),
+            ellipse(*(head + (0.7 * ha + 0.5 * snout, -0.2 * ha)), 0.5 * snout + 0.04, 0.35 * ha),
+            blend(main, second, 0.5),
         )
     )
-    out.append(Shape(_ellipse(*(head + (0.25 * ha, 0.15 * ha)), 0.4 * ha, 0.25 * ha), mark[0]))  # the face mask
-    out.append(Shape(_ellipse(*(head + (0.3 * ha, 0.15 * ha)), 0.035, 0.035, n=10), _DARK))
+    out.append(Shape(ellipse(*(head + (0.25 * ha, 0.15 * ha)), 0.4 * ha, 0.25 * ha), mark[0]))  # the face mask
+    out.append(Shape(ellipse(*(head + (0.3 * ha, 0.15 * ha)), 0.035, 0.035, n=10), _DARK))
     _ = accent
     return out
 
@@ -467,28 +416,28 @@ def _mollusc(look: Look, art: float) -> list[Shape]:
     foot_t = np.linspace(0.0, 1.0, 16)
     foot_c = np.stack([-0.75 + 1.6 * foot_t, -0.6 + 0.05 * np.sin(np.pi * foot_t)], 1)
     foot_w = 0.08 + 0.05 * np.sin(np.pi * foot_t**0.7)
-    out = [Shape(_tube(foot_c, foot_w), _mix(mark[2], second, 0.4))]
+    out = [Shape(tube(foot_c, foot_w), blend(mark[2], second, 0.4))]
     head = foot_c[-1]
     for angle in (1.1 + 0.3 * art, 0.7 + 0.3 * art):
-        tip = head + _polar(angle, 0.25 + 0.1 * p[0])
-        out.append(Shape(np.stack([head, tip]), _mix(mark[2], _DARK, 0.3), 0.025))
-        out.append(Shape(_ellipse(*tip, 0.03, 0.03, n=10), _DARK))
+        tip = head + polar(angle, 0.25 + 0.1 * p[0])
+        out.append(Shape(np.stack([head, tip]), blend(mark[2], _DARK, 0.3), 0.025))
+        out.append(Shape(ellipse(*tip, 0.03, 0.03, n=10), _DARK))
     radius, ratio = 0.5 + 0.12 * p[1], 0.55 + 0.15 * p[2]
     centre, angle = np.array([-0.1, -0.05 + radius * 0.6]), 0.0
     whorls = 3 + int(round(2 * p[3]))
-    out.append(Shape(_ellipse(0.1 + 0.2 * radius, -0.35, 0.22 * radius, 0.28 * radius, 0.4), mark[3]))  # aperture
+    out.append(Shape(ellipse(0.1 + 0.2 * radius, -0.35, 0.22 * radius, 0.28 * radius, 0.4), mark[3]))  # aperture
     for k in range(whorls):
         r = radius * ratio**k
-        colour = main if k % 2 == 0 else _mix(main, second, 0.5)
+        colour = main if k % 2 == 0 else blend(main, second, 0.5)
         if k == 0:
             _patterned(out, look, (*centre, r, r, angle), colour)
         else:
-            out.append(Shape(_ellipse(*centre, r, r), colour))
-        ring = _ellipse(*centre, 0.8 * r, 0.8 * r, n=24)
+            out.append(Shape(ellipse(*centre, r, r), colour))
+        ring = ellipse(*centre, 0.8 * r, 0.8 * r, n=24)
         if k < 1 + look.marks[1] % 3:
             out.append(Shape(np.concatenate([ring, ring[:1]]), mark[0], 0.035 * radius))
         angle += 2.2
-        centre = centre + _polar(angle, r * (1 - ratio) * 0.9)
+        centre = centre + polar(angle, r * (1 - ratio) * 0.9)
     _ = accent
     return out
 
@@ -500,16 +449,16 @@ def _anemone(look: Look, art: float) -> list[Shape]:
     out: list[Shape] = []
     for k in range(tentacles):
         angle = 2 * np.pi * k / tentacles + 0.4 * art
-        base = _polar(angle, 0.85 * disc)
-        tip = base + _polar(angle + 0.4 * np.sin(3 * art + k), length)
+        base = polar(angle, 0.85 * disc)
+        tip = base + polar(angle + 0.4 * np.sin(3 * art + k), length)
         out.append(
-            Shape(np.stack([base, 0.5 * (base + tip) + _polar(angle + 1.2, 0.05), tip]), second, 0.05 + 0.03 * p[2])
+            Shape(np.stack([base, 0.5 * (base + tip) + polar(angle + 1.2, 0.05), tip]), second, 0.05 + 0.03 * p[2])
         )
-        out.append(Shape(_ellipse(*tip, 0.045, 0.045, n=12), mark[1]))
+        out.append(Shape(ellipse(*tip, 0.045, 0.045, n=12), mark[1]))
     _patterned(out, look, (0.0, 0.0, disc, disc, 0.0), main)
-    ring = _ellipse(0.0, 0.0, 0.6 * disc, 0.6 * disc, n=24)
+    ring = ellipse(0.0, 0.0, 0.6 * disc, 0.6 * disc, n=24)
     out.append(Shape(np.concatenate([ring, ring[:1]]), mark[2], 0.05))
-    out.append(Shape(_ellipse(0.0, 0.0, 0.22 * disc, (0.1 + 0.12 * p[3]) * disc, 0.3), mark[3]))
+    out.append(Shape(ellipse(0.0, 0.0, 0.22 * disc, (0.1 + 0.12 * p[3]) * disc, 0.3), mark[3]))
     _ = accent
     return out
 
@@ -518,18 +467,18 @@ def _seaweed(look: Look, art: float) -> list[Shape]:
     p, (main, second, accent), mark = look.proportions, look.colours, MARK_COLOURS[list(look.marks)]
     base = np.array([0.0, -0.95])
     fork = np.array([0.05 * (art - 0.5), -0.35 + 0.2 * p[0]])
-    out = [Shape(np.stack([base, fork]), _mix(main, _DARK, 0.4), 0.04)]
+    out = [Shape(np.stack([base, fork]), blend(main, _DARK, 0.4), 0.04)]
     blades = 2 + look.marks[0]
     length, width = 0.5 + 0.3 * p[1], 0.08 + 0.08 * p[2]
     for k in range(blades):
         angle = np.pi / 2 + (k - (blades - 1) / 2) * (0.35 + 0.15 * p[3]) + 0.2 * (art - 0.5)
         t = np.linspace(0.0, 1.0, 18)
         centre = np.stack([t * length, 0.05 * np.sin(5 * t + k)], 1)
-        blade = _rotate(_tube(centre, width * np.sin(np.pi * np.clip(t * 0.9 + 0.05, 0, 1)) + 0.005), angle) + fork
+        blade = rotate(tube(centre, width * np.sin(np.pi * np.clip(t * 0.9 + 0.05, 0, 1)) + 0.005), angle) + fork
         out.append(Shape(blade, main))
-        out.append(Shape(_rotate(centre[:-2], angle) + fork, mark[2], 0.012))
-        out.append(Shape(_ellipse(*(fork + _polar(angle, 0.12)), 0.05, 0.05, n=12), mark[1]))
-        out.append(Shape(_ellipse(*(fork + _polar(angle, 0.92 * length)), 0.05, 0.03, angle, n=12), mark[3]))
+        out.append(Shape(rotate(centre[:-2], angle) + fork, mark[2], 0.012))
+        out.append(Shape(ellipse(*(fork + polar(angle, 0.12)), 0.05, 0.05, n=12), mark[1]))
+        out.append(Shape(ellipse(*(fork + polar(angle, 0.92 * length)), 0.05, 0.03, angle, n=12), mark[3]))
     _ = (second, accent)
     return out
 
@@ -546,8 +495,8 @@ def _slime_mould(look: Look, art: float) -> list[Shape]:
         top = np.array([x + 0.1 * np.sin(k + art), -0.7 + height])
         out.append(Shape(np.stack([np.array([x, -0.7]), top]), mark[2], 0.02))
         r = 0.08 + 0.06 * p[1]
-        out.append(Shape(_ellipse(*top, r, r * (0.8 + 0.6 * p[2])), main))
-        out.append(Shape(_ellipse(*(top + (0.3 * r, 0.3 * r)), 0.35 * r, 0.35 * r, n=10), mark[1]))
+        out.append(Shape(ellipse(*top, r, r * (0.8 + 0.6 * p[2])), main))
+        out.append(Shape(ellipse(*(top + (0.3 * r, 0.3 * r)), 0.35 * r, 0.35 * r, n=10), mark[1]))
     _ = (second, accent)
     return out
 
@@ -563,7 +512,7 @@ def _colony(look: Look, art: float) -> list[Shape]:
         y = -0.4 + 0.8 * (k + 0.5) / (3 + look.marks[0])
         out.append(Shape(np.stack([s, y + 0.06 * np.sin(8 * s + k + art)], 1), mark[1], 0.03))
     for k in range(6):
-        out.append(Shape(_ellipse(0.5 * np.cos(2.4 * k), 0.3 * np.sin(2.4 * k), 0.05, 0.05, n=10), mark[2]))
+        out.append(Shape(ellipse(0.5 * np.cos(2.4 * k), 0.3 * np.sin(2.4 * k), 0.05, 0.05, n=10), mark[2]))
     _ = (second, accent, p)
     return out
 

@@ -17,8 +17,7 @@ jsonschema). Inside the package, code imports from the defining module.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from inatcomp import lazy_exports
 
 __all__ = [
     "COMPETITIONS",
@@ -51,44 +50,33 @@ __all__ = [
 
 #: Each re-exported name and the module that defines it.
 _MODULES = {
-    "COMPETITIONS": "inatcomp.formats.competitions",
-    "Competition": "inatcomp.formats.competitions",
-    "SubmissionFormat": "inatcomp.formats.competitions",
-    "format_of_preset": "inatcomp.formats.competitions",
-    "LIFE_TAXON_ID": "inatcomp.formats.taxonomy",
-    "Rank": "inatcomp.formats.taxonomy",
-    "Supercategory": "inatcomp.formats.taxonomy",
-    "TaxonIndex": "inatcomp.formats.taxonomy",
-    "split_ancestry": "inatcomp.formats.taxonomy",
-    "supercategory_of": "inatcomp.formats.taxonomy",
-    "SCHEMA_DIR": "inatcomp.formats.kinds",
-    "FileKind": "inatcomp.formats.kinds",
-    "Problem": "inatcomp.formats.kinds",
-    "load_schema": "inatcomp.formats.kinds",
-    "guess_kind": "inatcomp.formats.validate",
-    "validate_file": "inatcomp.formats.validate",
-    "read_table": "inatcomp.formats.tables",
-    "write_csv_columns": "inatcomp.formats.tables",
-    "PredictionWriter": "inatcomp.formats.predictions",
-    "Predictions": "inatcomp.formats.predictions",
-    "ScoreKind": "inatcomp.formats.predictions",
-    "expected_columns": "inatcomp.formats.predictions",
-    "index_of": "inatcomp.formats.predictions",
-    "load_labels": "inatcomp.formats.predictions",
-    "open_predictions": "inatcomp.formats.predictions",
-    "top_k_columns": "inatcomp.formats.predictions",
+    "COMPETITIONS": "competitions",
+    "Competition": "competitions",
+    "SubmissionFormat": "competitions",
+    "format_of_preset": "competitions",
+    "LIFE_TAXON_ID": "taxonomy",
+    "Rank": "taxonomy",
+    "Supercategory": "taxonomy",
+    "TaxonIndex": "taxonomy",
+    "split_ancestry": "taxonomy",
+    "supercategory_of": "taxonomy",
+    "SCHEMA_DIR": "kinds",
+    "FileKind": "kinds",
+    "Problem": "kinds",
+    "load_schema": "kinds",
+    "guess_kind": "validate",
+    "validate_file": "validate",
+    "read_table": "tables",
+    "write_csv_columns": "tables",
+    "PredictionWriter": "predictions",
+    "Predictions": "predictions",
+    "ScoreKind": "predictions",
+    "expected_columns": "predictions",
+    "index_of": "predictions",
+    "load_labels": "predictions",
+    "open_predictions": "predictions",
+    "top_k_columns": "predictions",
 }
 
 
-def __getattr__(name: str) -> Any:
-    """A re-exported name, importing its module on first use (PEP 562)."""
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)

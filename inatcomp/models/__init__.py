@@ -12,8 +12,7 @@ imports torch, so the names below load on first use (PEP 562): importing the pac
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from inatcomp import lazy_exports
 
 __all__ = [
     "ClassBalancedCrossEntropy",
@@ -89,13 +88,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

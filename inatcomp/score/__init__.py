@@ -16,9 +16,7 @@ only when they draw).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from inatcomp import lazy_exports
 from inatcomp.score.analysis import DatasetInfo, analyse, load_dataset_info
 from inatcomp.score.leaderboard import LeaderboardEntry, build_leaderboard, leaderboard_markdown, write_leaderboard
 from inatcomp.score.metric import ScoreResult, rank_labels, score_arrays, top_k_error, top_k_hits
@@ -57,13 +55,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -326,12 +326,18 @@ class PhotoFetcher:
             timeout=urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout),
             # Our own loop retries (with back-off and the audit's counts); urllib3 only follows redirects.
             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
-            headers={"User-Agent": "inatcomp-build (+https://github.com/inatcomp)"},
+            headers={"User-Agent": "inatcomp-build"},
         )
+        self.cache_text = str(self.cache)
+        # A template whose host has no field: that host's pool is used directly (no URL parsing per photo).
+        scheme_end = self.template.index("://") + 3
+        path_start = self.template.find("/", scheme_end)
+        self.host = self.template[: path_start if path_start >= 0 else len(self.template)]
+        self.host_pool = None if "{" in self.host else self.http.connection_from_url(self.host)
 
-    def path(self, photo_id: int, extension: str) -> Path:
+    def path(self, photo_id: int, extension: str) -> str:
         """Where a photo lives in the cache."""
-        return self.cache / str(photo_id) / f"{self.settings.size}.{extension}"
+        return os.path.join(self.cache_text, str(photo_id), f"{self.settings.size}.{extension}")
 
     def url(self, photo_id: int, extension: str) -> str:
         return self.template.format(photo_id=photo_id, size=self.settings.size, extension=extension)
@@ -353,7 +359,7 @@ class PhotoFetcher:
                 continue
             self.seen.add(photo_id)
             self.report.needed += 1
-            if self.path(photo_id, extension).is_file():
+            if os.path.isfile(self.path(photo_id, extension)):
                 self.report.from_cache += 1
             else:
                 todo.append((photo_id, extension))
@@ -439,7 +445,15 @@ class PhotoFetcher:
         with self.lock:
             self.report.requests += 1
         try:
-            response = self.http.request("GET", url, preload_content=True)  # the body is read and its length checked
+            # The body is read (and its length checked) before the connection goes back to the pool.
+            if self.host_pool is not None:  # one host: its pool directly, without parsing each URL again
+                response = self.host_pool.urlopen(
+                    "GET", url[len(self.host) :], headers=self.http.headers, preload_content=True, redirect=False
+                )
+                if 300 <= response.status < 400 and response.get_redirect_location():
+                    response = self.http.request("GET", url, preload_content=True)  # maybe to another host
+            else:
+                response = self.http.request("GET", url, preload_content=True)
         except urllib3.exceptions.MaxRetryError as error:
             raise _TransientError(_error_reason(error.reason)) from error
         except (urllib3.exceptions.HTTPError, OSError) as error:
@@ -467,12 +481,19 @@ class PhotoFetcher:
         progress.add(done=1, failures=1)
         return False
 
-    def _write(self, target: Path, data: bytes) -> None:
+    def _write(self, target: str, data: bytes) -> None:
         """Write a photo atomically: a temporary name in its folder, renamed once whole (stale ``*.part`` removed)."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in target.parent.glob(f"{target.name}.*.part"):
-            stale.unlink(missing_ok=True)  # left by a killed run
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+        folder, name = os.path.split(target)
+        try:
+            os.mkdir(folder)  # a photo's own folder: usually new, and then nothing stale can be in it
+        except FileExistsError:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.name.startswith(name + ".") and entry.name.endswith(".part"):
+                        os.unlink(entry.path)  # left by a killed run
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+        tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.part"
         with open(tmp, "wb") as handle:
             handle.write(data)
         os.replace(tmp, target)

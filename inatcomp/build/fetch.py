@@ -43,12 +43,14 @@ from PIL import Image, UnidentifiedImageError
 
 from inatcomp.build.progress import Progress
 
-__all__ = ["OPEN_DATA_URL", "FetchReport", "FetchSettings", "PhotoFetcher", "photo_url_template"]
+__all__ = ["BUCKET_SIDES", "OPEN_DATA_URL", "FetchReport", "FetchSettings", "PhotoFetcher", "photo_url_template"]
 
 _logger = logging.getLogger(__name__)
 
 #: The iNaturalist Open Data bucket's photos (docs/formats.md §1), the meaning of ``--photo-url open-data``.
 OPEN_DATA_URL = "https://inaturalist-open-data.s3.amazonaws.com/photos/{photo_id}/{size}.{extension}"
+#: Long side in pixels of each size the bucket holds (docs/formats.md §1).
+BUCKET_SIDES = {"square": 75, "thumb": 100, "small": 240, "medium": 500, "large": 1024, "original": 2048}
 #: The ledger of permanent failures, in the cache folder.
 LEDGER_NAME = "fetch_failures.tsv"
 _LEDGER_COLUMNS = ("photo_id", "size", "url", "status", "attempts", "reason")

@@ -24,13 +24,26 @@ import pyarrow.compute as pc
 
 from inatcomp.build.audit import _Audit
 from inatcomp.build.export import ExportTables
-from inatcomp.build.fetch import FetchReport, FetchSettings, PhotoFetcher
+from inatcomp.build.fetch import BUCKET_SIDES, FetchReport, FetchSettings, PhotoFetcher
 from inatcomp.build.selection import _Selection
 
 _logger = logging.getLogger(__name__)
 
 #: The audit's name for the photos ``--licenses`` leaves out.
 LICENCE_RULE = "licence not in --licenses"
+
+
+def _warn_if_enlarged(size: str, release_side: int) -> None:
+    """Warn when the fetched size is smaller than the release's long side (its images would be enlarged)."""
+    side = BUCKET_SIDES.get(size)
+    if side is not None and side < release_side:
+        _logger.warning(
+            "--photo-size %s is %d px on the long side, the release's %d px: larger photos are enlarged from it "
+            "(--photo-size large or original avoids that)",
+            size,
+            side,
+            release_side,
+        )
 
 
 def _keep_licenses(photos: pa.Table, licenses: Sequence[str], audit: _Audit) -> pa.Table:

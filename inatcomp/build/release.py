@@ -17,8 +17,8 @@ import pyarrow as pa
 from inatcomp.build.audit import _Audit, _json_mismatches, _write_audit
 from inatcomp.build.categories import _category_frame, _category_records
 from inatcomp.build.export import TABLE_COLUMNS, ExportTables, read_export
-from inatcomp.build.fetch import BUCKET_SIDES, FetchReport, FetchSettings
-from inatcomp.build.fetched import _choose_and_fetch, _keep_licenses
+from inatcomp.build.fetch import FetchReport, FetchSettings
+from inatcomp.build.fetched import _choose_and_fetch, _keep_licenses, _warn_if_enlarged
 from inatcomp.build.images import _write_images
 from inatcomp.build.inclusion import _classify
 from inatcomp.build.json_text import _release_texts, _write_json_files
@@ -119,15 +119,7 @@ def build_dataset(
     names = release_names(rules)
     if fetch is not None:
         fetch.check()
-        side = BUCKET_SIDES.get(fetch.size)
-        if side is not None and side < rules.max_image_side:
-            _logger.warning(
-                "--photo-size %s is %d px on the long side, the release's is %d px: larger photos will be enlarged from it "
-                "(--photo-size large or original avoids it)",
-                fetch.size,
-                side,
-                rules.max_image_side,
-            )
+        _warn_if_enlarged(fetch.size, rules.max_image_side)
     _prepare_out(out, names, overwrite=overwrite)
     sample_seed = seed if resample_seed is None else resample_seed
     laps = _Laps()

@@ -6,7 +6,9 @@ builds are the real ones, in this process or in a child killed with SIGKILL.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
 import os
 import signal
@@ -21,6 +23,7 @@ import pytest
 from benchmarks.photo_server import PhotoServer
 from inatcomp.build import build_dataset, check_leakage, release_names
 from inatcomp.build.fetch import OPEN_DATA_URL, FetchSettings, _Ledger, _retry_after, photo_url_template
+from inatcomp.build.progress import Progress
 from inatcomp.build.rules import Preset, rules_for
 from inatcomp.cli import main
 from inatcomp.formats.validate import validate_file
@@ -121,6 +124,12 @@ def test_every_fault_is_survived_and_no_gone_photo_ships(export, tmp_path):
         again = build_dataset(export, tmp_path / "again", rules=RULES, fetch=settings, workers=2)
         assert len(server.log) == log_length
         assert again.audit["fetch"]["requests"] == 0 and again.audit["fetch"]["known_gone"] == 3
+        # --retry-failed asks again for the gone photos only (the server now has them): the ledger empties.
+        retry = dataclasses.replace(settings, retry_failed=True)
+        healed = build_dataset(export, tmp_path / "healed", rules=RULES, fetch=retry, workers=2)
+        assert healed.audit["fetch"]["requests"] == 3 and healed.audit["fetch"]["fetched"] == 3
+        assert (cache / "fetch_failures.tsv").read_text().count("\n") == 1  # the header alone
+        assert set(_provenance(tmp_path / "healed")["photo_id"]) == set(planned)
     assert _digests(tmp_path / "again") == _digests(tmp_path / "out")
     # The release equals the local build of the export without the gone photos, read from the same files.
     local = _local_export_without(export, cache, gone, tmp_path / "local_export")
@@ -192,3 +201,22 @@ def test_the_ledger_skips_a_line_cut_by_a_kill(tmp_path):
     assert _Ledger(tmp_path).gone("medium") == {7}
     ledger.forget([7], "medium")
     assert _Ledger(tmp_path).gone("medium") == set()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(caplog):
+    terminal = _Terminal()
+    bar = Progress("fetch", 4, stream=terminal)
+    bar.add(done=1, size=2_000_000, retries=2)
+    bar.add(done=1, failures=1)
+    bar.show(final=True)
+    text = terminal.getvalue()
+    assert text.startswith("\r[############............] fetch 2/4 (") and text.endswith("\n")
+    assert "2.0 MB, 2 retries, 1 failed, ETA" in text
+    caplog.set_level("INFO")
+    Progress("fetch", 3, stream=io.StringIO()).show(final=True)
+    assert "fetch 0/3 (0/s, 0.0 MB, 0 retries, 0 failed, ETA ?)" in caplog.text

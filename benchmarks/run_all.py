@@ -18,6 +18,7 @@ _logger = logging.getLogger(__name__)
 BENCHMARKS = (
     "benchmarks.synth",
     "benchmarks.build",
+    "benchmarks.fetch",
     "benchmarks.loader",
     "benchmarks.train_step",
     "benchmarks.score",

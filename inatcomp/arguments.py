@@ -81,6 +81,23 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument("--workers", type=int, help="image processes (default one per CPU)")
     build.add_argument("--photo-choice", choices=[c.value for c in PhotoChoice], help="which photo of an observation")
     build.add_argument("--all-grades", action="store_true", help="keep needs_id and casual observations too")
+    build.add_argument(
+        "--licenses", metavar="NAMES",
+        help="keep only photos under these licences, comma-separated as the photos table names them (CC0,CC-BY,...)",
+    )  # fmt: skip
+    fetch = build.add_argument_group("photos over HTTP (a bucket: select first, then fetch only the selected photos)")
+    fetch.add_argument(
+        "--photo-url", metavar="TEMPLATE",
+        help="URL template with {photo_id}, {size}, {extension}; 'open-data' is the iNaturalist Open Data bucket",
+    )  # fmt: skip
+    fetch.add_argument("--photo-size", default="medium", help="size fetched (default medium: 500 px; large, original)")
+    fetch.add_argument("--photo-cache", metavar="DIR", help="where fetched photos go (default EXPORT/photos)")
+    fetch.add_argument("--fetch-workers", type=int, default=32, help="concurrent requests (default 32)")
+    fetch.add_argument(
+        "--max-rps", type=float, default=200.0, help="ceiling on requests per second (default 200; 0: none)"
+    )
+    fetch.add_argument("--fetch-timeout", type=float, default=30.0, help="seconds a read may wait (default 30)")
+    fetch.add_argument("--retry-failed", action="store_true", help="ask again for photos the failure ledger lists")
     for rule in rule_overrides():  # every numeric BuildRules field, with its documented meaning
         meaning = rule.help.replace("``", "").rstrip(".")
         build.add_argument(f"--{rule.name.replace('_', '-')}", type=rule.type, help=f"{meaning}; overrides the preset")

@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 # Each subcommand's options, built only for the command being run (get_args_parser).
@@ -119,6 +120,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    from inatcomp.build.fetch import FetchSettings
     from inatcomp.build.release import build_dataset
     from inatcomp.build.rules import PhotoChoice, Preset, rule_overrides, rules_for
 
@@ -128,6 +130,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.all_grades:
         overrides["research_only"] = False
     rules = rules_for(Preset(args.preset), **overrides)
+    fetch = None
+    if args.photo_url:
+        fetch = FetchSettings(
+            url=args.photo_url,
+            cache=Path(args.photo_cache or Path(args.export) / "photos"),
+            size=args.photo_size,
+            workers=args.fetch_workers,
+            max_rps=args.max_rps,
+            read_timeout=args.fetch_timeout,
+            retry_failed=args.retry_failed,
+        )
     result = build_dataset(
         args.export,
         args.out,
@@ -137,6 +150,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         images=not args.no_images,
         workers=args.workers,
         overwrite=args.overwrite,
+        fetch=fetch,
+        licenses=args.licenses.split(",") if args.licenses else None,
     )
     _logger.info("release in %s: %d classes, images %s", args.out, result.classes, result.images)
     return 0

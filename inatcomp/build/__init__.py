@@ -19,6 +19,10 @@ One module per phase, in the order :func:`build_dataset` (:mod:`~inatcomp.build.
 - :mod:`~inatcomp.build.categories`: category ids in taxonomic order and their records.
 - :mod:`~inatcomp.build.selection`: the chosen images in the release order, with what the files need from the export.
 - :mod:`~inatcomp.build.layout`: file and folder names of a release and of its images.
+- :mod:`~inatcomp.build.fetched`: with ``--photo-url``, the selected photos fetched, the selection run again
+  without the gone ones; the ``--licenses`` filter.
+- :mod:`~inatcomp.build.fetch`: the photo fetcher (urllib3, retries, ledger of gone photos, atomic cache writes).
+- :mod:`~inatcomp.build.progress`: progress of a long phase (a bar on a terminal, log lines otherwise).
 - :mod:`~inatcomp.build.images`: the images resized into the release layout.
 - :mod:`~inatcomp.build.json_text`: the dataset JSON files, joined from Arrow text columns.
 - :mod:`~inatcomp.build.organizer`: solution, sample submission, provenance.

@@ -47,8 +47,11 @@ def _write_audit(
     sizes: dict[str, int],
     observers: dict[str, int],
     leakage: dict[str, int],
+    fetch: dict | None = None,
 ) -> dict:
     """Write ``audit.json`` and ``audit.md``: the rules, what each removed, the sizes, observers and leakage.
+
+    With ``fetch`` (:meth:`inatcomp.build.fetch.FetchReport.as_dict`) they gain a fetch section.
 
     Returns:
         The audit as written to ``audit.json``.
@@ -61,6 +64,8 @@ def _write_audit(
         "observers": observers,
         "leakage": leakage,
     }
+    if fetch is not None:
+        audit_dict["fetch"] = fetch
     write_json(out / "audit.json", audit_dict, indent=2)
     write_atomic(out / "audit.md", _audit_markdown(audit_dict))
     return audit_dict
@@ -80,7 +85,24 @@ def _audit_markdown(audit: dict) -> str:
         lines.append(f"| train_mini | {audit['images']['train_mini']:,} | |")
     lines += ["", "Leakage re-checked from the written files:", ""]
     lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in audit["leakage"].items()]
+    if "fetch" in audit:
+        lines += ["", *_fetch_markdown(audit["fetch"])]
     return "\n".join(lines) + "\n"
+
+
+def _fetch_markdown(fetch: dict) -> list[str]:
+    """The audit's fetch section: photos needed, from the cache, fetched, retried, failed for good and why."""
+    lines = ["## Photos fetched", "", "| | photos |", "| --- | ---: |"]
+    keys = ("needed", "from_cache", "requested", "fetched", "known_gone", "permanently_failed", "replaced", "dropped")
+    for key in keys:
+        lines.append(f"| {key.replace('_', ' ')} | {fetch[key]:,} |")
+    lines += ["", f"{fetch['requests']:,} requests, {fetch['retried']:,} retried; {fetch['bytes']:,} bytes received;"
+              f" {fetch['rounds']} selection round(s).", ""]  # fmt: skip
+    sections = (("Retries by reason", "retries_by_reason"), ("Permanent failures by reason", "failed_by_reason"))
+    for title, key in sections:
+        if fetch[key]:
+            lines += [f"{title}:", "", *(f"- {reason}: {count:,}" for reason, count in fetch[key].items()), ""]
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def check_leakage(out: str | os.PathLike, names: dict[str, str] | None = None) -> dict[str, int]:

@@ -31,7 +31,8 @@ _SOURCE_SIZES = ("original", "large", "medium", "small")
 def _write_images(
     selection: _Selection,
     *,
-    export_dir: Path,
+    photo_dir: Path,
+    size: str | None = None,
     out: Path,
     rules: BuildRules,
     names: dict[str, str],
@@ -40,13 +41,17 @@ def _write_images(
 ) -> _Selection:
     """Resize the selected images into the release layout (``workers`` processes).
 
+    Args:
+        photo_dir: The source photos, as ``{photo_id}/{size}.{extension}`` (an export's ``photos/``, or a cache).
+        size: The source size to read; None reads the largest there is (a local export's photos).
+
     Returns:
         The selection without the images that failed and the classes they broke, its file names an Arrow array.
     """
     extension = np.asarray(selection.extension.to_numpy(zero_copy_only=False))
     file_names = selection.file_names.to_pylist()
     jobs = [
-        (_source_path(export_dir, int(pid), ext), str(out / fname), int(w), int(h))
+        (_source_path(photo_dir, int(pid), ext, size), str(out / fname), int(w), int(h))
         for pid, ext, fname, w, h in zip(selection.photo_id, extension, file_names, selection.width, selection.height)
     ]
     for folder in sorted({os.path.dirname(j[1]) for j in jobs}):
@@ -144,13 +149,15 @@ def _resize_one(args: tuple[str, str, int, int]) -> str:
     return ""
 
 
-def _source_path(export: Path, photo_id: int, extension: str) -> str:
-    """The largest source file of a photo in the export (``medium`` when there is none, to fail on)."""
-    for size in _SOURCE_SIZES:
-        path = export / "photos" / str(photo_id) / f"{size}.{extension}"
+def _source_path(photo_dir: Path, photo_id: int, extension: str, size: str | None = None) -> str:
+    """The source file of a photo: of ``size``, else the largest there is (``medium`` when none, to fail on)."""
+    if size is not None:
+        return str(photo_dir / str(photo_id) / f"{size}.{extension}")
+    for candidate in _SOURCE_SIZES:
+        path = photo_dir / str(photo_id) / f"{candidate}.{extension}"
         if path.exists():
             return str(path)
-    return str(export / "photos" / str(photo_id) / f"medium.{extension}")
+    return str(photo_dir / str(photo_id) / f"medium.{extension}")
 
 
 def _resize_all(jobs: list[tuple[str, str, int, int]], workers: int | None) -> list[str]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import dataclasses
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,9 @@ import pyarrow as pa
 
 from inatcomp.build.audit import _Audit, _json_mismatches, _write_audit
 from inatcomp.build.categories import _category_frame, _category_records
-from inatcomp.build.export import TABLE_COLUMNS, read_export
+from inatcomp.build.export import TABLE_COLUMNS, ExportTables, read_export
+from inatcomp.build.fetch import FetchReport, FetchSettings
+from inatcomp.build.fetched import _choose_and_fetch, _keep_licenses, _warn_if_enlarged
 from inatcomp.build.images import _write_images
 from inatcomp.build.inclusion import _classify
 from inatcomp.build.json_text import _release_texts, _write_json_files
@@ -84,6 +88,8 @@ def build_dataset(
     images: bool = True,
     workers: int | None = None,
     overwrite: bool = False,
+    fetch: FetchSettings | None = None,
+    licenses: Sequence[str] | None = None,
 ) -> BuildResult:
     """Build a challenge dataset from an observation export.
 
@@ -97,25 +103,87 @@ def build_dataset(
         workers: Processes for the images (default one per CPU).
         overwrite: Replace a finished release in ``out_dir`` (its files and image folders are removed first);
             without it such a folder is refused. An interrupted build (no release JSON yet) resumes either way.
+        fetch: Fetch the selected photos over HTTP into ``fetch.cache`` and read them there (else they are read
+            from ``export_dir/photos``): see :mod:`inatcomp.build.fetched`.
+        licenses: Keep only the photos under these licences (names as in the photos table, any case).
 
     Returns:
         Classes, images per split and the audit.
 
     Raises:
-        ValueError: A malformed export (naming file, line and column) or contradictory rules.
+        ValueError: A malformed export (naming file, line and column), contradictory rules or fetch settings.
     """
     rules.check()
     start = time.perf_counter()
     export_dir, out = Path(export_dir), Path(out_dir)
     names = release_names(rules)
+    if fetch is not None:
+        fetch.check()
+        _warn_if_enlarged(fetch.size, rules.max_image_side)
     _prepare_out(out, names, overwrite=overwrite)
     sample_seed = seed if resample_seed is None else resample_seed
-    split_rng = np.random.default_rng([seed, 11])
-    sample_rng = np.random.default_rng([sample_seed, 13])
-    audit = _Audit()
     laps = _Laps()
     tables = read_export(export_dir, columns=BUILD_COLUMNS)
     laps.lap("read")
+    licence_audit = _Audit()
+    if licenses:
+        tables.photos = _keep_licenses(tables.photos, licenses, licence_audit)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def choose(chosen_tables: ExportTables) -> tuple[_Selection, _Audit]:
+        audit = copy.deepcopy(licence_audit)
+        return _choose(chosen_tables, rules, seed, sample_seed, audit, laps, images=images, names=names), audit
+
+    fetch_report = None
+    if fetch is not None and images:
+        selection, audit, fetch_report = _choose_and_fetch(tables, choose, fetch)
+        photo_dir, size = Path(fetch.cache), fetch.size
+    else:
+        if fetch is not None:
+            _logger.info("--no-images: no photo is fetched")
+        selection, audit = choose(tables)
+        photo_dir, size = export_dir / "photos", None
+    observers = tables.observers
+    del tables  # with it the export's photos and observations (the selection took what the release needs)
+    if images:
+        selection = _write_images(
+            selection, photo_dir=photo_dir, size=size, out=out, rules=rules, names=names, workers=workers, audit=audit
+        )
+    laps.lap("images")
+    result = _write_release(
+        out=out,
+        rules=rules,
+        names=names,
+        selection=selection,
+        observers=observers,
+        seed=sample_seed,
+        audit=audit,
+        laps=laps,
+        fetch_report=fetch_report,
+    )
+    laps.log()
+    _logger.info("built %s in %.1fs: %d classes, %s", out, time.perf_counter() - start, result.classes, result.images)
+    return result
+
+
+def _choose(
+    tables: ExportTables,
+    rules: BuildRules,
+    seed: int,
+    sample_seed: int,
+    audit: _Audit,
+    laps: _Laps,
+    *,
+    images: bool,
+    names: dict[str, str],
+) -> _Selection:
+    """The phases from inclusion to the images' file names, with generators fresh from the seeds.
+
+    Fresh generators make a rerun on the same tables (with fewer photos, after a fetch failed) the build of
+    an export without those photos, whatever ran before.
+    """
+    split_rng = np.random.default_rng([seed, 11])
+    sample_rng = np.random.default_rng([sample_seed, 13])
     classified = _classify(tables, rules, audit, laps.lap)
     candidates = _photos_per_observation(tables, classified, rules, sample_rng, audit)
     laps.lap("photos per observation")
@@ -126,7 +194,6 @@ def build_dataset(
     cat_frame, category_of_compact = _category_frame(
         classified.taxa, splits.class_rows, splits.supercategories, splits.kept
     )
-    out.mkdir(parents=True, exist_ok=True)
     selection = _select(
         tables,
         classified.photo_obs,
@@ -142,24 +209,7 @@ def build_dataset(
     del classified, candidates, splits, chosen  # arrays as long as the export's photos: let them go
     selection = _name_files(selection, rules, names, images=images)
     laps.lap("categories, order and file names")
-    if images:
-        selection = _write_images(
-            selection, export_dir=export_dir, out=out, rules=rules, names=names, workers=workers, audit=audit
-        )
-    laps.lap("images")
-    result = _write_release(
-        out=out,
-        rules=rules,
-        names=names,
-        selection=selection,
-        observers=tables.observers,
-        seed=sample_seed,
-        audit=audit,
-        laps=laps,
-    )
-    laps.log()
-    _logger.info("built %s in %.1fs: %d classes, %s", out, time.perf_counter() - start, result.classes, result.images)
-    return result
+    return selection
 
 
 def _write_release(
@@ -172,6 +222,7 @@ def _write_release(
     seed: int,
     audit: _Audit,
     laps: _Laps,
+    fetch_report: FetchReport | None = None,
 ) -> BuildResult:
     """Write every release file, the organizer's files, the audit and the statistics.
 
@@ -224,6 +275,7 @@ def _write_release(
         sizes=sizes,
         observers=observers_per_split,
         leakage=leakage,
+        fetch=fetch_report.as_dict() if fetch_report is not None else None,
     )
     _write_stats(out, stats)
     laps.lap("stats and audit")

@@ -1,0 +1,528 @@
+"""Fetching the selected photos from a bucket over HTTP(S) into a local cache, through every fault a network has.
+
+The client is urllib3 (its ``PoolManager``) driven by a pool of threads. It was chosen over httpx and aiohttp
+because it is small, has no asyncio (the builder is synchronous code with process pools, and an event loop
+would gain nothing where each request's time is spent waiting on the network with the GIL released), keeps
+connections alive in a bounded pool per host (one TLS handshake per connection, not per photo), checks a
+body against its ``Content-Length`` itself, and is the client already underneath ``requests`` and ``botocore``
+(the bucket's own SDK): the best-trodden path to S3 there is.
+
+What each answer means:
+
+- 200 with an image that decodes: written to ``{cache}/{photo_id}/{size}.{extension}`` through a temporary
+  name and renamed once complete and decoded, so the cache never holds half a photo (``kill -9`` at any
+  moment leaves at most a ``*.part`` file, removed when the photo is fetched again);
+- 429, 408 and 5xx, connection errors and resets, connect and read timeouts, bodies shorter than their
+  ``Content-Length``: retried with exponential back-off and full jitter, at least as long as ``Retry-After``
+  says (which also pauses every worker: a server that asks for a pause gets it from the whole client);
+- 404, 403, 410 and every other 4xx: permanent for that photo;
+- 200 with a body that is not an image (an HTML error page) or does not decode: retried once, then permanent;
+- still failing after ``max_attempts``: permanent ("gave up").
+
+Permanent failures are appended to a ledger beside the photos (``{cache}/fetch_failures.tsv``: photo id,
+size, url, status, attempts, reason), so a rerun does not ask again for a photo that is gone, unless
+``retry_failed``. A line cut by ``kill -9`` is skipped when the ledger is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import io
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import urllib3
+from PIL import Image, UnidentifiedImageError
+
+from inatcomp.build.progress import Progress
+
+__all__ = ["BUCKET_SIDES", "OPEN_DATA_URL", "FetchReport", "FetchSettings", "PhotoFetcher", "photo_url_template"]
+
+_logger = logging.getLogger(__name__)
+
+#: The iNaturalist Open Data bucket's photos (docs/formats.md §1), the meaning of ``--photo-url open-data``.
+OPEN_DATA_URL = "https://inaturalist-open-data.s3.amazonaws.com/photos/{photo_id}/{size}.{extension}"
+#: Long side in pixels of each size the bucket holds (docs/formats.md §1).
+BUCKET_SIDES = {"square": 75, "thumb": 100, "small": 240, "medium": 500, "large": 1024, "original": 2048}
+#: The ledger of permanent failures, in the cache folder.
+LEDGER_NAME = "fetch_failures.tsv"
+_LEDGER_COLUMNS = ("photo_id", "size", "url", "status", "attempts", "reason")
+#: Statuses retried: rate limiting, request timeout, and every server error.
+_TRANSIENT_4XX = (408, 425, 429)
+
+
+def photo_url_template(template: str) -> str:
+    """The URL template ``--photo-url`` names: ``open-data`` for the bucket, else an http(s) template.
+
+    Raises:
+        ValueError: Not http(s), or without a ``{photo_id}`` field, or with a field other than the three.
+    """
+    if template == "open-data":
+        return OPEN_DATA_URL
+    if not template.startswith(("http://", "https://")):
+        raise ValueError(f"--photo-url: expected an http:// or https:// template or 'open-data', got {template!r}")
+    try:
+        template.format(photo_id=1, size="medium", extension="jpg")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"--photo-url: only {{photo_id}}, {{size}} and {{extension}} may appear in {template!r} ({error})"
+        ) from error
+    if "{photo_id}" not in template:
+        raise ValueError(f"--photo-url: {template!r} has no {{photo_id}}: every photo would be the same URL")
+    return template
+
+
+@dataclasses.dataclass
+class FetchSettings:
+    """How photos are fetched.
+
+    Attributes:
+        url: URL template with ``{photo_id}``, ``{size}`` and ``{extension}`` (see :func:`photo_url_template`).
+        cache: Folder of the fetched photos, in the export's layout ``{photo_id}/{size}.{extension}``.
+        size: Photo size asked for (``medium``: 500 px on the long side).
+        workers: Concurrent requests (threads, and connections kept alive per host).
+        max_rps: Ceiling on requests per second, all workers together; 0 for none.
+        retry_failed: Ask again for the photos the ledger lists as gone.
+        connect_timeout: Seconds to open a connection.
+        read_timeout: Seconds any one read of the answer may wait.
+        max_attempts: Requests for one photo before it is given up.
+        backoff_base: Back-off before the first retry, doubled each retry (before the jitter).
+        backoff_cap: Longest back-off (before ``Retry-After``).
+        max_retry_after: Longest ``Retry-After`` honoured, in seconds (a longer one is cut to this).
+    """
+
+    url: str
+    cache: Path
+    size: str = "medium"
+    workers: int = 32
+    max_rps: float = 200.0
+    retry_failed: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    max_attempts: int = 8
+    backoff_base: float = 0.5
+    backoff_cap: float = 60.0
+    max_retry_after: float = 300.0
+
+    def check(self) -> None:
+        """Reject impossible settings.
+
+        Raises:
+            ValueError: With a one-line explanation naming the option.
+        """
+        photo_url_template(self.url)
+        if self.workers < 1:
+            raise ValueError(f"--fetch-workers must be at least 1, got {self.workers}")
+        if self.max_rps < 0:
+            raise ValueError(f"--max-rps must be 0 (no ceiling) or more, got {self.max_rps}")
+        if self.read_timeout <= 0 or self.connect_timeout <= 0:
+            raise ValueError("--fetch-timeout must be positive")
+        if not self.size or "/" in self.size:
+            raise ValueError(f"--photo-size: expected a size such as medium, large or original, got {self.size!r}")
+
+
+@dataclasses.dataclass
+class FetchReport:
+    """What the fetches of one build did (the audit's fetch section); counts are photos unless named otherwise.
+
+    Attributes:
+        needed: Distinct photos a selection round needed.
+        from_cache: Of those, already in the cache.
+        requested: Photos asked for from the server.
+        fetched: Photos received and written to the cache.
+        requests: HTTP requests made (first tries and retries).
+        retries: Requests beyond each photo's first, by the reason of the failure before them.
+        failed: Photos that failed for good in this build, by reason.
+        known_gone: Photos the ledger already listed as gone (not asked for again).
+        bytes: Bytes of the photos received.
+        rounds: Selection rounds (one more each time a permanent failure sent the selection back).
+        replaced: Failed photos whose observation is in the release with another photo.
+        dropped: Failed photos whose observation is not in the release.
+        gone: Photo ids left out of the release because they are gone.
+    """
+
+    needed: int = 0
+    from_cache: int = 0
+    requested: int = 0
+    fetched: int = 0
+    requests: int = 0
+    retries: Counter = dataclasses.field(default_factory=Counter)
+    failed: Counter = dataclasses.field(default_factory=Counter)
+    known_gone: int = 0
+    bytes: int = 0
+    rounds: int = 0
+    replaced: int = 0
+    dropped: int = 0
+    gone: set[int] = dataclasses.field(default_factory=set)
+
+    def as_dict(self) -> dict:
+        """The report as the audit writes it (the gone photo ids as a count)."""
+        return {
+            "needed": self.needed,
+            "from_cache": self.from_cache,
+            "requested": self.requested,
+            "fetched": self.fetched,
+            "requests": self.requests,
+            "retried": sum(self.retries.values()),
+            "retries_by_reason": dict(sorted(self.retries.items())),
+            "permanently_failed": sum(self.failed.values()),
+            "failed_by_reason": dict(sorted(self.failed.items())),
+            "known_gone": self.known_gone,
+            "replaced": self.replaced,
+            "dropped": self.dropped,
+            "bytes": self.bytes,
+            "rounds": self.rounds,
+        }
+
+
+class _RateLimiter:
+    """At most ``rate`` starts per second over all threads; ``pause`` holds every start back (a Retry-After)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next = time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next)
+            self.next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+    def pause(self, seconds: float) -> None:
+        with self.lock:
+            self.next = max(self.next, time.monotonic() + seconds)
+
+
+class _Ledger:
+    """The permanent failures beside the cache: appended line by line, read back tolerating a cut last line."""
+
+    def __init__(self, cache: Path) -> None:
+        self.path = cache / LEDGER_NAME
+        self.lock = threading.Lock()
+        self.entries: dict[tuple[int, str], dict[str, str]] = {}
+        if self.path.is_file():
+            with open(self.path, encoding="utf-8", errors="replace") as handle:
+                for number, line in enumerate(handle, 1):
+                    fields = line.rstrip("\n").split("\t")
+                    if number == 1 or len(fields) != len(_LEDGER_COLUMNS) or not line.endswith("\n"):
+                        continue  # the header, or a line cut by a kill
+                    row = dict(zip(_LEDGER_COLUMNS, fields))
+                    try:
+                        self.entries[(int(row["photo_id"]), row["size"])] = row
+                    except ValueError:
+                        _logger.warning("%s:%d: not a photo id, line skipped", self.path, number)
+
+    def gone(self, size: str) -> set[int]:
+        """Photo ids listed as gone at ``size``."""
+        return {photo_id for photo_id, s in self.entries if s == size}
+
+    def add(self, photo_id: int, size: str, url: str, status: str, attempts: int, reason: str) -> None:
+        row = {"photo_id": str(photo_id), "size": size, "url": url, "status": status,
+               "attempts": str(attempts), "reason": reason.replace("\t", " ").replace("\n", " ")}  # fmt: skip
+        with self.lock:
+            self.entries[(photo_id, size)] = row
+            new = not self.path.is_file()
+            with open(self.path, "a", encoding="utf-8") as handle:
+                if new:
+                    handle.write("\t".join(_LEDGER_COLUMNS) + "\n")
+                handle.write("\t".join(row[c] for c in _LEDGER_COLUMNS) + "\n")
+
+    def forget(self, photo_ids: Sequence[int], size: str) -> None:
+        """Remove photos fetched after all (``retry_failed``): the ledger is rewritten whole, atomically."""
+        with self.lock:
+            if not any((p, size) in self.entries for p in photo_ids):
+                return
+            for photo_id in photo_ids:
+                self.entries.pop((photo_id, size), None)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write("\t".join(_LEDGER_COLUMNS) + "\n")
+                for row in self.entries.values():
+                    handle.write("\t".join(row[c] for c in _LEDGER_COLUMNS) + "\n")
+            os.replace(tmp, self.path)
+
+
+class _TransientError(Exception):
+    """A failure worth another try; ``reason`` names it in the audit, ``wait`` is the server's Retry-After."""
+
+    def __init__(self, reason: str, wait: float = 0.0) -> None:
+        super().__init__(reason)
+        self.reason, self.wait = reason, wait
+
+
+class _NotImageError(Exception):
+    """A 200 whose body is not an image or does not decode."""
+
+
+class _PermanentError(Exception):
+    """A status that will not change by asking again."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a ``Retry-After`` header asks for (a number of seconds or an HTTP date); 0 when absent or unreadable."""
+    if not value:
+        return 0.0
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _check_image(data: bytes, content_type: str | None) -> None:
+    """Raise :class:`_NotImageError` unless ``data`` is an image that decodes to the end.
+
+    JPEGs are decoded at an eighth of their size (DCT scaling still reads every coded block, so a cut or
+    damaged file fails), which costs a fraction of a full decode.
+    """
+    if content_type and content_type.split(";")[0].strip().lower().startswith("text/"):
+        raise _NotImageError(f"content type {content_type}")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise _NotImageError(f"{type(error).__name__}: {error}") from error
+
+
+class PhotoFetcher:
+    """Fetches photos into the cache with a pool of threads sharing one connection pool.
+
+    Args:
+        settings: How to fetch.
+    """
+
+    def __init__(self, settings: FetchSettings) -> None:
+        settings.check()
+        self.settings = settings
+        self.template = photo_url_template(settings.url)
+        self.cache = Path(settings.cache)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.ledger = _Ledger(self.cache)
+        self.report = FetchReport()
+        self.limiter = _RateLimiter(settings.max_rps)
+        self.lock = threading.Lock()
+        self.seen: set[int] = set()
+        self.http = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=settings.workers,  # one kept-alive connection per worker and host
+            block=True,
+            timeout=urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout),
+            # Our own loop retries (with back-off and the audit's counts); urllib3 only follows redirects.
+            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
+            headers={"User-Agent": "inatcomp-build"},
+        )
+        self.cache_text = str(self.cache)
+        # A template whose host has no field: that host's pool is used directly (no URL parsing per photo).
+        scheme_end = self.template.index("://") + 3
+        path_start = self.template.find("/", scheme_end)
+        self.host = self.template[: path_start if path_start >= 0 else len(self.template)]
+        self.host_pool = None if "{" in self.host else self.http.connection_from_url(self.host)
+
+    def path(self, photo_id: int, extension: str) -> str:
+        """Where a photo lives in the cache."""
+        return os.path.join(self.cache_text, str(photo_id), f"{self.settings.size}.{extension}")
+
+    def url(self, photo_id: int, extension: str) -> str:
+        return self.template.format(photo_id=photo_id, size=self.settings.size, extension=extension)
+
+    def known_gone(self) -> set[int]:
+        """Photo ids the ledger lists as gone at this size (none when ``retry_failed``)."""
+        return set() if self.settings.retry_failed else self.ledger.gone(self.settings.size)
+
+    def fetch(self, photos: Sequence[tuple[int, str]]) -> set[int]:
+        """Make sure every photo is in the cache; returns the ids that failed for good (also in the ledger).
+
+        Photos already in the cache are not asked for; each photo is counted once in :attr:`report` over
+        every call.
+        """
+        todo = []
+        for photo_id, extension in photos:
+            photo_id = int(photo_id)
+            if photo_id in self.seen:
+                continue
+            self.seen.add(photo_id)
+            self.report.needed += 1
+            if os.path.isfile(self.path(photo_id, extension)):
+                self.report.from_cache += 1
+            else:
+                todo.append((photo_id, extension))
+        self.report.requested += len(todo)
+        if not todo:
+            return set()
+        _logger.info("fetching %d photos (%d in the cache) from %s", len(todo), len(photos) - len(todo), self.template)
+        failed: set[int] = set()
+        progress = Progress("fetch", len(todo))
+        self._run(todo, failed, progress)
+        progress.show(final=True)
+        if self.settings.retry_failed:
+            self.ledger.forget([p for p, _ in todo if p not in failed], self.settings.size)
+        return failed
+
+    def _run(self, todo: list[tuple[int, str]], failed: set[int], progress: Progress) -> None:
+        """Fetch ``todo`` with the workers; the calling thread shows the progress and re-raises a worker's bug."""
+        jobs = iter(todo)
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            while not errors:
+                with self.lock:
+                    job = next(jobs, None)
+                if job is None:
+                    return
+                try:
+                    if not self._fetch_one(*job, progress):
+                        with self.lock:
+                            failed.add(job[0])
+                except BaseException as error:  # a bug: stop every worker and raise it in the caller
+                    errors.append(error)
+
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(min(self.settings.workers, len(todo)))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+                progress.show()
+        if errors:
+            raise errors[0]
+
+    def _fetch_one(self, photo_id: int, extension: str, progress: Progress) -> bool:
+        """Fetch one photo with retries; True when it is in the cache, False when it failed for good."""
+        s = self.settings
+        url, target = self.url(photo_id, extension), self.path(photo_id, extension)
+        not_image = 0
+        for attempt in range(1, s.max_attempts + 1):
+            self.limiter.wait()
+            try:
+                data, content_type = self._get(url)
+                try:
+                    _check_image(data, content_type)
+                except _NotImageError as error:
+                    not_image += 1
+                    if not_image >= 2:
+                        return self._give_up(photo_id, url, "200", attempt, "not an image", str(error), progress)
+                    raise _TransientError("not an image") from error
+            except _PermanentError as error:
+                return self._give_up(photo_id, url, str(error.status), attempt, str(error), str(error), progress)
+            except _TransientError as error:
+                if attempt == s.max_attempts:
+                    why = f"gave up after {attempt} attempts"
+                    return self._give_up(photo_id, url, error.reason, attempt, why, error.reason, progress)
+                self._count_retry(error.reason, progress)
+                wait = min(error.wait, s.max_retry_after)
+                if wait:
+                    self.limiter.pause(wait)
+                backoff = random.uniform(0, min(s.backoff_cap, s.backoff_base * 2 ** (attempt - 1)))
+                time.sleep(max(backoff, wait))
+                continue
+            self._write(target, data)
+            with self.lock:
+                self.report.fetched += 1
+                self.report.bytes += len(data)
+            progress.add(done=1, size=len(data))
+            return True
+        raise AssertionError("unreachable: the last attempt returns")
+
+    def _get(self, url: str) -> tuple[bytes, str | None]:
+        """One GET: the body and Content-Type of a 200, or :class:`_TransientError` / :class:`_PermanentError`."""
+        with self.lock:
+            self.report.requests += 1
+        try:
+            # The body is read (and its length checked) before the connection goes back to the pool.
+            if self.host_pool is not None:  # one host: its pool directly, without parsing each URL again
+                response = self.host_pool.urlopen(
+                    "GET", url[len(self.host) :], headers=self.http.headers, preload_content=True, redirect=False
+                )
+                if 300 <= response.status < 400 and response.get_redirect_location():
+                    response = self.http.request("GET", url, preload_content=True)  # maybe to another host
+            else:
+                response = self.http.request("GET", url, preload_content=True)
+        except urllib3.exceptions.MaxRetryError as error:
+            raise _TransientError(_error_reason(error.reason)) from error
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise _TransientError(_error_reason(error)) from error
+        status = response.status
+        if status == 200:
+            return response.data, response.headers.get("Content-Type")
+        if status in _TRANSIENT_4XX or status >= 500:
+            raise _TransientError(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
+        raise _PermanentError(status)
+
+    def _count_retry(self, reason: str, progress: Progress) -> None:
+        with self.lock:
+            self.report.retries[reason] += 1
+        progress.add(retries=1)
+
+    def _give_up(
+        self, photo_id: int, url: str, status: str, attempts: int, reason: str, detail: str, progress: Progress
+    ) -> bool:
+        """Record a permanent failure (ledger and report); always False."""
+        _logger.warning("photo %d gone (%s after %d attempts): %s", photo_id, reason, attempts, detail)
+        self.ledger.add(photo_id, self.settings.size, url, status, attempts, reason)
+        with self.lock:
+            self.report.failed[reason] += 1
+        progress.add(done=1, failures=1)
+        return False
+
+    def _write(self, target: str, data: bytes) -> None:
+        """Write a photo atomically: a temporary name in its folder, renamed once whole (stale ``*.part`` removed)."""
+        folder, name = os.path.split(target)
+        try:
+            os.mkdir(folder)  # a photo's own folder: usually new, and then nothing stale can be in it
+        except FileExistsError:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.name.startswith(name + ".") and entry.name.endswith(".part"):
+                        os.unlink(entry.path)  # left by a killed run
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+        tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.part"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+
+    def close(self) -> None:
+        self.http.clear()
+
+
+def _error_reason(error: BaseException | None) -> str:
+    """A short name of a network error for the audit: timeout, connection reset, short body, …"""
+    if isinstance(error, urllib3.exceptions.ConnectTimeoutError):
+        return "connect timeout"
+    if isinstance(error, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+        return "read timeout"
+    if isinstance(error, urllib3.exceptions.ProtocolError):
+        inner = error.args[1] if len(error.args) > 1 else None
+        if isinstance(inner, urllib3.exceptions.IncompleteRead) or "IncompleteRead" in str(error):
+            return "short body"
+        if isinstance(inner, BaseException):
+            return _error_reason(inner)
+        return "protocol error"
+    if isinstance(error, urllib3.exceptions.IncompleteRead):
+        return "short body"
+    if isinstance(error, ConnectionResetError):
+        return "connection reset"
+    if isinstance(error, (urllib3.exceptions.NewConnectionError, ConnectionRefusedError)):
+        return "connection refused"
+    if isinstance(error, urllib3.exceptions.SSLError):
+        return "TLS error"
+    return type(error).__name__ if error is not None else "network error"

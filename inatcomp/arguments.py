@@ -201,7 +201,11 @@ def add_average_arguments(average: argparse.ArgumentParser) -> None:
 def add_export_arguments(export: argparse.ArgumentParser) -> None:
     export.add_argument("checkpoint", help="checkpoint file, stem or run folder (its best)")
     export.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="what to write")
-    export.add_argument("--out", required=True, help="the file to write (FILE.json is written beside it)")
+    export.add_argument(
+        "--out",
+        required=True,
+        help="the file to write, e.g. model.onnx (its record, model.onnx.json, is written beside it)",
+    )
     export.add_argument("--int8", action="store_true", help="also write STEM.int8.onnx (ONNX Runtime dynamic int8)")
     export.add_argument("--val", metavar="VAL.json", help="labelled JSON: the check images, and int8's error change")
     export.add_argument("--images", help="folder of --val's images (default: the JSON's folder)")

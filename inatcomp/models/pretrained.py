@@ -151,7 +151,7 @@ def _unreachable_host(url: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | N
     if outcome and outcome[0] is None:
         return None
     why = outcome[0] if outcome else "no answer"
-    return f"{host}:{port} accepted no connection within {timeout:g} s ({why})"
+    return f"{host}:{port} could not be reached within {timeout:g} s ({why})"
 
 
 @contextlib.contextmanager

@@ -170,6 +170,9 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
         "--pretrained", default="synth", help="where the models start: synth (the shipped backbone), none, FILE …"
     )
     demo.add_argument("--readme", metavar="FILE", help="write this run's figures into FILE's demo:begin/end block")
+    demo.add_argument("--started-at", type=float, metavar="UNIX_TIME",
+                      help="when the whole job started (make demo: before its install), so the summary's time "
+                      "includes the install")  # fmt: skip
 
 
 def add_score_arguments(score: argparse.ArgumentParser) -> None:

@@ -297,7 +297,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(
         args.out, species=args.species, photos=args.photos, seed=args.seed, epochs=args.epochs or DEMO_EPOCHS,
-        pretrained=args.pretrained, readme=args.readme,
+        pretrained=args.pretrained, readme=args.readme, started_at=args.started_at,
     )  # fmt: skip
 
 

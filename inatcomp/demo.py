@@ -61,8 +61,8 @@ TEST_PRIOR = TargetPrior.TRAIN
 ADJUSTED = {"balanced_adjusted": ("balanced", BALANCED["sampler"]), "recipe": ("ensemble", RECIPE["sampler"])}
 #: Training epochs of each model. Three fine-tune the shipped backbone far enough to show every effect above, and
 #: keep a first `make demo` with its install within 8 minutes on 2 cores: training is nearly all of the demo's work
-#: (4 models × epochs × 3,604 train images; 43,248 image-epochs at 3, against 8,592 image-views predicted), and 6
-#: epochs (86,496 image-epochs) took 11 minutes with the install on a fresh clone.
+#: (4 models × epochs × 3,604 train images: about 43,000 image-epochs at 3, against 5,728 image-views predicted),
+#: and 6 epochs (about 86,000 image-epochs) took 11 minutes with the install on a fresh clone.
 DEMO_EPOCHS = 3
 
 

@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 BASELINE_ARGS ?=
 
-.PHONY: install test lint demo bench ablation pretrain clean baseline-inat2017 baseline-inat2018 baseline-inat2021
+.PHONY: install test test-oldest lint demo bench ablation pretrain clean baseline-inat2017 baseline-inat2018 baseline-inat2021
 
 install: $(STAMP)
 
@@ -23,8 +23,25 @@ lint: install
 test: lint
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
+# The oldest versions setup.cfg allows (torch, torchvision, timm at their lower bounds; constraints-oldest.txt),
+# in a second venv: the tests of what depends on them most (models, heads, training, prediction, export).
+OLDEST_VENV := .venv-oldest
+OLDEST_TESTS ?= tests/test_heads.py tests/test_models.py tests/test_train.py tests/test_predict.py \
+	tests/test_damaged.py tests/test_deploy.py tests/test_pretrained.py
+
+test-oldest: $(OLDEST_VENV)/.installed-stamp
+	$(OLDEST_VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS) $(OLDEST_TESTS)
+
+$(OLDEST_VENV)/.installed-stamp: setup.cfg pyproject.toml constraints-oldest.txt
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install --disable-pip-version-check -q -c constraints-oldest.txt -e '.[dev]'
+	touch $@
+
+# make's start, before the install: the demo's summary gives the time of a first run with its install.
+DEMO_STARTED := $(shell date +%s)
+
 demo: install
-	$(BIN)/inatcomp demo $(DEMO_DIR) --readme README.md
+	$(BIN)/inatcomp demo $(DEMO_DIR) --readme README.md --started-at $(DEMO_STARTED)
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all --write BENCHMARKS.md
@@ -44,4 +61,4 @@ baseline-inat2017 baseline-inat2018 baseline-inat2021: baseline-inat%: install
 	$(BIN)/python kernels/baseline.py --data "$(DATA)" --year $* --out runs/baseline-inat$* $(BASELINE_ARGS)
 
 clean:
-	rm -rf $(VENV) runs *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST_VENV) runs *.egg-info .pytest_cache .ruff_cache

@@ -187,6 +187,9 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
         "--pretrained", default="synth", help="where the models start: synth (the shipped backbone), none, FILE …"
     )
     demo.add_argument("--readme", metavar="FILE", help="write this run's figures into FILE's demo:begin/end block")
+    demo.add_argument("--started-at", type=float, metavar="UNIX_TIME",
+                      help="when the whole job started (make demo: before its install), so the summary's time "
+                      "includes the install")  # fmt: skip
 
 
 def add_score_arguments(score: argparse.ArgumentParser) -> None:
@@ -218,7 +221,11 @@ def add_average_arguments(average: argparse.ArgumentParser) -> None:
 def add_export_arguments(export: argparse.ArgumentParser) -> None:
     export.add_argument("checkpoint", help="checkpoint file, stem or run folder (its best)")
     export.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="what to write")
-    export.add_argument("--out", required=True, help="the file to write (FILE.json is written beside it)")
+    export.add_argument(
+        "--out",
+        required=True,
+        help="the file to write, e.g. model.onnx (its record, model.onnx.json, is written beside it)",
+    )
     export.add_argument("--int8", action="store_true", help="also write STEM.int8.onnx (ONNX Runtime dynamic int8)")
     export.add_argument("--val", metavar="VAL.json", help="labelled JSON: the check images, and int8's error change")
     export.add_argument("--images", help="folder of --val's images (default: the JSON's folder)")

@@ -312,7 +312,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(
         args.out, species=args.species, photos=args.photos, seed=args.seed, epochs=args.epochs or DEMO_EPOCHS,
-        pretrained=args.pretrained, readme=args.readme,
+        pretrained=args.pretrained, readme=args.readme, started_at=args.started_at,
     )  # fmt: skip
 
 
@@ -485,15 +485,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except ValueError as error:
+    except ValueError as error:  # bad input: the library's messages name the file and what is wrong
         _logger.error("%s", error)
         return 2
-    except RuntimeError as error:  # an internal check failed (a bug, not bad input): say so in one line
-        _logger.error("internal error: %s", error)
-        return 3
+    except OSError as error:  # a file the command was given or told to write: missing, unreadable, disk full
+        where = f"{error.filename}: " if error.filename else ""
+        _logger.error("%s%s", where, error.strerror or error)
+        return 2
     except KeyboardInterrupt:
         _logger.error("interrupted")
         return 130
+    except Exception as error:  # noqa: BLE001 - a bug, not bad input: one line (-v adds the traceback), exit 3
+        _logger.error("internal error: %s: %s", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+        _logger.debug("traceback of the internal error", exc_info=True)
+        return 3
 
 
 if __name__ == "__main__":

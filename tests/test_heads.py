@@ -6,13 +6,22 @@ from __future__ import annotations
 import json
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 
 from inatcomp.data import resolve_data_config
 from inatcomp.models.checkpoints import head_options, load_checkpoint, save_checkpoint
 from inatcomp.models.factory import create_model
-from inatcomp.models.heads import CovarianceModel, CovariancePool, HeadType, covariance, isqrt, triu_vector
+from inatcomp.models.heads import (
+    CovarianceModel,
+    CovariancePool,
+    HeadType,
+    covariance,
+    isqrt,
+    triu_vector,
+    unused_modules,
+)
 from inatcomp.predict.engine import load_model
 
 
@@ -104,6 +113,21 @@ def test_create_model_isqrtcov_trains_end_to_end(name):
     for parameter in (first_conv, model.head.pool.reduce.weight, classifier.weight):
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0
     # Nothing left unused (DistributedDataParallel would refuse it): timm's post-pooling layers are pruned.
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_what_forward_features_does_not_use_is_pruned_whatever_its_name():
+    # As timm 1.0.29 leaves ConvNeXt's post-pooling head.norm: a module with parameters that forward_features
+    # never calls, under a name no list of timm's attribute names would know.
+    backbone = timm.create_model("resnet10t", num_classes=0)
+    backbone.after_pooling = torch.nn.Sequential(torch.nn.LayerNorm(512), torch.nn.Linear(512, 4))
+    assert unused_modules(backbone) == ["after_pooling"]
+    reference = backbone.eval().forward_features(torch.ones(1, 3, 64, 64))
+    model = CovarianceModel(backbone.train(), num_classes=3, dim=8, iterations=3)
+    assert isinstance(model.backbone.after_pooling, torch.nn.Identity) and model.backbone.training
+    assert torch.equal(model.eval().forward_features(torch.ones(1, 3, 64, 64)), reference)  # the rest untouched
+    model.train()
+    torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([0, 1])).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
 

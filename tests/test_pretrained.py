@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from huggingface_hub import constants
 from safetensors.torch import load_file
 
 from inatcomp.models.factory import create_model
+from inatcomp.models.pretrained import HUB_PROBE_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPO = "timm/resnet10t.c3_in1k"  # timm's default weights for resnet10t
@@ -171,3 +174,39 @@ def test_a_training_config_checks_the_form_without_torch():
         TrainConfig(train="t.json", images="images", out="run", pretrained=spec).check()
     with pytest.raises(ValueError, match="no hub model after hf-hub:"):
         TrainConfig(train="t.json", images="images", out="run", pretrained="hf-hub:").check()
+
+
+def _closed_port() -> int:
+    """A port of 127.0.0.1 on which nothing listens (bound, then closed): connecting to it is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("spec, repo", [("timm", DEFAULT_REPO), (f"hf-hub:{TAGGED_REPO}", TAGGED_REPO)])
+@pytest.mark.parametrize("endpoint", ["refused", "unresolvable"])
+def test_an_unreachable_hub_without_a_cache_fails_in_seconds(tmp_path, hub_home, monkeypatch, spec, repo, endpoint):
+    # As on a machine without network and with HF_HUB_OFFLINE unset: the hub's host (HF_ENDPOINT, here set so that
+    # the test means the same on a machine with network) refuses, or its name does not resolve (.invalid, RFC 2606).
+    # The answer comes after one short connection attempt, not after the hub client's retries (half a minute).
+    host = f"http://127.0.0.1:{_closed_port()}" if endpoint == "refused" else "https://hub.invalid"
+    monkeypatch.setattr(constants, "ENDPOINT", host)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as raised:
+        create_model("resnet10t", num_classes=3, pretrained=spec)
+    seconds = time.perf_counter() - start
+    message = str(raised.value)
+    assert seconds < HUB_PROBE_TIMEOUT_S + 4, seconds
+    assert message.startswith(f"--pretrained {spec}: no weights for --model resnet10t ({repo}): the hub was not asked")
+    assert "could not be reached within 3 s" in message and "\n" not in message
+    assert f"the Hugging Face cache at {tmp_path / 'empty'}" in message
+    assert "HF_HUB_OFFLINE=1" in message and f"hf download {repo}" in message
+    assert constants.HF_HUB_OFFLINE is False  # the user's setting is back
+    # The same with the weights in the cache: read from it, as with HF_HUB_OFFLINE=1.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_home / "hub"))
+    start = time.perf_counter()
+    model = create_model("resnet10t", num_classes=3, pretrained=spec)
+    assert time.perf_counter() - start < HUB_PROBE_TIMEOUT_S + 4
+    assert_backbone_is(model, stored(hub_home, repo), num_classes=3)

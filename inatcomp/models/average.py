@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from inatcomp.fileio import read_json, resolve_checkpoint, write_atomic
-from inatcomp.models.checkpoints import file_sha256, save_tensors
+from inatcomp.fileio import resolve_checkpoint, write_atomic
+from inatcomp.models.checkpoints import file_sha256, load_tensors, read_metadata, save_tensors
 
 __all__ = ["average_checkpoints", "epoch_checkpoints"]
 
@@ -61,15 +60,15 @@ def average_checkpoints(sources: Sequence[str | os.PathLike], *, out: str | os.P
     if not sources:
         raise ValueError("average: give at least one checkpoint")
     files = [resolve_checkpoint(source) for source in sources]
-    first_meta = read_json(files[0].with_suffix(".json"))
-    first = load_file(str(files[0]))
+    first_meta = read_metadata(files[0].with_suffix(".json"))
+    first = load_tensors(files[0])
     sums = {k: v.double() if v.is_floating_point() else v.clone() for k, v in first.items()}
     for path in files[1:]:
-        meta = read_json(path.with_suffix(".json"))
+        meta = read_metadata(path.with_suffix(".json"))
         for key in ("model", "category_ids"):
             if meta.get(key) != first_meta.get(key):
                 raise ValueError(f"{path}: its {key} differs from {files[0]}'s: one model and category set only")
-        state = load_file(str(path))
+        state = load_tensors(path)
         if set(state) != set(first):
             extra = sorted(set(state) ^ set(first))[:3]
             raise ValueError(f"{path}: its tensors differ from {files[0]}'s (e.g. {', '.join(extra)})")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from inatcomp.fileio import read_json, resolve_checkpoint, write_atomic
@@ -28,6 +29,8 @@ __all__ = [
     "head_metadata",
     "head_options",
     "load_checkpoint",
+    "load_tensors",
+    "read_metadata",
     "save_checkpoint",
     "save_tensors",
     "unflatten_state",
@@ -117,6 +120,48 @@ def unflatten_state(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return skeleton
 
 
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU.
+
+    Raises:
+        ValueError: One line naming the file and what is wrong with it: missing or unreadable, or not a whole
+            safetensors file (truncated by an interrupted copy or download, or corrupt), rather than
+            safetensors' own exception.
+    """
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        reason = str(error).removeprefix("Error while deserializing header: ")
+        raise ValueError(
+            f"{path}: not a whole safetensors file ({reason}; {_size(path)}): truncated or corrupt, "
+            "copy or write it again"
+        ) from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object beside a checkpoint's weights (``NAME.json``).
+
+    Raises:
+        ValueError: Missing, unreadable or malformed JSON, or JSON that is not an object, naming the file.
+    """
+    metadata = read_json(path)
+    if not isinstance(metadata, dict):
+        raise ValueError(
+            f"{path}: $: expected a JSON object (the checkpoint's metadata), got {type(metadata).__name__}"
+        )
+    return metadata
+
+
+def _size(path: str | os.PathLike) -> str:
+    """The size of a file in words, for messages about damaged files."""
+    try:
+        return f"{os.path.getsize(path):,} bytes"
+    except OSError:
+        return "size unknown"
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Write a safetensors file atomically (temporary file, then rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -178,19 +223,21 @@ def load_checkpoint(
         (state_dict, metadata, training_state or None).
 
     Raises:
-        ValueError: Missing or unreadable files.
+        ValueError: Missing, unreadable, truncated or corrupt files, or malformed metadata, naming the file.
     """
     weights = resolve_checkpoint(path, prefer="last" if with_training_state else "best")
-    try:
-        state_dict = load_file(str(weights))
-        metadata = read_json(weights.with_suffix(".json"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{weights}: unreadable checkpoint ({error})") from error
+    # The metadata first: it is small, and its message is the clearer one when both are damaged.
+    metadata = read_metadata(weights.with_suffix(".json"))
+    state_dict = load_tensors(weights)
     training_state = None
     if with_training_state:
         state_file = weights.with_name(weights.stem + ".state.safetensors")
         skeleton_file = weights.with_name(weights.stem + ".state.json")
         if not (state_file.is_file() and skeleton_file.is_file()):
             raise ValueError(f"{weights}: no training state beside it (.state.safetensors/.state.json)")
-        training_state = unflatten_state(read_json(skeleton_file), load_file(str(state_file)))
+        skeleton, tensors = read_json(skeleton_file), load_tensors(state_file)
+        try:
+            training_state = unflatten_state(skeleton, tensors)
+        except KeyError as error:
+            raise ValueError(f"{skeleton_file}: names tensor {error.args[0]!r}, which {state_file} lacks") from None
     return state_dict, metadata, training_state

@@ -37,6 +37,7 @@ __all__ = [
     "CovariancePool",
     "ISqrtCovHead",
     "CovarianceModel",
+    "unused_modules",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -196,11 +197,17 @@ class CovarianceModel(nn.Module):
     ) -> None:
         super().__init__()
         # Drop what timm applies after pooling (classifier; ConvNeXt's head norm, MobileNetV3's conv_head): it
-        # would sit unused, which DistributedDataParallel refuses and freezing would miscount.
+        # would sit unused, which DistributedDataParallel refuses and freezing would miscount. timm's own pruning
+        # first, then whatever forward_features still does not use, found by running it: which modules timm's
+        # pruning leaves differs between timm versions (ConvNeXt's head.norm in 1.0.29), what runs does not.
         if hasattr(backbone, "prune_intermediate_layers"):
             backbone.prune_intermediate_layers(indices=1, prune_norm=False, prune_head=True)
         elif hasattr(backbone, "reset_classifier"):
             backbone.reset_classifier(0)
+        for name in unused_modules(backbone):
+            parent, _, child = name.rpartition(".")
+            setattr(backbone.get_submodule(parent) if parent else backbone, child, nn.Identity())
+            _logger.debug("isqrtcov head: %s pruned (forward_features does not use it)", name)
         self.backbone = backbone
         self.head = ISqrtCovHead(
             int(backbone.num_features), num_classes=num_classes, dim=dim, iterations=iterations, drop_rate=drop_rate
@@ -258,3 +265,38 @@ class CovarianceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def unused_modules(backbone: nn.Module, *, size: int = 64) -> list[str]:
+    """The outermost submodules of ``backbone`` with parameters that its ``forward_features`` does not use.
+
+    Found by running it once on a ``size``-pixel image (eval mode, the state restored after): a module is unused
+    when it is never called and none of its parameters gets a gradient. A dry run rather than a list of attribute
+    names, which change between timm versions.
+    """
+    called: set[int] = set()
+    hooks = [m.register_forward_hook(lambda m, i, o: called.add(id(m))) for m in backbone.modules()]
+    parameter = next(backbone.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training, saved = backbone.training, {n: p.grad for n, p in backbone.named_parameters()}
+    try:
+        backbone.eval()
+        for p in backbone.parameters():
+            p.grad = None
+        with torch.enable_grad():
+            backbone.forward_features(torch.zeros(1, 3, size, size, device=device)).float().sum().backward()
+        used = {id(p) for p in backbone.parameters() if p.grad is not None}
+    finally:
+        for hook in hooks:
+            hook.remove()
+        backbone.train(was_training)
+        for n, p in backbone.named_parameters():
+            p.grad = saved[n]
+    unused: list[str] = []
+    for name, module in backbone.named_modules():
+        owned = list(module.parameters())
+        if not name or not owned or id(module) in called or any(id(p) in used for p in owned):
+            continue
+        if not any(name.startswith(f"{outer}.") for outer in unused):
+            unused.append(name)
+    return unused

@@ -9,8 +9,14 @@ pretrain`` writes (:mod:`inatcomp.train.pretrain`) lie in :func:`synth_weights_d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +30,15 @@ from huggingface_hub.errors import (
     LocalEntryNotFoundError,
     RemoteEntryNotFoundError,
 )
-from safetensors.torch import load_file
+from safetensors import SafetensorError
 
 from inatcomp.fileio import read_json
-from inatcomp.models.checkpoints import file_sha256
+from inatcomp.models.checkpoints import file_sha256, load_tensors
 from inatcomp.models.transfer import classifier_names
 from inatcomp.options import PretrainedSource, parse_pretrained
 
 __all__ = [
+    "HUB_PROBE_TIMEOUT_S",
     "SYNTH_MANIFEST",
     "SYNTH_WEIGHTS_ENV",
     "backbone_state",
@@ -44,6 +51,10 @@ _logger = logging.getLogger(__name__)
 
 #: The environment variable naming another folder of synthetic-world weights than the package's ``weights/``.
 SYNTH_WEIGHTS_ENV = "INATCOMP_WEIGHTS_DIR"
+#: Seconds the hub's host has to accept a connection before ``--pretrained timm|hf-hub:`` reads only the cache (as
+#: with ``HF_HUB_OFFLINE=1``): a machine without network answers in seconds, not after the hub client's retries
+#: (half a minute and more); a reachable host answers in well under a second.
+HUB_PROBE_TIMEOUT_S = 3.0
 #: The file beside the weights that names them, keyed by model name (see :mod:`inatcomp.train.pretrain`).
 SYNTH_MANIFEST = "manifest.json"
 
@@ -74,28 +85,92 @@ def create_timm_model(
                 f"--pretrained {value}: no such weights file (the forms: FILE, timm for timm's published weights "
                 f"of --model, hf-hub:OWNER/NAME.TAG for one Hugging Face hub model)"
             )
-        overlay = {"file": str(path), "num_classes": 0}
-        return timm.create_model(
-            name, num_classes=num_classes, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
-        )
+        return _create_from_file(name, path, num_classes=num_classes, **kwargs)
+    return _create_from_hub(name, str(pretrained), source, value, num_classes=num_classes, **kwargs)
+
+
+def _create_from_hub(
+    name: str, spec: str, source: PretrainedSource, value: str, *, num_classes: int, **kwargs: Any
+) -> torch.nn.Module:
+    """timm's model with timm's published weights (``--pretrained timm``) or a hub model's (``hf-hub:…``).
+
+    The hub's host is asked once for a connection (:data:`HUB_PROBE_TIMEOUT_S`); unreachable, only the cache is
+    read, as with ``HF_HUB_OFFLINE=1``, so an offline machine answers in seconds, not after the hub client's
+    retries.
+
+    Raises:
+        ValueError: The weights are neither reachable nor cached, or not a hub model id (see
+            :func:`~inatcomp.models.factory.create_model`).
+    """
     repo = _published_weights(name) if source is PretrainedSource.TIMM else value
     timm_name = name if source is PretrainedSource.TIMM else f"{PretrainedSource.HF_HUB.value}:{value}"
+    by_url = repo.startswith(("http://", "https://"))
+    unreachable = None if constants.is_offline_mode() else _unreachable_host(repo if by_url else constants.ENDPOINT)
     try:
-        if source is PretrainedSource.HF_HUB:
-            _check_hub_architecture(name, value)
-        if not repo.startswith(("http://", "https://")):
-            _require_safetensors(str(pretrained), repo)
-        overlay = {"num_classes": 0}
-        return timm.create_model(
-            timm_name, num_classes=num_classes, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
-        )
+        if unreachable and by_url and not _torch_hub_file(repo).is_file():  # torch.hub would wait on the network
+            raise ConnectionError(unreachable)
+        with _hub_offline(bool(unreachable)):
+            if source is PretrainedSource.HF_HUB:
+                _check_hub_architecture(name, value)
+            if not by_url:
+                _require_safetensors(spec, repo)
+            overlay = {"num_classes": 0}
+            return timm.create_model(
+                timm_name, num_classes=num_classes, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+            )
     except HFValidationError:
-        raise ValueError(
-            f"--pretrained {pretrained}: {repo!r} is not a hub model id (e.g. timm/resnet10t.tv_in1k)"
-        ) from None
+        raise ValueError(f"--pretrained {spec}: {repo!r} is not a hub model id (e.g. timm/resnet10t.tv_in1k)") from None
     # LocalEntryNotFoundError (no network or offline, not cached) is an OSError, as are the hub's HTTP errors.
     except (OSError, EntryNotFoundError) as error:
-        raise ValueError(_unreachable_weights(str(pretrained), name=name, repo=repo, error=error)) from None
+        message = _unreachable_weights(spec, name=name, repo=repo, error=error, unreachable=unreachable)
+        raise ValueError(message) from None
+
+
+def _unreachable_host(url: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """``None`` when ``url``'s host accepts a TCP connection within ``timeout`` seconds, else what happened.
+
+    Name resolution has no timeout of its own, so the attempt runs in a daemon thread that is waited on for
+    ``timeout`` at most. Behind a proxy (``HTTPS_PROXY``) the host is not asked: the hub client's own timeouts apply.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.getproxies().get(parts.scheme) or not parts.hostname:
+        return None
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error.strerror or str(error) or type(error).__name__)
+
+    thread = threading.Thread(target=connect, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if outcome and outcome[0] is None:
+        return None
+    why = outcome[0] if outcome else "no answer"
+    return f"{host}:{port} could not be reached within {timeout:g} s ({why})"
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub in offline mode (cache only) inside the block when ``offline``; its own setting after.
+
+    huggingface_hub reads ``constants.HF_HUB_OFFLINE`` at each download, as ``HF_HUB_OFFLINE=1`` sets it at import.
+    """
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _torch_hub_file(url: str) -> Path:
+    """Where torch.hub caches a file downloaded from ``url`` (timm's few weights without a hub repo)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlsplit(url).path)
 
 
 def synth_weights_dir() -> Path:
@@ -148,7 +223,7 @@ def _load_synth_backbone(model: torch.nn.Module, name: str) -> None:
     if found != entry["sha256"]:
         raise ValueError(f"--pretrained synth: {path} has sha256 {found}, but {folder / SYNTH_MANIFEST} records "
                          f"{entry['sha256']} (a changed or partial file: rerun make pretrain)")  # fmt: skip
-    tensors = load_file(str(path))
+    tensors = load_tensors(path)
     state = model.state_dict()
     expected = set(backbone_state(model))
     wrong = sorted(k for k in tensors if k not in expected or tensors[k].shape != state[k].shape)
@@ -161,6 +236,28 @@ def _load_synth_backbone(model: torch.nn.Module, name: str) -> None:
     cfg.update({k: tuple(entry[k]) for k in ("mean", "std") if k in entry})
     model.pretrained_cfg = cfg
     _logger.info("--pretrained synth: %s (sha256 %s…) in the backbone of %s", path, found[:12], name)
+
+
+def _create_from_file(name: str, path: Path, *, num_classes: int, **kwargs: Any) -> torch.nn.Module:
+    """timm's model with the backbone of a local weights file (``--pretrained FILE``).
+
+    Raises:
+        ValueError: A truncated or corrupt file, or weights of another architecture, in one line naming the file.
+    """
+    overlay = {"file": str(path), "num_classes": 0}
+    try:
+        return timm.create_model(
+            name, num_classes=num_classes, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+        )
+    except SafetensorError as error:  # timm reads the file with safetensors' load_file: say which file is damaged
+        reason = str(error).removeprefix("Error while deserializing header: ")
+        raise ValueError(f"--pretrained {path}: not a whole safetensors file ({reason}; {path.stat().st_size:,} "
+                         "bytes): truncated or corrupt, copy or write it again") from None  # fmt: skip
+    except RuntimeError as error:
+        if "loading state_dict" not in str(error):  # torch's words for tensors that do not fit the model
+            raise
+        first = str(error).splitlines()[0]
+        raise ValueError(f"--pretrained {path}: its tensors do not fit --model {name} ({first})") from None
 
 
 def _published_weights(name: str) -> str:
@@ -213,9 +310,14 @@ def _check_hub_architecture(name: str, repo: str) -> None:
         )
 
 
-def _unreachable_weights(spec: str, *, name: str, repo: str, error: BaseException) -> str:
-    """The one-line message for hub weights that are neither online nor in the cache: what was tried, what to do."""
-    if constants.is_offline_mode():
+def _unreachable_weights(spec: str, *, name: str, repo: str, error: BaseException, unreachable: str | None) -> str:
+    """The one-line message for hub weights that are neither online nor in the cache: what was tried, what to do.
+
+    ``unreachable``: what the connection attempt of :func:`_unreachable_host` found, when it found no host.
+    """
+    if unreachable:
+        hub = f"the hub was not asked, as {unreachable}"
+    elif constants.is_offline_mode():
         hub = "the hub was not asked (HF_HUB_OFFLINE is set)"
     elif isinstance(error, HfHubHTTPError) and not isinstance(error, LocalEntryNotFoundError):
         hub = f"the hub answered {type(error).__name__}"

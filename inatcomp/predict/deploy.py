@@ -3,8 +3,8 @@
 The exported graph takes what ``predict`` decodes, an RGB batch ``float32 [N, 3, s, s]`` on the 0-255 scale (``s``
 the checkpoint's crop size), and does the checkpoint's normalisation itself, so a deployment only resizes and
 centre-crops (``crop_pct`` of the metadata) and hands the pixels over. It returns the logits ``[N, C]`` in the
-order of ``category_ids``. Beside ``FILE`` a ``FILE.json`` records the categories, the input, the opset, the
-check below and, with ``--int8``, the accuracy change.
+order of ``category_ids``. Beside ``FILE`` a ``FILE.json`` (the whole name plus ``.json``: ``model.onnx.json``)
+records the categories, the input, the opset, the check below and, with ``--int8``, the accuracy change.
 
 Every export is checked in the command itself: the exported model runs (ONNX Runtime, or ``torch.jit.load``) on a
 batch of centre crops of ``--val`` (random pixels without one) and its logits must equal PyTorch's within

@@ -174,7 +174,13 @@ def load_model(checkpoint: str | os.PathLike, *, device: Any = "cpu") -> tuple[A
         if key not in metadata:
             raise ValueError(f"{checkpoint}: checkpoint metadata lacks {key!r}")
     model = create_model(metadata["model"], num_classes=int(metadata["num_classes"]), **head_options(metadata))
-    model.load_state_dict(state_dict)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:  # torch's answer to missing, unexpected or misshapen tensors
+        raise ValueError(
+            f"{checkpoint}: its weights do not fit the model its metadata names, {metadata['model']} "
+            f"({str(error).splitlines()[0]})"
+        ) from None
     return model.to(device).eval(), metadata
 
 

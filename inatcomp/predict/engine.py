@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from inatcomp.data.dataset import CompetitionDataset, seed_worker
@@ -36,6 +37,15 @@ from inatcomp.options import AmpMode, enum_choice, resolve_device
 from inatcomp.predict.geocombine import apply_prior
 from inatcomp.predict.geodata import find_locations, load_locations
 from inatcomp.predict.geoprior import load_prior
+from inatcomp.predict.sharded import (
+    PartWriter,
+    RankContext,
+    gather_outcomes,
+    join_group,
+    join_parts,
+    part_path,
+    shard_range,
+)
 from inatcomp.predict.taunorm import tau_normalise
 from inatcomp.predict.tta import AverageMode, TTAMode, View, _average, _collate, _ViewDataset, load_views
 
@@ -251,11 +261,13 @@ def _load_eval_model(
 
 
 def _view_loader(
-    base: Any, ev: _Eval, *, tta: TTAMode, views: Sequence[View] | None, batch_size: int, workers: int, device: Any
-) -> Any:
-    """Batches of every image's views, decoded once each (in ``workers`` processes, or in this one)."""
+    base: Any, ev: _Eval, *, tta: TTAMode, views: Sequence[View] | None, batch_size: int, workers: int, device: Any,
+    rows: range | None = None,
+) -> Any:  # fmt: skip
+    """Batches of the views of every image (of ``rows`` only, when given), decoded once each (in ``workers``
+    processes, or in this one); the batches' indices count from the first of ``rows``."""
     dataset = _ViewDataset(
-        [base.path(i) for i in range(len(base))],
+        [base.path(i) for i in (rows if rows is not None else range(len(base)))],
         mode=tta,
         crop_size=ev.crop_size,
         crop_pct=ev.crop_pct,
@@ -376,7 +388,11 @@ def predict(
         raise ValueError("TTA mode custom needs views (--views FILE)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    torch_device = resolve_device(device)
+    context, torch_device, owns_group = join_group(resolve_device(device))
+    package_logger = logging.getLogger("inatcomp")
+    level = package_logger.level
+    if context.rank != 0:  # the other ranks log warnings only (an unreadable image in their share)
+        package_logger.setLevel(max(level, logging.WARNING))
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if torch_device.type == "cuda" else 0
     geo = None
@@ -386,20 +402,26 @@ def predict(
         checkpoint, device=torch_device, fold_bn=fold_bn, channels_last=channels_last, tau_norm=tau_norm
     )
     base = CompetitionDataset(data, images, category_ids=ev.category_ids)
-    loader = _view_loader(base, ev, tta=tta, views=views, batch_size=batch_size, workers=workers, device=torch_device)
     header = {
         "created_by": "inatcomp predict", "checkpoint": str(checkpoint), "model": ev.metadata["model"],
         "data": str(data), "tta": tta.value, "views": [dataclasses.asdict(v) for v in views] if views else None,
         "average": average.value, "crop_size": ev.crop_size, "amp": amp.value, "folded_batchnorm": ev.folded,
-        "tau_norm": float(tau_norm or 0.0),
+        "tau_norm": float(tau_norm or 0.0), "world_size": context.world_size,
     }  # fmt: skip
+    run = dict(ev=ev, base=base, tta=tta, views=views, batch_size=batch_size, workers=workers, device=torch_device,
+               amp=amp, average=average, channels_last=channels_last)  # fmt: skip
     start = time.perf_counter()
-    with PredictionWriter(out, image_ids=base.image_ids, category_ids=ev.category_ids, header=header) as writer:
-        failed_ids, n_views = _predict_batches(
-            loader, ev, writer, image_ids=base.image_ids, amp=amp, average=average, device=torch_device,
-            channels_last=channels_last, in_process=workers == 0,
-        )  # fmt: skip
-        writer.header.update(failed_images=len(failed_ids), failed_image_ids=failed_ids, views_total=n_views)
+    try:
+        if context.enabled:
+            failed_ids, n_views = _predict_sharded(out, header, context, **run)
+        else:
+            failed_ids, n_views = _predict_whole(out, header, **run)
+    finally:
+        package_logger.setLevel(level)
+        if owns_group:
+            dist.destroy_process_group()
+    if context.rank != 0:
+        return Path(out)
     seconds = time.perf_counter() - start
     if failed_ids:
         _logger.warning("%d unreadable image(s) got a uniform prediction (listed in the header)", len(failed_ids))
@@ -408,3 +430,60 @@ def predict(
     if geo is not None:
         apply_prior(out, prior=geo[0], locations=geo[1], out=out)
     return Path(out)
+
+
+def _predict_whole(out: Any, header: dict[str, Any], *, ev: _Eval, base: Any, **run: Any) -> tuple[list[int], int]:
+    """One process: every image's rows straight into the prediction folder; returns failed ids and views."""
+    loader = _view_loader(base, ev, tta=run["tta"], views=run["views"], batch_size=run["batch_size"],
+                          workers=run["workers"], device=run["device"])  # fmt: skip
+    with PredictionWriter(out, image_ids=base.image_ids, category_ids=ev.category_ids, header=header) as writer:
+        failed_ids, n_views = _predict_batches(
+            loader, ev, writer, image_ids=base.image_ids, amp=run["amp"], average=run["average"],
+            device=run["device"], channels_last=run["channels_last"], in_process=run["workers"] == 0,
+        )  # fmt: skip
+        writer.header.update(failed_images=len(failed_ids), failed_image_ids=failed_ids, views_total=n_views)
+    return failed_ids, n_views
+
+
+def _predict_sharded(
+    out: Any, header: dict[str, Any], context: RankContext, *, ev: _Eval, base: Any, **run: Any
+) -> tuple[list[int], int]:
+    """One of ``context.world_size`` processes: this rank's share into its part file, then rank 0 joins the parts.
+
+    Returns the failed ids and views of all ranks. Raises on every rank when any rank failed, naming it.
+    """
+    first, end = shard_range(len(base), context.rank, context.world_size)
+    loader = _view_loader(base, ev, tta=run["tta"], views=run["views"], batch_size=run["batch_size"],
+                          workers=run["workers"], device=run["device"], rows=range(first, end))  # fmt: skip
+    part = part_path(out, context.rank)
+    outcome: dict[str, Any] = {"error": None}
+    try:
+        writer = PartWriter(part, rows=end - first, classes=len(ev.category_ids))
+        try:
+            failed_ids, n_views = _predict_batches(
+                loader, ev, writer, image_ids=base.image_ids[first:end], amp=run["amp"], average=run["average"],
+                device=run["device"], channels_last=run["channels_last"], in_process=run["workers"] == 0,
+            )  # fmt: skip
+        finally:
+            writer.close()
+        outcome.update(failed_ids=failed_ids, views=n_views)
+    except Exception as error:  # noqa: BLE001 - every rank must hear of it, or the others wait for ever
+        outcome.update(error=f"{type(error).__name__}: {error}", bad_input=isinstance(error, ValueError))
+    try:
+        outcomes = gather_outcomes(outcome)
+        failed_ids = [i for o in outcomes for i in o["failed_ids"]]
+        n_views = sum(o["views"] for o in outcomes)
+        joined: dict[str, Any] = {"error": None}
+        if context.rank == 0:
+            try:
+                header = {**header, "failed_images": len(failed_ids), "failed_image_ids": failed_ids,
+                          "views_total": n_views}  # fmt: skip
+                join_parts(out, world_size=context.world_size, image_ids=base.image_ids,
+                           category_ids=ev.category_ids, header=header)  # fmt: skip
+            except Exception as error:  # noqa: BLE001 - told to the other ranks, which wait for the join
+                joined.update(error=f"joining the parts: {type(error).__name__}: {error}",
+                              bad_input=isinstance(error, ValueError))  # fmt: skip
+        gather_outcomes(joined)  # every part is read before any is removed
+    finally:
+        part.unlink(missing_ok=True)
+    return failed_ids, n_views

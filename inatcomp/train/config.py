@@ -143,6 +143,8 @@ class TrainConfig:
     ``mix_switch_prob`` (timm's ``Mixup`` semantics, :mod:`inatcomp.train.mixing`; off in the classifier stage);
     ``accum_steps`` (gradients of N batches per optimizer step: an N times larger batch); ``compile``
     (``torch.compile`` the trained model, falling back to eager with a warning where it cannot compile);
+    ``deterministic`` (deterministic kernels, cuDNN and cuBLAS settings: bit-exact resume and accumulation on a GPU
+    too, at the cost of slower kernels; :func:`inatcomp.train.seeding.deterministic_algorithms`);
     ``keep_epochs`` (the evaluated weights of the last N epochs kept as ``epochs/epochNNN``, for ``inatcomp
     average --last N``).
 
@@ -208,6 +210,7 @@ class TrainConfig:
     mix_switch_prob: float = 0.5
     accum_steps: int = 1
     compile: bool = False
+    deterministic: bool = False
     keep_epochs: int = 0
     max_steps_per_epoch: int | None = None
     log_every: int = 20

@@ -20,7 +20,7 @@ from inatcomp.train.config import Stage, TrainConfig, progressive_stages, stage_
 from inatcomp.train.distributed import DistributedContext, init_distributed
 from inatcomp.train.engine import evaluate, train_one_epoch
 from inatcomp.train.parts import RunParts, build_parts, enter_stage, micro_batches_in, steps_in
-from inatcomp.train.seeding import seed_epoch, seed_run
+from inatcomp.train.seeding import deterministic_algorithms, seed_epoch, seed_run
 
 __all__ = ["TrainResult", "train"]
 
@@ -60,7 +60,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_epochs: int |
     if not context.is_main:
         package_logger.setLevel(max(level, logging.WARNING))
     try:
-        result = _train(config, context=context, device=device, resume=resume, stop_after_epochs=stop_after_epochs)
+        with deterministic_algorithms(config.deterministic):
+            result = _train(config, context=context, device=device, resume=resume, stop_after_epochs=stop_after_epochs)
         if context.enabled:
             dist.barrier()  # every rank returns once rank 0's files are written
         return result
@@ -123,7 +124,8 @@ def _stage_loaders(parts: RunParts, stage: Stage, epoch: int) -> tuple[Any, Any]
     val_loader = None
     if parts.val_shard is not None:
         val_loader = create_loader(dataset=parts.val_shard, batch_size=config.val_batch_size or stage.batch_size,
-                                   num_workers=config.workers, persistent_workers=keep)  # fmt: skip
+                                   num_workers=config.workers, persistent_workers=keep,
+                                   pin_memory=device.type == "cuda")  # fmt: skip
     return train_loader, val_loader
 
 
@@ -151,11 +153,12 @@ def _run_epoch(parts: RunParts, stage: Stage, epoch: int, loaders: Any) -> dict[
             lr_scale=stage.lr_scale,
             mixer=parts.mixer,
             micro_batches=micro_batches_in(parts, stage),
+            input_norm=parts.input_norm,
         )
     )
     if val_loader is not None:
         row.update(evaluate(parts.evaluated, ((b.image, b.label, b.skipped, b.failed) for b in val_loader), device,
-                            amp=config.amp, distributed=context.enabled))  # fmt: skip
+                            amp=config.amp, distributed=context.enabled, input_norm=parts.input_norm))  # fmt: skip
     if parts.transfer is not None:
         transfer = parts.transfer
         row.update(taxa_carried=transfer["carried"], taxa_added=transfer["added"], taxa_dropped=transfer["dropped"])

@@ -15,6 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from inatcomp.data.dataset import CompetitionDataset
+from inatcomp.data.feed import InputNorm
 from inatcomp.data.samplers import SamplerType, create_sampler
 from inatcomp.data.transforms import create_transform, resolve_data_config
 from inatcomp.models.factory import set_drop_rate
@@ -63,6 +64,7 @@ class RunParts:
         scaler: The gradient scaler (enabled for fp16 only).
         ema: The weights' moving average, or ``None``.
         mixer: Mixup/CutMix of each batch, or ``None``.
+        input_norm: The current stage's normalisation of the workers' uint8 crops on the device.
     """
 
     config: TrainConfig
@@ -79,6 +81,7 @@ class RunParts:
     scaler: torch.amp.GradScaler
     ema: ModelEma | None
     mixer: Mixer | None = None
+    input_norm: InputNorm | None = None
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -197,6 +200,8 @@ def build_parts(
 def enter_stage(parts: RunParts, stage: Stage, *, log: bool) -> Any:
     """Set the stage's image size, augmentation and dropout; returns its data config.
 
+    The presets return uint8 crops; ``parts.input_norm`` normalises them on the device (the stage's mean and std).
+
     Args:
         parts: The run's parts.
         stage: The stage entered.
@@ -206,10 +211,11 @@ def enter_stage(parts: RunParts, stage: Stage, *, log: bool) -> Any:
     stage_config = resolve_data_config(parts.model, input_size=stage.img_size, crop_pct=config.crop_pct)
     parts.train_set.transform = create_transform(
         config=stage_config, training=True, magnitude=stage.magnitude, color_jitter=config.color_jitter,
-        hue=config.hue, scale=(config.crop_scale[0], config.crop_scale[1]), seed=config.seed,
+        hue=config.hue, scale=(config.crop_scale[0], config.crop_scale[1]), seed=config.seed, uint8=True,
     )  # fmt: skip
     if parts.val_set is not None:
-        parts.val_set.transform = create_transform(config=stage_config, training=False)
+        parts.val_set.transform = create_transform(config=stage_config, training=False, uint8=True)
+    parts.input_norm = InputNorm(stage_config.mean, stage_config.std, channels_last=config.channels_last)
     if stage.drop_rate is not None:
         set_drop_rate(parts.model, stage.drop_rate)
     if log:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from inatcomp.data.dataset import CompetitionDataset, seed_worker
+from inatcomp.data.gpudecode import BatchDecoder, DecodeMode, resolve_decode
 from inatcomp.data.transforms import Interpolation
 from inatcomp.formats.predictions import PredictionWriter
 from inatcomp.models.checkpoints import head_options, load_checkpoint
@@ -37,6 +38,7 @@ from inatcomp.options import AmpMode, enum_choice, resolve_device
 from inatcomp.predict.geocombine import apply_prior
 from inatcomp.predict.geodata import find_locations, load_locations
 from inatcomp.predict.geoprior import load_prior
+from inatcomp.predict.gpuviews import BytesDataset, bytes_collate, device_view_batches
 from inatcomp.predict.sharded import (
     PartWriter,
     RankContext,
@@ -201,6 +203,8 @@ class PredictOptions:
         amp: Autocast dtype of the model.
         channels_last: Run the model in channels-last memory format.
         fold_bn: Fold each BatchNorm into the convolution before it.
+        decode: Where JPEGs are decoded (``gpu``: nvJPEG, in batches; CPU decoding stays the default, as it
+            decodes at reduced scale and needs no GPU memory).
     """
 
     tta: TTAMode = TTAMode.CENTER
@@ -210,6 +214,7 @@ class PredictOptions:
     amp: AmpMode = AmpMode.OFF
     channels_last: bool = True
     fold_bn: bool = True
+    decode: DecodeMode = DecodeMode.CPU
 
 
 #: The one set of prediction defaults.
@@ -285,6 +290,27 @@ def _view_loader(
     )
 
 
+def _batches(base: Any, ev: _Eval, run: dict[str, Any], rows: range | None = None) -> tuple[Iterable[Any], bool]:
+    """The batches of views to predict (of ``rows`` only, when given) and whether to prefetch them in a thread.
+
+    ``run["decode"]`` is the resolved decoding: on the CPU the workers decode and cut the views; on the GPU they
+    read bytes, and the views are cut on the device (:mod:`inatcomp.predict.gpuviews`).
+    """
+    rows = rows if rows is not None else range(len(base))
+    if run.get("decode", DecodeMode.CPU) is DecodeMode.CPU:
+        loader = _view_loader(base, ev, tta=run["tta"], views=run["views"], batch_size=run["batch_size"],
+                              workers=run["workers"], device=run["device"], rows=rows)  # fmt: skip
+        return loader, run["workers"] == 0
+    paths = [base.path(i) for i in rows]
+    files = DataLoader(BytesDataset(paths), batch_size=run["batch_size"], shuffle=False,  # type: ignore[arg-type]
+                       num_workers=run["workers"], collate_fn=bytes_collate, worker_init_fn=seed_worker)  # fmt: skip
+    batches = device_view_batches(
+        prefetch(files) if run["workers"] == 0 else files, BatchDecoder(run["device"]), paths=paths, mode=run["tta"],
+        crop_size=ev.crop_size, crop_pct=ev.crop_pct, views=run["views"], interpolation=ev.interpolation.value,
+    )  # fmt: skip
+    return batches, False
+
+
 def center_crop_batches(
     checkpoint: str | os.PathLike, data: str | os.PathLike, images: str | os.PathLike | None = None, *,
     batch_size: int = 32,
@@ -344,6 +370,7 @@ def predict(
     geo_prior: str | os.PathLike | None = None,
     locations: str | os.PathLike | None = None,
     tau_norm: float | None = None,
+    decode: DecodeMode | str = PREDICT_DEFAULTS.decode,
 ) -> Path:
     """Predict every image of a competition JSON with test-time augmentation and write a prediction folder.
 
@@ -372,6 +399,11 @@ def predict(
         locations: The images' places for ``geo_prior`` (default :func:`inatcomp.predict.geodata.find_locations`).
         tau_norm: ``P`` of Kang et al.'s τ-norm applied to the classifier first
             (:func:`inatcomp.predict.taunorm.tau_normalise`; ``None`` or 0: unchanged).
+        decode: ``cpu`` (the workers decode and cut the views) or ``gpu`` (the workers read bytes; nvJPEG decodes
+            in batches and the views are cut on the GPU; without CUDA or nvJPEG one warning, then as ``cpu``).
+
+    Under ``torchrun`` each process predicts a contiguous share of the images and rank 0 writes the one folder
+    (:mod:`inatcomp.predict.sharded`); the header's ``world_size`` says how many took part.
 
     Returns:
         The prediction folder.
@@ -408,8 +440,10 @@ def predict(
         "average": average.value, "crop_size": ev.crop_size, "amp": amp.value, "folded_batchnorm": ev.folded,
         "tau_norm": float(tau_norm or 0.0), "world_size": context.world_size,
     }  # fmt: skip
+    decode = resolve_decode(decode, torch_device)
+    header["decode"] = decode.value
     run = dict(ev=ev, base=base, tta=tta, views=views, batch_size=batch_size, workers=workers, device=torch_device,
-               amp=amp, average=average, channels_last=channels_last)  # fmt: skip
+               amp=amp, average=average, channels_last=channels_last, decode=decode)  # fmt: skip
     start = time.perf_counter()
     try:
         if context.enabled:
@@ -434,12 +468,11 @@ def predict(
 
 def _predict_whole(out: Any, header: dict[str, Any], *, ev: _Eval, base: Any, **run: Any) -> tuple[list[int], int]:
     """One process: every image's rows straight into the prediction folder; returns failed ids and views."""
-    loader = _view_loader(base, ev, tta=run["tta"], views=run["views"], batch_size=run["batch_size"],
-                          workers=run["workers"], device=run["device"])  # fmt: skip
+    loader, in_process = _batches(base, ev, run)
     with PredictionWriter(out, image_ids=base.image_ids, category_ids=ev.category_ids, header=header) as writer:
         failed_ids, n_views = _predict_batches(
             loader, ev, writer, image_ids=base.image_ids, amp=run["amp"], average=run["average"],
-            device=run["device"], channels_last=run["channels_last"], in_process=run["workers"] == 0,
+            device=run["device"], channels_last=run["channels_last"], in_process=in_process,
         )  # fmt: skip
         writer.header.update(failed_images=len(failed_ids), failed_image_ids=failed_ids, views_total=n_views)
     return failed_ids, n_views
@@ -453,8 +486,7 @@ def _predict_sharded(
     Returns the failed ids and views of all ranks. Raises on every rank when any rank failed, naming it.
     """
     first, end = shard_range(len(base), context.rank, context.world_size)
-    loader = _view_loader(base, ev, tta=run["tta"], views=run["views"], batch_size=run["batch_size"],
-                          workers=run["workers"], device=run["device"], rows=range(first, end))  # fmt: skip
+    loader, in_process = _batches(base, ev, run, range(first, end))
     part = part_path(out, context.rank)
     outcome: dict[str, Any] = {"error": None}
     try:
@@ -462,7 +494,7 @@ def _predict_sharded(
         try:
             failed_ids, n_views = _predict_batches(
                 loader, ev, writer, image_ids=base.image_ids[first:end], amp=run["amp"], average=run["average"],
-                device=run["device"], channels_last=run["channels_last"], in_process=run["workers"] == 0,
+                device=run["device"], channels_last=run["channels_last"], in_process=in_process,
             )  # fmt: skip
         finally:
             writer.close()

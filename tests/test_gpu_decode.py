@@ -100,3 +100,62 @@ def test_resize_crop_flips_and_keeps_an_unresized_box_exact():
     assert torch.equal(resize_crop(image, (2, 1, 6, 5), (4, 4)), image[:, 1:5, 2:6])
     assert torch.equal(resize_crop(image, (2, 1, 6, 5), (4, 4), flip=True), image[:, 1:5, 2:6].flip(-1))
     assert resize_crop(image, (0, 0, 8, 6), (4, 3)).shape == (3, 3, 4)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def test_train_decode_gpu_without_cuda_warns_and_trains_as_decode_cpu(tmp_path, tiny_dataset, caplog):
+    from conftest import tiny_train_config
+    from safetensors.torch import load_file
+
+    from inatcomp.train import train
+
+    train_json = tiny_dataset(tmp_path / "data", names=NAMES, per_class=6)
+    caplog.set_level(logging.WARNING)
+    gpu = train(tiny_train_config(train_json, tmp_path / "gpu", decode="gpu", device="cpu"))
+    assert sum("--decode gpu: no CUDA device" in r.getMessage() for r in caplog.records) == 1
+    cpu = train(tiny_train_config(train_json, tmp_path / "cpu", device="cpu"))
+    a, b = load_file(gpu.last_checkpoint), load_file(cpu.last_checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_device_augmentation_draws_and_crops_as_the_cpu_preset(tmp_path, tiny_dataset):
+    from inatcomp.data import CompetitionDataset, TrainPreset
+    from inatcomp.train.gpuaugment import DeviceAugment, RawTrainSet, raw_collate
+
+    train_json = tiny_dataset(tmp_path, names=NAMES, per_class=4, size=48)
+    preset = TrainPreset(img_size=32, scale=(0.5, 1.0), color_jitter=0.0, uint8=True)
+    dataset = CompetitionDataset(train_json, tmp_path, transform=preset)
+    raw = RawTrainSet(dataset)
+    items = []
+    for i in range(len(dataset)):
+        raw.reseed(100 + i)
+        items.append(raw[i])
+    images, batch = DeviceAugment(preset, torch.device("cpu"))(raw_collate(items))
+    assert images.shape == (len(dataset), 32, 32, 3) and images.dtype == torch.uint8
+    assert batch.skipped.tolist() == [0] * len(dataset)
+    expected = []
+    for i in range(len(dataset)):
+        dataset.reseed(100 + i)  # the same draws: crop first, then flip and colour
+        expected.append(dataset[i].image)
+    # The same crops and flips, up to the resize filters (torch's antialiased bilinear against OpenCV's).
+    assert float((images.float() - torch.stack(expected).float()).abs().mean()) < 4.0
+
+
+def test_training_through_the_device_augmentation_runs(tmp_path, tiny_dataset, monkeypatch):
+    """The --decode gpu training path, run on the CPU (the decode forced to gpu): it trains and counts a bad image."""
+    from conftest import tiny_train_config
+
+    import inatcomp.train.parts as parts
+    from inatcomp.train import train
+
+    train_json = tiny_dataset(tmp_path / "data", names=NAMES, per_class=6)
+    first = json.loads(train_json.read_text())["images"][0]["file_name"]
+    (train_json.parent / first).write_bytes(b"\xff\xd8\xff\xe0 broken")
+    monkeypatch.setattr(parts, "resolve_decode", lambda decode, device: DecodeMode.GPU)
+    result = train(tiny_train_config(train_json, tmp_path / "run", decode="gpu", device="cpu", epochs=2,
+                                     color_jitter=0.4, mixup=0.5))  # fmt: skip
+    assert all(np.isfinite(row["train_loss"]) for row in result.metrics)
+    assert sum(row["skipped_images"] for row in result.metrics) >= 1

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-__all__ = ["BatchDecoder", "DecodeMode", "read_bytes", "resize_crop", "resolve_decode"]
+__all__ = ["BatchDecoder", "DecodeMode", "image_size", "read_bytes", "resize_crop", "resolve_decode"]
 
 _logger = logging.getLogger(__name__)
 
@@ -71,6 +71,15 @@ def read_bytes(path: str) -> np.ndarray:
         data = np.empty(os.fstat(file.fileno()).st_size, dtype=np.uint8)  # writable, read into in place
         file.readinto(memoryview(data))
         return data
+
+
+def image_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a file's header (PIL reads the header only), or ``None`` when PIL cannot open it."""
+    try:
+        with Image.open(io.BytesIO(memoryview(data))) as im:
+            return im.size
+    except _READ_ERRORS:
+        return None
 
 
 def _pil_decode(data: bytes) -> np.ndarray:

@@ -412,6 +412,10 @@ class TrainPreset:
             side = min((crop.x1 - crop.x0) * width, (crop.y1 - crop.y0) * height)
         return _reduced_size(width, height, side / self.img_size)
 
+    def draws(self) -> np.ndarray:
+        """The nine uniforms of one image's augmentation: flip, three colour factors, hue, the colour steps' order."""
+        return self._rng.random(9)
+
     def plan(self, width: int, height: int) -> DecodePlan:
         """Sample this image's crop and the decode size it needs."""
         crop = self.sample_crop(width, height)
@@ -434,7 +438,7 @@ class TrainPreset:
         resized = cv2.resize(region, (self.img_size, self.img_size), interpolation=flag)
         # One draw for the flip, the four colour factors and the order of the colour steps (the argsort of
         # four uniforms is a uniform permutation, like albumentations' shuffle).
-        draws = self._rng.random(9)
+        draws = self.draws()
         if draws[0] < self.hflip:
             resized = cv2.flip(resized, 1)
         lo, hi = self.jitter

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from inatcomp.train.checkpointing import Progress, checkpoint_metadata, config_y
 from inatcomp.train.config import Stage, TrainConfig, progressive_stages, stage_at
 from inatcomp.train.distributed import DistributedContext, init_distributed
 from inatcomp.train.engine import evaluate, train_one_epoch
+from inatcomp.train.gpuaugment import raw_collate
 from inatcomp.train.parts import RunParts, build_parts, enter_stage, micro_batches_in, steps_in
 from inatcomp.train.seeding import deterministic_algorithms, seed_epoch, seed_run
 
@@ -120,6 +122,7 @@ def _stage_loaders(parts: RunParts, stage: Stage, epoch: int) -> tuple[Any, Any]
         dataset=parts.draws, batch_size=stage.batch_size, sampler=DrawSampler(sampler), num_workers=config.workers,
         drop_last=len(sampler) >= stage.batch_size, seed=config.seed * 1_000_003 + epoch,
         pin_memory=device.type == "cuda", persistent_workers=keep,
+        collate_fn=raw_collate if parts.augment is not None else None,
     )  # fmt: skip
     val_loader = None
     if parts.val_shard is not None:
@@ -142,7 +145,7 @@ def _run_epoch(parts: RunParts, stage: Stage, epoch: int, loaders: Any) -> dict[
             model=parts.trained,
             criterion=parts.criterion,
             optimizer=parts.optimizer,
-            loader=((b.image, b.label, b.skipped, b.failed) for b in loader),
+            loader=_train_batches(loader, parts.augment),
             device=device,
             config=config,
             epoch=epoch,
@@ -163,6 +166,17 @@ def _run_epoch(parts: RunParts, stage: Stage, epoch: int, loaders: Any) -> dict[
         transfer = parts.transfer
         row.update(taxa_carried=transfer["carried"], taxa_added=transfer["added"], taxa_dropped=transfer["dropped"])
     return row
+
+
+def _train_batches(loader: Any, augment: Any) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """The loader's ``(images, labels, failed reads, failed indices)``; under ``--decode gpu`` decoded and augmented
+    on the device first (:class:`~inatcomp.train.gpuaugment.DeviceAugment`)."""
+    for batch in loader:
+        if augment is not None:
+            images, batch = augment(batch)
+            yield images, batch.label, batch.skipped, batch.failed
+        else:
+            yield batch.image, batch.label, batch.skipped, batch.failed
 
 
 def _finish_epoch(

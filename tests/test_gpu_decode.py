@@ -159,3 +159,13 @@ def test_training_through_the_device_augmentation_runs(tmp_path, tiny_dataset, m
                                      color_jitter=0.4, mixup=0.5))  # fmt: skip
     assert all(np.isfinite(row["train_loss"]) for row in result.metrics)
     assert sum(row["skipped_images"] for row in result.metrics) >= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs CUDA")
+def test_decode_gpu_on_cuda_predicts_as_decode_cpu_up_to_resizing(setup, tmp_path):
+    data, run = setup
+    common = dict(checkpoint=run, data=data, tta="ten-crop", device="cuda")
+    cpu = open_predictions(predict(out=tmp_path / "cpu.pred", **common))
+    gpu = open_predictions(predict(out=tmp_path / "gpu.pred", decode="gpu", **common))
+    assert gpu.header["decode"] == "gpu" and gpu.image_ids.tolist() == cpu.image_ids.tolist()
+    np.testing.assert_allclose(gpu.memmap().astype(np.float32), cpu.memmap().astype(np.float32), atol=0.05)

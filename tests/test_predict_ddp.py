@@ -88,3 +88,15 @@ def test_more_processes_than_gpus_is_a_one_line_error():
     with pytest.raises(ValueError, match=rf"^{count + 1} processes on this machine but {count} GPU\(s\)"):
         device_for_rank(torch.device("cuda"), count, count + 1)
     assert device_for_rank(torch.device("cpu"), 5, 8) == torch.device("cpu")
+
+
+def test_torchrun_with_more_processes_than_gpus_fails_in_one_line(setup, tmp_path):
+    data, run = setup
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has a GPU for each process")
+    done = _torchrun(f"--checkpoint={run}", f"--data={data}", f"--out={tmp_path / 'x.pred'}", "--device=cuda",
+                     cwd=tmp_path)  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"2 processes on this machine but {torch.cuda.device_count()} GPU(s)" in output
+    assert "invalid device ordinal" not in output and "CUDA error" not in output

@@ -399,11 +399,9 @@ def predict(
         locations: The images' places for ``geo_prior`` (default :func:`inatcomp.predict.geodata.find_locations`).
         tau_norm: ``P`` of Kang et al.'s τ-norm applied to the classifier first
             (:func:`inatcomp.predict.taunorm.tau_normalise`; ``None`` or 0: unchanged).
-        decode: ``cpu`` (the workers decode and cut the views) or ``gpu`` (the workers read bytes; nvJPEG decodes
-            in batches and the views are cut on the GPU; without CUDA or nvJPEG one warning, then as ``cpu``).
+        decode: ``cpu``, or ``gpu``: nvJPEG and the views on the GPU (without it one warning, then ``cpu``).
 
-    Under ``torchrun`` each process predicts a contiguous share of the images and rank 0 writes the one folder
-    (:mod:`inatcomp.predict.sharded`); the header's ``world_size`` says how many took part.
+    Under ``torchrun`` each rank predicts a share, rank 0 writes the folder (:mod:`inatcomp.predict.sharded`).
 
     Returns:
         The prediction folder.
@@ -421,27 +419,20 @@ def predict(
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     context, torch_device, owns_group = join_group(resolve_device(device))
-    package_logger = logging.getLogger("inatcomp")
-    level = package_logger.level
-    if context.rank != 0:  # the other ranks log warnings only (an unreadable image in their share)
-        package_logger.setLevel(max(level, logging.WARNING))
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1) if torch_device.type == "cuda" else 0
+    workers = (min(8, os.cpu_count() or 1) if torch_device.type == "cuda" else 0) if workers is None else workers
     geo = None
     if geo_prior is not None:  # loaded first: a bad prior or location file fails before the images are read
         geo = load_prior(geo_prior), load_locations(find_locations(data, locations))
-    ev = _load_eval_model(
-        checkpoint, device=torch_device, fold_bn=fold_bn, channels_last=channels_last, tau_norm=tau_norm
-    )
+    ev = _load_eval_model(checkpoint, device=torch_device, fold_bn=fold_bn, channels_last=channels_last,
+                          tau_norm=tau_norm)  # fmt: skip
     base = CompetitionDataset(data, images, category_ids=ev.category_ids)
+    decode = resolve_decode(decode, torch_device)
     header = {
         "created_by": "inatcomp predict", "checkpoint": str(checkpoint), "model": ev.metadata["model"],
         "data": str(data), "tta": tta.value, "views": [dataclasses.asdict(v) for v in views] if views else None,
         "average": average.value, "crop_size": ev.crop_size, "amp": amp.value, "folded_batchnorm": ev.folded,
-        "tau_norm": float(tau_norm or 0.0), "world_size": context.world_size,
+        "tau_norm": float(tau_norm or 0.0), "world_size": context.world_size, "decode": decode.value,
     }  # fmt: skip
-    decode = resolve_decode(decode, torch_device)
-    header["decode"] = decode.value
     run = dict(ev=ev, base=base, tta=tta, views=views, batch_size=batch_size, workers=workers, device=torch_device,
                amp=amp, average=average, channels_last=channels_last, decode=decode)  # fmt: skip
     start = time.perf_counter()
@@ -451,18 +442,15 @@ def predict(
         else:
             failed_ids, n_views = _predict_whole(out, header, **run)
     finally:
-        package_logger.setLevel(level)
         if owns_group:
             dist.destroy_process_group()
-    if context.rank != 0:
-        return Path(out)
-    seconds = time.perf_counter() - start
-    if failed_ids:
-        _logger.warning("%d unreadable image(s) got a uniform prediction (listed in the header)", len(failed_ids))
-    rate = len(base) / max(seconds, 1e-9)
-    _logger.info("%s: %d images, %d views (%s), %.1f images/s", out, len(base), n_views, tta.value, rate)
-    if geo is not None:
-        apply_prior(out, prior=geo[0], locations=geo[1], out=out)
+    if context.rank == 0:
+        if failed_ids:
+            _logger.warning("%d unreadable image(s) got a uniform prediction (listed in the header)", len(failed_ids))
+        _logger.info("%s: %d images, %d views (%s), %.1f images/s", out, len(base), n_views, tta.value,
+                     len(base) / max(time.perf_counter() - start, 1e-9))  # fmt: skip
+        if geo is not None:
+            apply_prior(out, prior=geo[0], locations=geo[1], out=out)
     return Path(out)
 
 
@@ -485,6 +473,9 @@ def _predict_sharded(
 
     Returns the failed ids and views of all ranks. Raises on every rank when any rank failed, naming it.
     """
+    package_logger = logging.getLogger("inatcomp")
+    if context.rank != 0:  # the other ranks log warnings only (an unreadable image in their share)
+        package_logger.setLevel(max(package_logger.level, logging.WARNING))
     first, end = shard_range(len(base), context.rank, context.world_size)
     loader, in_process = _batches(base, ev, run, range(first, end))
     part = part_path(out, context.rank)

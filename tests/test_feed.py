@@ -75,3 +75,9 @@ def test_normalisation_is_the_plain_formula_for_chw_and_hwc_uint8():
     norm = InputNorm(MEAN, STD)
     torch.testing.assert_close(norm(hwc).double(), expected, atol=2e-6, rtol=0)
     torch.testing.assert_close(norm(hwc.permute(0, 3, 1, 2).contiguous()).double(), expected, atol=2e-6, rtol=0)
+
+
+def test_device_batches_can_move_only_the_leading_items():
+    batches = [(torch.zeros(2, 3), torch.tensor([1, 2]), "keep")]
+    ((images, counts, extra),) = list(device_batches(batches, torch.device("cpu"), leading=1))
+    assert images.shape == (2, 3) and counts is batches[0][1] and extra == "keep"

@@ -83,7 +83,9 @@ def to_device(value: Any, device: torch.device, *, pin: bool) -> Any:
     return value
 
 
-def device_batches(batches: Iterable[Any], device: torch.device, *, ahead: int = 1) -> Iterator[Any]:
+def device_batches(
+    batches: Iterable[Any], device: torch.device, *, ahead: int = 1, leading: int | None = None
+) -> Iterator[Any]:
     """Each batch with its tensors on ``device``, the copies of the next ``ahead`` batches already started.
 
     On CUDA the copies run on a side stream from pinned host memory (the loader's ``pin_memory`` pins them
@@ -96,6 +98,8 @@ def device_batches(batches: Iterable[Any], device: torch.device, *, ahead: int =
         batches: The loader (tuples or named tuples of tensors and other values).
         device: Where the model runs.
         ahead: Batches whose copies are started before the current one is handed out.
+        leading: Move only the first ``leading`` items of each (tuple) batch; the rest stay where they are (e.g.
+            counts the host reads). ``None``: all of them.
     """
     cuda = device.type == "cuda" and torch.cuda.is_available()
     stream = torch.cuda.Stream(device=device) if cuda else None
@@ -110,10 +114,10 @@ def device_batches(batches: Iterable[Any], device: torch.device, *, ahead: int =
                 exhausted = True
                 break
             if stream is None:
-                pending.append((to_device(batch, device, pin=False), None))
+                pending.append((_move(batch, device, pin=False, leading=leading), None))
                 continue
             with torch.cuda.stream(stream):
-                moved = to_device(batch, device, pin=True)
+                moved = _move(batch, device, pin=True, leading=leading)
                 event = torch.cuda.Event()
                 event.record(stream)
             pending.append((moved, event))
@@ -125,6 +129,13 @@ def device_batches(batches: Iterable[Any], device: torch.device, *, ahead: int =
             current.wait_event(event)
             _record_stream(moved, current)
         yield moved
+
+
+def _move(batch: Any, device: torch.device, *, pin: bool, leading: int | None) -> Any:
+    """The batch with (its first ``leading`` items, or all of) its tensors on ``device``."""
+    if leading is None or not isinstance(batch, tuple | list):
+        return to_device(batch, device, pin=pin)
+    return type(batch)((*to_device(tuple(batch[:leading]), device, pin=pin), *batch[leading:]))
 
 
 def _record_stream(value: Any, stream: Any) -> None:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from inatcomp.data.dataset import CompetitionDataset, seed_worker
+from inatcomp.data.feed import device_batches
 from inatcomp.data.gpudecode import BatchDecoder, DecodeMode, resolve_decode
 from inatcomp.data.transforms import Interpolation
 from inatcomp.formats.predictions import PredictionWriter
@@ -340,10 +341,12 @@ def _predict_batches(
     n_views = 0
     with torch.inference_mode():
         # In-process decoding (workers=0) still overlaps the model through a prefetch thread.
-        for batch_views, counts, index, failed in prefetch(loader) if in_process else loader:
+        # The views go to the device one batch ahead (on CUDA on a side stream); counts and indices stay here.
+        batches = device_batches(prefetch(loader) if in_process else loader, device, leading=1)
+        for batch_views, counts, index, failed in batches:
             logits = torch.empty((0, len(ev.category_ids)))
             if len(batch_views):
-                x = normalise(batch_views.to(device, non_blocking=True))
+                x = normalise(batch_views)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     logits = ev.model(x).float().cpu()
             writer.write(_average(logits, counts, average).numpy())

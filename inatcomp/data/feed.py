@@ -73,7 +73,7 @@ def _scale_offset(
 def to_device(value: Any, device: torch.device, *, pin: bool) -> Any:
     """``value`` (a tensor, or a tuple or list of them and other things) on ``device``, copied without blocking."""
     if isinstance(value, torch.Tensor):
-        if pin and not value.is_pinned():
+        if pin and value.device.type == "cpu" and not value.is_pinned():  # a tensor made on the device stays
             value = value.pin_memory()
         return value.to(device, non_blocking=True)
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple (a collated Sample)

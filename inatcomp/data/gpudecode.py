@@ -153,9 +153,12 @@ def resize_crop(
     x0, y0, x1, y1 = box
     region = image[:, y0:y1, x0:x1]
     if (x1 - x0, y1 - y0) != tuple(size):
-        shrink = (x1 - x0) > size[0] or (y1 - y0) > size[1]
+        # Antialiasing exists for the bilinear and bicubic kernels only (and align_corners for the linear ones).
+        smooth = mode in ("bilinear", "bicubic")
+        shrink = smooth and ((x1 - x0) > size[0] or (y1 - y0) > size[1])
         resized = torch.nn.functional.interpolate(
-            region[None].float(), size=(size[1], size[0]), mode=mode, align_corners=False, antialias=shrink
-        )[0]
+            region[None].float(), size=(size[1], size[0]), mode=mode, align_corners=False if smooth else None,
+            antialias=shrink,
+        )[0]  # fmt: skip
         region = resized.round_().clamp_(0, 255).to(torch.uint8)
     return region.flip(-1) if flip else region

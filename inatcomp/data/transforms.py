@@ -3,7 +3,8 @@
 Both presets take an RGB ``uint8`` array of shape (H, W, 3) and return a normalised ``float32`` torch
 tensor of shape (3, img_size, img_size), or with ``uint8=True`` the crop itself as a uint8 (img_size, img_size, 3)
 tensor, normalised later on the device (:class:`inatcomp.data.feed.InputNorm`; what training uses). They
-also say how small a JPEG may be decoded without losing resolution (:meth:`TrainPreset.plan`, :meth:`EvalPreset.plan`): the dataset reads the image size from
+also say how small a JPEG may be decoded without losing resolution (:meth:`TrainPreset.plan`,
+:meth:`EvalPreset.plan`): the dataset reads the image size from
 the file header, asks the preset for a :class:`DecodePlan`, decodes at reduced scale (libjpeg DCT
 scaling, 1/2, 1/4 or 1/8) and hands the plan back with the decoded image. The train preset samples its
 random-resized crop *before* decoding, in coordinates relative to the image, so the decode scale can be

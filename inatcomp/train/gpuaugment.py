@@ -112,6 +112,7 @@ class DeviceAugment:
         self.preset = preset
         self.decoder = BatchDecoder(device)
         self.device = device
+        self.luma = torch.tensor(_LUMA, device=device).view(3, 1, 1)  # made once: no copy to the device per image
         if preset.hue > 0:
             _logger.warning("--decode gpu: hue jitter (%.3g) is not applied on the GPU", preset.hue)
 
@@ -143,7 +144,7 @@ class DeviceAugment:
             return crop
         factors = [lo + (hi - lo) * d for d in draws[1:4]]
         x = crop.float()
-        luma = torch.tensor(_LUMA, device=x.device).view(3, 1, 1)
+        luma = self.luma
         for step in np.argsort(draws[5:9]):
             if step == 0:
                 x = x * factors[0]

@@ -9,7 +9,8 @@ applies brightness, contrast and saturation on the device, giving uint8 ``[N, H,
 
 Differences from the CPU path, by design: hue jitter is not applied (it is 0 by default: colour is a species
 trait); an unreadable image becomes a grey crop (counted as a failed read) instead of a same-class replacement,
-because the replacement would have to be read in the worker after the decode failed on the GPU.
+because the replacement would have to be read in the worker after the decode failed on the GPU. Validation
+still decodes in the workers (its uint8 centre crops are normalised on the device like the training batches).
 """
 
 from __future__ import annotations

@@ -7,11 +7,20 @@ decode + torchvision ``RandomResizedCrop(224)`` + flip + ``ColorJitter(0.4, 0.4,
 ``Normalize``, as in the 2018 baseline. Both read the same 800 px-long-side synthetic JPEGs in the same
 process, one thread each, in alternating rounds so that both see the same machine state; the best round
 of each counts.
+
+The pipeline's own figures (issue 32), on the same files and transform (uint8 crops where the code has them):
+its efficiency, the DataLoader's images/s with W workers over W × one core's in-process images/s (goal ≥ 0.8
+with 2 workers: the loader's hand-over costs little); the bytes per image crossing from the workers to the main
+process (goal: the uint8 crop, 224 × 224 × 3); and the transform's cost per image over PIL's reduced-scale
+decode of the same file (goal ≤ 3×). Run against another checkout (``PYTHONPATH=/other/tree python -m
+benchmarks.loader``) it measures that tree's code, e.g. main's float32 crops before the uint8 path.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,10 +32,16 @@ from PIL import Image
 from torchvision import transforms
 
 from benchmarks.common import Result, run_script
-from inatcomp.data import CompetitionDataset, TrainPreset
+from inatcomp.data import CompetitionDataset, TrainPreset, create_loader
 from inatcomp.world.synth import SynthConfig, write_export
 
 _GOAL = 2.5
+#: Pipeline efficiency goal with :data:`_WORKERS` loader workers.
+_EFFICIENCY_GOAL = 0.8
+_WORKERS = 2
+#: The transform's cost over PIL's reduced-scale decode of the same file.
+_DECODE_GOAL = 3.0
+_CROP_BYTES = 224 * 224 * 3
 
 
 def _write_json(export: Path) -> Path:
@@ -48,6 +63,77 @@ def _rate(step: Callable[[int], object], count: int) -> float:
     for i in range(count):
         step(i)
     return count / (time.perf_counter() - start)
+
+
+def _train_preset() -> TrainPreset:
+    """The train preset, returning uint8 crops where this checkout's preset can (issue 32), else float32."""
+    if "uint8" in inspect.signature(TrainPreset).parameters:
+        return TrainPreset(img_size=224, seed=0, uint8=True)
+    return TrainPreset(img_size=224, seed=0)
+
+
+def _loader_rate(dataset: CompetitionDataset, *, workers: int, batches: int) -> tuple[float, float]:
+    """Images/s of a DataLoader with ``workers`` over ``batches`` batches of 32 (after the first), and bytes/image."""
+    indices = [i % len(dataset) for i in range(32 * (batches + 1))]
+    loader = create_loader(dataset=dataset, batch_size=32, sampler=indices, num_workers=workers,  # type: ignore[arg-type]
+                           prefetch_factor=4 if workers else None)  # fmt: skip
+    iterator = iter(loader)
+    first = next(iterator)  # the workers have started
+    per_image = first.image.element_size() * first.image[0].numel()
+    start, count = time.perf_counter(), 0
+    for batch in iterator:
+        count += len(batch.label)
+    return count / (time.perf_counter() - start), float(per_image)
+
+
+def _reduced_decode_rate(paths: list[str], count: int) -> float:
+    """PIL's decode of the files at the reduced scale that keeps a 256 px shorter side (the eval decode)."""
+
+    def step(i: int) -> None:
+        with Image.open(paths[i % len(paths)]) as im:
+            factor = min(im.size) / 256
+            im.draft("RGB", (math.ceil(im.width / factor), math.ceil(im.height / factor)))
+            im.load()
+
+    return _rate(step, count)
+
+
+def pipeline_results(json_path: Path, export: Path, *, quick: bool) -> list[Result]:
+    """Pipeline efficiency with 2 workers, bytes per image from the workers, transform cost over a reduced decode."""
+    dataset = CompetitionDataset(json_path, export, transform=_train_preset())
+    paths = [dataset.path(i) for i in range(len(dataset))]
+    count = len(dataset)
+    batches = 6 if quick else 20
+    dataset[0]
+    in_process = max(_rate(lambda i: dataset[i % count], count) for _ in range(2))
+    decode = max(_reduced_decode_rate(paths, count) for _ in range(2))
+    loaded, per_image = _loader_rate(dataset, workers=_WORKERS, batches=batches)
+    efficiency = loaded / (_WORKERS * in_process)
+    cost = decode / in_process
+    dtype = "uint8" if per_image <= _CROP_BYTES else "float32"
+    return [
+        Result(
+            goal=f"pipeline efficiency with {_WORKERS} workers ≥ {_EFFICIENCY_GOAL}",
+            figure=(
+                f"DataLoader {loaded:.0f} images/s with {_WORKERS} workers vs {in_process:.0f} images/s in "
+                f"process on one core ({32 * batches} images)"
+            ),  # fmt: skip
+            ratio=efficiency,
+            met=efficiency >= _EFFICIENCY_GOAL,
+        ),
+        Result(
+            goal="bytes per image from the workers = the uint8 crop (224 × 224 × 3)",
+            figure=f"{per_image:,.0f} bytes per image ({dtype}) vs {_CROP_BYTES:,} for the uint8 crop",
+            ratio=per_image / _CROP_BYTES,
+            met=per_image <= _CROP_BYTES,
+        ),
+        Result(
+            goal=f"train transform per image ≤ {_DECODE_GOAL:g}× PIL's reduced-scale decode of the same file",
+            figure=f"{1e3 / in_process:.2f} ms per image vs {1e3 / decode:.2f} ms for the decode alone ({cost:.2f}×)",
+            ratio=cost / _DECODE_GOAL,
+            met=cost <= _DECODE_GOAL,
+        ),
+    ]
 
 
 def run(*, quick: bool = False) -> list[Result]:
@@ -84,6 +170,7 @@ def run(*, quick: bool = False) -> list[Result]:
         for _ in range(rounds):
             best["classic"] = max(best["classic"], _rate(classic_step, count))
             best["ours"] = max(best["ours"], _rate(ours_step, count))
+        pipeline = pipeline_results(json_path, export, quick=quick)
     ratio = best["ours"] / best["classic"]
     return [
         Result(
@@ -94,7 +181,8 @@ def run(*, quick: bool = False) -> list[Result]:
             ),
             ratio=ratio,
             met=ratio >= _GOAL,
-        )
+        ),
+        *pipeline,
     ]
 
 

@@ -255,6 +255,10 @@ def add_predict_arguments(
     pred.add_argument("--amp", choices=[m.value for m in AmpMode], default=d.amp.value,
                       help=f"autocast the model (default {d.amp.value})")  # fmt: skip
     pred.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers apart from their convolutions")
+    pred.add_argument("--decode", choices=["cpu", "gpu"], default=d.decode.value,
+                      help="where JPEGs are decoded: cpu (workers, reduced scale) or gpu (nvJPEG in batches, views "
+                      "cut on the GPU; without CUDA a warning, then cpu) "
+                      f"(default {d.decode.value})")  # fmt: skip
     pred.add_argument("--geo-prior", metavar="PRIOR", help="multiply by this geo prior (inatcomp geoprior train)")
     pred.add_argument("--locations", help="the images' places for --geo-prior (default: beside --data, else --data)")
     pred.add_argument(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -204,8 +205,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         geo_prior=args.geo_prior,
         locations=args.locations,
         tau_norm=args.tau_norm,
+        decode=args.decode,
     )
-    _adjust_in_place(args, args.out)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone wrote the folder, and adjusts it
+        _adjust_in_place(args, args.out)
     return 0
 
 

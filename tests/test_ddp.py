@@ -64,7 +64,7 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, tiny
     options = dict(
         train=str(train_json), val=str(val_json), images=str(tmp_path), model="test_convnext", img_size=32,
         sampler="class-balanced", samples_per_epoch=64, lr=0.05, schedule="step", ema_decay=0.5, workers=0, seed=5,
-        log_every=1,
+        log_every=1, device="cpu",
     )  # fmt: skip
     single = train(resolve_config(overrides={**options, "out": str(tmp_path / "single"), "batch_size": 16,
                                              "epochs": 2}))  # fmt: skip
@@ -104,7 +104,7 @@ def test_two_processes_count_a_bad_image_once(tmp_path, tiny_dataset):
     out = tmp_path / "ddp"
     _torchrun(f"--train={train_json}", f"--images={tmp_path}", f"--out={out}", "--model=test_convnext",
               "--img-size=32", "--sampler=class-balanced", "--samples-per-epoch=480", "--batch-size=16",
-              "--epochs=1", "--workers=0", "--log-every=0", cwd=tmp_path)  # fmt: skip
+              "--epochs=1", "--workers=0", "--log-every=0", "--device=cpu", cwd=tmp_path)  # fmt: skip
     row = json.loads((out / "metrics.json").read_text())[0]
     assert row["skipped_images"] == len(bad)
     assert row["failed_reads"] > 2 * len(bad)  # each drawn about ten times, on both ranks

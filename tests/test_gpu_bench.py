@@ -18,11 +18,16 @@ def test_without_cuda_it_says_so_and_measures_nothing(caplog):
 @pytest.mark.slow
 def test_the_same_code_runs_on_the_cpu():
     results = gpu.main(["--device", "cpu", "--quick"])
-    assert [r.goal for r in results] == ["training images/s ≥ timm's train.py loop",
-                                        "prediction images/s ≥ timm's validate.py loop"]  # fmt: skip
+    assert [r.goal for r in results] == [
+        "training images/s ≥ 0.95 of the compute floor", "training images/s ≥ timm's train.py loop",
+        "centre-crop prediction images/s ≥ 0.7 of the compute floor",
+        "prediction images/s ≥ 1.5× timm's validate.py loop",
+        "ten-crop prediction images/s ≥ 0.7 of the floor / 10",
+    ]  # fmt: skip
     for result in results:
         assert result.ratio > 0 and result.met == (result.ratio >= 1.0)
         assert "images/s" in result.figure and "on cpu" in result.figure
+    assert "floor" in results[0].figure and "loader alone" in results[0].figure and "timm" in results[2].figure
 
 
 def test_imagefolder_view_links_each_image_under_its_category(tmp_path, tiny_dataset):

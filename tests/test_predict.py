@@ -268,7 +268,9 @@ def test_predict_matches_the_straightforward_computation(release, checkpoint, tm
             expected.append(model(x).float().softmax(dim=1).mean(dim=0).numpy())
     # float16 rows (about 0.1 here: steps of 6e-5); an input 10% off moves them by 1e-3.
     got = open_predictions(out).memmap().astype(np.float32)
-    np.testing.assert_allclose(got, np.stack(expected), rtol=0, atol=2e-4)
+    # On CUDA predict runs there (device auto) and the reference on the CPU: bf16 kernels round differently.
+    tolerance = 4e-4 if amp and torch.cuda.is_available() else 2e-4
+    np.testing.assert_allclose(got, np.stack(expected), rtol=0, atol=tolerance)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -321,7 +323,9 @@ def test_unreadable_images_get_uniform_rows_and_are_counted(release, checkpoint,
     data = tmp_path / "test.json"
     data.write_text(json.dumps(test))
     caplog.set_level("INFO")
-    out = predict(checkpoint=checkpoint, data=data, tta="flip", out=tmp_path / "t.pred", batch_size=4, amp="bf16")
+    # workers=0: the warnings are logged in this process, where caplog sees them (CUDA's default has workers).
+    out = predict(checkpoint=checkpoint, data=data, tta="flip", out=tmp_path / "t.pred", batch_size=4, amp="bf16",
+                  workers=0)  # fmt: skip
     preds = open_predictions(out)
     assert preds.header["failed_images"] == 2
     assert preds.header["failed_image_ids"] == [test["images"][1]["id"], test["images"][4]["id"]]

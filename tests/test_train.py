@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -55,9 +56,11 @@ def test_a_tiny_model_learns(release, tmp_path):
 
 
 def test_resume_ends_with_the_same_weights(release, tmp_path):
-    straight = train(_config(release, tmp_path / "straight", epochs=2, ema_decay=0.9))
-    train(_config(release, tmp_path / "split", epochs=2, ema_decay=0.9), stop_after_epochs=1)
-    resumed = train(_config(release, tmp_path / "split", epochs=2, ema_decay=0.9), resume=True)
+    # Bit-exact on the CPU; on a GPU only with --deterministic (see test_deterministic_resume_on_cuda).
+    common = dict(epochs=2, ema_decay=0.9, device="cpu")
+    straight = train(_config(release, tmp_path / "straight", **common))
+    train(_config(release, tmp_path / "split", **common), stop_after_epochs=1)
+    resumed = train(_config(release, tmp_path / "split", **common), resume=True)
     a, b = load_file(straight.last_checkpoint), load_file(resumed.last_checkpoint)
     assert a.keys() == b.keys()
     for key in a:
@@ -339,3 +342,24 @@ def test_the_config_imports_no_torch(statement, tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU's non-deterministic kernels need a GPU")
+def test_deterministic_resume_on_cuda_ends_with_the_same_weights(release, tmp_path):
+    common = dict(epochs=2, ema_decay=0.9, device="cuda", deterministic=True)
+    straight = train(_config(release, tmp_path / "straight", **common))
+    train(_config(release, tmp_path / "split", **common), stop_after_epochs=1)
+    resumed = train(_config(release, tmp_path / "split", **common), resume=True)
+    a, b = load_file(straight.last_checkpoint), load_file(resumed.last_checkpoint)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_deterministic_settings_hold_inside_the_block_and_are_restored():
+    from inatcomp.train.seeding import deterministic_algorithms
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    with deterministic_algorithms():
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark and os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before

@@ -79,7 +79,8 @@ def test_mixed_loss_is_the_loss_of_the_mixed_smoothed_targets(smoothing):
 def test_accumulation_gives_the_update_of_a_larger_batch(tmp_path, tiny_dataset):
     train_json = tiny_dataset(tmp_path / "data", names=["Aa aa", "Bb bb", "Cc cc", "Dd dd"], per_class=8)
     # BatchNorm keeps its statistics (eval mode): a batch of 8 normalises by its own, a batch of 16 by its own.
-    common = dict(freeze_norm_stats=True, max_steps_per_epoch=2, epochs=2, optimizer="sgd", schedule="cosine")
+    common = dict(freeze_norm_stats=True, max_steps_per_epoch=2, epochs=2, optimizer="sgd", schedule="cosine",
+                  device="cpu")  # fmt: skip
     big = train(_config(train_json, tmp_path / "big", batch_size=16, **common))
     small = train(_config(train_json, tmp_path / "accum", batch_size=8, accum_steps=2, **common))
     plain = train(_config(train_json, tmp_path / "small", batch_size=8, **common))
@@ -115,8 +116,9 @@ def test_kept_loader_workers_give_the_epochs_of_in_process_loading(tmp_path, tin
     # The loader's workers start once per stage and serve every epoch; each sample is seeded by its draw, so two
     # epochs through two kept workers train exactly what in-process loading trains.
     train_json = tiny_dataset(tmp_path / "data", names=["Aa aa", "Bb bb"], per_class=8)
-    kept = train(_config(train_json, tmp_path / "kept", epochs=2, workers=2, val=str(train_json)))
-    here = train(_config(train_json, tmp_path / "here", epochs=2, workers=0, val=str(train_json)))
+    common = dict(epochs=2, val=str(train_json), device="cpu")  # bit for bit: CPU kernels
+    kept = train(_config(train_json, tmp_path / "kept", workers=2, **common))
+    here = train(_config(train_json, tmp_path / "here", workers=0, **common))
     a, b = load_file(kept.last_checkpoint), load_file(here.last_checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["val_top1_error"] for r in kept.metrics] == [r["val_top1_error"] for r in here.metrics]

@@ -434,6 +434,7 @@ def create_loader(
     persistent_workers: bool = False,
     seed: int = 0,
     prefetch_factor: int | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader:
     """Build a loader whose workers are seeded deterministically.
 
@@ -447,6 +448,7 @@ def create_loader(
         persistent_workers: Keep the workers between epochs (only with workers).
         seed: Seed of the workers' random states (and of this process's when ``num_workers`` is 0).
         prefetch_factor: Batches prefetched per worker (torch's default when ``None``).
+        collate_fn: How samples become a batch (torch's default when ``None``).
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -467,5 +469,6 @@ def create_loader(
         drop_last=drop_last,
         worker_init_fn=seed_worker,
         generator=generator,
+        collate_fn=collate_fn,
         **kwargs,
     )

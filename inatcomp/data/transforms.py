@@ -1,8 +1,10 @@
 """Train and eval transforms as small preset classes behind our own API.
 
 Both presets take an RGB ``uint8`` array of shape (H, W, 3) and return a normalised ``float32`` torch
-tensor of shape (3, img_size, img_size). They also say how small a JPEG may be decoded without losing
-resolution (:meth:`TrainPreset.plan`, :meth:`EvalPreset.plan`): the dataset reads the image size from
+tensor of shape (3, img_size, img_size), or with ``uint8=True`` the crop itself as a uint8 (img_size, img_size, 3)
+tensor, normalised later on the device (:class:`inatcomp.data.feed.InputNorm`; what training uses). They
+also say how small a JPEG may be decoded without losing resolution (:meth:`TrainPreset.plan`,
+:meth:`EvalPreset.plan`): the dataset reads the image size from
 the file header, asks the preset for a :class:`DecodePlan`, decodes at reduced scale (libjpeg DCT
 scaling, 1/2, 1/4 or 1/8) and hands the plan back with the decoded image. The train preset samples its
 random-resized crop *before* decoding, in coordinates relative to the image, so the decode scale can be
@@ -300,6 +302,14 @@ def normalized_tensor(image: np.ndarray, scale: Sequence[float], offset: Sequenc
     return torch.from_numpy(out)
 
 
+def _output(image: np.ndarray, scale: Sequence[float], offset: Sequence[float], *, uint8: bool) -> torch.Tensor:
+    """A preset's result: the uint8 crop as an (H, W, 3) tensor, or normalised into a float32 CHW tensor."""
+    if uint8:
+        # HWC as it is: the batch's [N, H, W, 3] memory is the channels-last layout the device wants.
+        return torch.from_numpy(np.ascontiguousarray(image))
+    return normalized_tensor(image, scale, offset)
+
+
 class TrainPreset:
     """Random-resized crop, horizontal flip, colour jitter, normalisation, CHW float tensor.
 
@@ -315,6 +325,8 @@ class TrainPreset:
         std: Normalisation std.
         interpolation: Resampling filter of the resize.
         seed: Seed of the preset's random state (``None``: fresh entropy); loader workers reseed it.
+        uint8: Return the augmented crop as a uint8 ``(H, W, 3)`` tensor, normalised later on the device
+            (:class:`inatcomp.data.feed.InputNorm`), instead of the normalised float32 CHW tensor.
     """
 
     def __init__(
@@ -331,6 +343,7 @@ class TrainPreset:
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         interpolation: Interpolation = Interpolation.BILINEAR,
         seed: int | None = None,
+        uint8: bool = False,
     ) -> None:
         if img_size < 1:
             raise ValueError(f"img_size must be ≥ 1, got {img_size}")
@@ -351,6 +364,7 @@ class TrainPreset:
         self.hue = min(0.5, hue * magnitude)
         self._scale, self._offset = _normalization(mean, std)
         self._rng = np.random.default_rng(seed)
+        self.uint8 = bool(uint8)
 
     def reseed(self, seed: int) -> None:
         """Reseed the crop sampling and the augmentation draws (called in each loader worker)."""
@@ -400,6 +414,10 @@ class TrainPreset:
             side = min((crop.x1 - crop.x0) * width, (crop.y1 - crop.y0) * height)
         return _reduced_size(width, height, side / self.img_size)
 
+    def draws(self) -> np.ndarray:
+        """The nine uniforms of one image's augmentation: flip, three colour factors, hue, the colour steps' order."""
+        return self._rng.random(9)
+
     def plan(self, width: int, height: int) -> DecodePlan:
         """Sample this image's crop and the decode size it needs."""
         crop = self.sample_crop(width, height)
@@ -422,7 +440,7 @@ class TrainPreset:
         resized = cv2.resize(region, (self.img_size, self.img_size), interpolation=flag)
         # One draw for the flip, the four colour factors and the order of the colour steps (the argsort of
         # four uniforms is a uniform permutation, like albumentations' shuffle).
-        draws = self._rng.random(9)
+        draws = self.draws()
         if draws[0] < self.hflip:
             resized = cv2.flip(resized, 1)
         lo, hi = self.jitter
@@ -430,7 +448,7 @@ class TrainPreset:
             b, c, s = lo + (hi - lo) * draws[1:4]
             h = self.hue * (2.0 * draws[4] - 1.0)
             resized = color_jitter(resized, b, c, s, h, order=np.argsort(draws[5:9]))
-        return normalized_tensor(resized, self._scale, self._offset)
+        return _output(resized, self._scale, self._offset, uint8=self.uint8)
 
 
 class EvalPreset:
@@ -442,6 +460,7 @@ class EvalPreset:
         mean: Normalisation mean (0–1 scale).
         std: Normalisation std.
         interpolation: Resampling filter of the resize.
+        uint8: Return the crop as a uint8 ``(H, W, 3)`` tensor (normalised later, on the device).
     """
 
     def __init__(
@@ -452,6 +471,7 @@ class EvalPreset:
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         interpolation: Interpolation = Interpolation.BICUBIC,
+        uint8: bool = False,
     ) -> None:
         if img_size < 1:
             raise ValueError(f"img_size must be ≥ 1, got {img_size}")
@@ -468,6 +488,7 @@ class EvalPreset:
             seed=0,
         )
         self._scale, self._offset = _normalization(mean, std)
+        self.uint8 = bool(uint8)
 
     def reseed(self, seed: int) -> None:
         """Nothing random here; present so that loaders can reseed any preset."""
@@ -485,7 +506,7 @@ class EvalPreset:
     def __call__(self, image: np.ndarray, plan: DecodePlan | None = None) -> torch.Tensor:
         """Resize and centre-crop an RGB uint8 (H, W, 3) image into a float32 (3, img_size, img_size) tensor."""
         del plan
-        return normalized_tensor(self._pipeline(image=image)["image"], self._scale, self._offset)
+        return _output(self._pipeline(image=image)["image"], self._scale, self._offset, uint8=self.uint8)
 
 
 def create_transform(
@@ -499,6 +520,7 @@ def create_transform(
     hue: float = 0.0,
     magnitude: float = 1.0,
     seed: int | None = None,
+    uint8: bool = False,
 ) -> TrainPreset | EvalPreset:
     """Build the train or eval preset for a data config.
 
@@ -512,6 +534,8 @@ def create_transform(
         hue: Train hue jitter at magnitude 1 (0: colour is a species trait).
         magnitude: Augmentation-magnitude knob.
         seed: Seed of the train preset's random state.
+        uint8: The preset returns uint8 (H, W, 3) crops, normalised on the device
+            (:class:`inatcomp.data.feed.InputNorm`).
     """
     if training:
         return TrainPreset(
@@ -526,6 +550,7 @@ def create_transform(
             std=config.std,
             interpolation=Interpolation.BILINEAR,
             seed=seed,
+            uint8=uint8,
         )
     return EvalPreset(
         img_size=config.img_size,
@@ -533,4 +558,5 @@ def create_transform(
         mean=config.mean,
         std=config.std,
         interpolation=config.interpolation,
+        uint8=uint8,
     )

@@ -24,9 +24,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from inatcomp.data.dataset import CompetitionDataset, seed_worker
+from inatcomp.data.feed import device_batches
+from inatcomp.data.gpudecode import BatchDecoder, DecodeMode, resolve_decode
 from inatcomp.data.transforms import Interpolation
 from inatcomp.formats.predictions import PredictionWriter
 from inatcomp.models.checkpoints import head_options, load_checkpoint
@@ -36,6 +39,16 @@ from inatcomp.options import AmpMode, enum_choice, resolve_device
 from inatcomp.predict.geocombine import apply_prior
 from inatcomp.predict.geodata import find_locations, load_locations
 from inatcomp.predict.geoprior import load_prior
+from inatcomp.predict.gpuviews import BytesDataset, bytes_collate, device_view_batches
+from inatcomp.predict.sharded import (
+    PartWriter,
+    RankContext,
+    gather_outcomes,
+    join_group,
+    join_parts,
+    part_path,
+    shard_range,
+)
 from inatcomp.predict.taunorm import tau_normalise
 from inatcomp.predict.tta import AverageMode, TTAMode, View, _average, _collate, _ViewDataset, load_views
 
@@ -197,6 +210,8 @@ class PredictOptions:
         amp: Autocast dtype of the model.
         channels_last: Run the model in channels-last memory format.
         fold_bn: Fold each BatchNorm into the convolution before it.
+        decode: Where JPEGs are decoded (``gpu``: nvJPEG, in batches; CPU decoding stays the default, as it
+            decodes at reduced scale and needs no GPU memory).
     """
 
     tta: TTAMode = TTAMode.CENTER
@@ -206,6 +221,7 @@ class PredictOptions:
     amp: AmpMode = AmpMode.OFF
     channels_last: bool = True
     fold_bn: bool = True
+    decode: DecodeMode = DecodeMode.CPU
 
 
 #: The one set of prediction defaults.
@@ -257,11 +273,13 @@ def _load_eval_model(
 
 
 def _view_loader(
-    base: Any, ev: _Eval, *, tta: TTAMode, views: Sequence[View] | None, batch_size: int, workers: int, device: Any
-) -> Any:
-    """Batches of every image's views, decoded once each (in ``workers`` processes, or in this one)."""
+    base: Any, ev: _Eval, *, tta: TTAMode, views: Sequence[View] | None, batch_size: int, workers: int, device: Any,
+    rows: range | None = None,
+) -> Any:  # fmt: skip
+    """Batches of the views of every image (of ``rows`` only, when given), decoded once each (in ``workers``
+    processes, or in this one); the batches' indices count from the first of ``rows``."""
     dataset = _ViewDataset(
-        [base.path(i) for i in range(len(base))],
+        [base.path(i) for i in (rows if rows is not None else range(len(base)))],
         mode=tta,
         crop_size=ev.crop_size,
         crop_pct=ev.crop_pct,
@@ -277,6 +295,27 @@ def _view_loader(
         worker_init_fn=seed_worker,
         pin_memory=device.type == "cuda",
     )
+
+
+def _batches(base: Any, ev: _Eval, run: dict[str, Any], rows: range | None = None) -> tuple[Iterable[Any], bool]:
+    """The batches of views to predict (of ``rows`` only, when given) and whether to prefetch them in a thread.
+
+    ``run["decode"]`` is the resolved decoding: on the CPU the workers decode and cut the views; on the GPU they
+    read bytes, and the views are cut on the device (:mod:`inatcomp.predict.gpuviews`).
+    """
+    rows = rows if rows is not None else range(len(base))
+    if run.get("decode", DecodeMode.CPU) is DecodeMode.CPU:
+        loader = _view_loader(base, ev, tta=run["tta"], views=run["views"], batch_size=run["batch_size"],
+                              workers=run["workers"], device=run["device"], rows=rows)  # fmt: skip
+        return loader, run["workers"] == 0
+    paths = [base.path(i) for i in rows]
+    files = DataLoader(BytesDataset(paths), batch_size=run["batch_size"], shuffle=False,  # type: ignore[arg-type]
+                       num_workers=run["workers"], collate_fn=bytes_collate, worker_init_fn=seed_worker)  # fmt: skip
+    batches = device_view_batches(
+        prefetch(files) if run["workers"] == 0 else files, BatchDecoder(run["device"]), paths=paths, mode=run["tta"],
+        crop_size=ev.crop_size, crop_pct=ev.crop_pct, views=run["views"], interpolation=ev.interpolation.value,
+    )  # fmt: skip
+    return batches, False
 
 
 def center_crop_batches(
@@ -308,10 +347,12 @@ def _predict_batches(
     n_views = 0
     with torch.inference_mode():
         # In-process decoding (workers=0) still overlaps the model through a prefetch thread.
-        for batch_views, counts, index, failed in prefetch(loader) if in_process else loader:
+        # The views go to the device one batch ahead (on CUDA on a side stream); counts and indices stay here.
+        batches = device_batches(prefetch(loader) if in_process else loader, device, leading=1)
+        for batch_views, counts, index, failed in batches:
             logits = torch.empty((0, len(ev.category_ids)))
             if len(batch_views):
-                x = normalise(batch_views.to(device, non_blocking=True))
+                x = normalise(batch_views)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     logits = ev.model(x).float().cpu()
             writer.write(_average(logits, counts, average).numpy())
@@ -338,6 +379,7 @@ def predict(
     geo_prior: str | os.PathLike | None = None,
     locations: str | os.PathLike | None = None,
     tau_norm: float | None = None,
+    decode: DecodeMode | str = PREDICT_DEFAULTS.decode,
 ) -> Path:
     """Predict every image of a competition JSON with test-time augmentation and write a prediction folder.
 
@@ -366,6 +408,9 @@ def predict(
         locations: The images' places for ``geo_prior`` (default :func:`inatcomp.predict.geodata.find_locations`).
         tau_norm: ``P`` of Kang et al.'s τ-norm applied to the classifier first
             (:func:`inatcomp.predict.taunorm.tau_normalise`; ``None`` or 0: unchanged).
+        decode: ``cpu``, or ``gpu``: nvJPEG and the views on the GPU (without it one warning, then ``cpu``).
+
+    Under ``torchrun`` each rank predicts a share, rank 0 writes the folder (:mod:`inatcomp.predict.sharded`).
 
     Returns:
         The prediction folder.
@@ -382,35 +427,95 @@ def predict(
         raise ValueError("TTA mode custom needs views (--views FILE)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    torch_device = resolve_device(device)
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1) if torch_device.type == "cuda" else 0
+    context, torch_device, owns_group = join_group(resolve_device(device))
+    workers = (min(8, os.cpu_count() or 1) if torch_device.type == "cuda" else 0) if workers is None else workers
     geo = None
     if geo_prior is not None:  # loaded first: a bad prior or location file fails before the images are read
         geo = load_prior(geo_prior), load_locations(find_locations(data, locations))
-    ev = _load_eval_model(
-        checkpoint, device=torch_device, fold_bn=fold_bn, channels_last=channels_last, tau_norm=tau_norm
-    )
+    ev = _load_eval_model(checkpoint, device=torch_device, fold_bn=fold_bn, channels_last=channels_last,
+                          tau_norm=tau_norm)  # fmt: skip
     base = CompetitionDataset(data, images, category_ids=ev.category_ids)
-    loader = _view_loader(base, ev, tta=tta, views=views, batch_size=batch_size, workers=workers, device=torch_device)
+    decode = resolve_decode(decode, torch_device)
     header = {
         "created_by": "inatcomp predict", "checkpoint": str(checkpoint), "model": ev.metadata["model"],
         "data": str(data), "tta": tta.value, "views": [dataclasses.asdict(v) for v in views] if views else None,
         "average": average.value, "crop_size": ev.crop_size, "amp": amp.value, "folded_batchnorm": ev.folded,
-        "tau_norm": float(tau_norm or 0.0),
+        "tau_norm": float(tau_norm or 0.0), "world_size": context.world_size, "decode": decode.value,
     }  # fmt: skip
+    run = dict(ev=ev, base=base, tta=tta, views=views, batch_size=batch_size, workers=workers, device=torch_device,
+               amp=amp, average=average, channels_last=channels_last, decode=decode)  # fmt: skip
     start = time.perf_counter()
+    try:
+        if context.enabled:
+            failed_ids, n_views = _predict_sharded(out, header, context, **run)
+        else:
+            failed_ids, n_views = _predict_whole(out, header, **run)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+    if context.rank == 0:
+        if failed_ids:
+            _logger.warning("%d unreadable image(s) got a uniform prediction (listed in the header)", len(failed_ids))
+        _logger.info("%s: %d images, %d views (%s), %.1f images/s", out, len(base), n_views, tta.value,
+                     len(base) / max(time.perf_counter() - start, 1e-9))  # fmt: skip
+        if geo is not None:
+            apply_prior(out, prior=geo[0], locations=geo[1], out=out)
+    return Path(out)
+
+
+def _predict_whole(out: Any, header: dict[str, Any], *, ev: _Eval, base: Any, **run: Any) -> tuple[list[int], int]:
+    """One process: every image's rows straight into the prediction folder; returns failed ids and views."""
+    loader, in_process = _batches(base, ev, run)
     with PredictionWriter(out, image_ids=base.image_ids, category_ids=ev.category_ids, header=header) as writer:
         failed_ids, n_views = _predict_batches(
-            loader, ev, writer, image_ids=base.image_ids, amp=amp, average=average, device=torch_device,
-            channels_last=channels_last, in_process=workers == 0,
+            loader, ev, writer, image_ids=base.image_ids, amp=run["amp"], average=run["average"],
+            device=run["device"], channels_last=run["channels_last"], in_process=in_process,
         )  # fmt: skip
         writer.header.update(failed_images=len(failed_ids), failed_image_ids=failed_ids, views_total=n_views)
-    seconds = time.perf_counter() - start
-    if failed_ids:
-        _logger.warning("%d unreadable image(s) got a uniform prediction (listed in the header)", len(failed_ids))
-    rate = len(base) / max(seconds, 1e-9)
-    _logger.info("%s: %d images, %d views (%s), %.1f images/s", out, len(base), n_views, tta.value, rate)
-    if geo is not None:
-        apply_prior(out, prior=geo[0], locations=geo[1], out=out)
-    return Path(out)
+    return failed_ids, n_views
+
+
+def _predict_sharded(
+    out: Any, header: dict[str, Any], context: RankContext, *, ev: _Eval, base: Any, **run: Any
+) -> tuple[list[int], int]:
+    """One of ``context.world_size`` processes: this rank's share into its part file, then rank 0 joins the parts.
+
+    Returns the failed ids and views of all ranks. Raises on every rank when any rank failed, naming it.
+    """
+    package_logger = logging.getLogger("inatcomp")
+    if context.rank != 0:  # the other ranks log warnings only (an unreadable image in their share)
+        package_logger.setLevel(max(package_logger.level, logging.WARNING))
+    first, end = shard_range(len(base), context.rank, context.world_size)
+    loader, in_process = _batches(base, ev, run, range(first, end))
+    part = part_path(out, context.rank)
+    outcome: dict[str, Any] = {"error": None}
+    try:
+        writer = PartWriter(part, rows=end - first, classes=len(ev.category_ids))
+        try:
+            failed_ids, n_views = _predict_batches(
+                loader, ev, writer, image_ids=base.image_ids[first:end], amp=run["amp"], average=run["average"],
+                device=run["device"], channels_last=run["channels_last"], in_process=in_process,
+            )  # fmt: skip
+        finally:
+            writer.close()
+        outcome.update(failed_ids=failed_ids, views=n_views)
+    except Exception as error:  # noqa: BLE001 - every rank must hear of it, or the others wait for ever
+        outcome.update(error=f"{type(error).__name__}: {error}", bad_input=isinstance(error, ValueError))
+    try:
+        outcomes = gather_outcomes(outcome)
+        failed_ids = [i for o in outcomes for i in o["failed_ids"]]
+        n_views = sum(o["views"] for o in outcomes)
+        joined: dict[str, Any] = {"error": None}
+        if context.rank == 0:
+            try:
+                header = {**header, "failed_images": len(failed_ids), "failed_image_ids": failed_ids,
+                          "views_total": n_views}  # fmt: skip
+                join_parts(out, world_size=context.world_size, image_ids=base.image_ids,
+                           category_ids=ev.category_ids, header=header)  # fmt: skip
+            except Exception as error:  # noqa: BLE001 - told to the other ranks, which wait for the join
+                joined.update(error=f"joining the parts: {type(error).__name__}: {error}",
+                              bad_input=isinstance(error, ValueError))  # fmt: skip
+        gather_outcomes(joined)  # every part is read before any is removed
+    finally:
+        part.unlink(missing_ok=True)
+    return failed_ids, n_views

@@ -24,6 +24,7 @@ from inatcomp.fileio import read_json, resolve_checkpoint
 from inatcomp.options import AmpMode, enum_choice, parse_freeze, parse_pretrained
 
 __all__ = [
+    "DecodeOption",
     "OptimizerType",
     "ScheduleType",
     "SamplerOption",
@@ -61,6 +62,13 @@ class ScheduleType(enum.Enum):
 
     STEP = "step"
     COSINE = "cosine"
+
+
+class DecodeOption(enum.Enum):
+    """Where training JPEGs are decoded (:class:`inatcomp.data.gpudecode.DecodeMode` of the same name)."""
+
+    CPU = "cpu"  #: in the loader workers, at reduced scale
+    GPU = "gpu"  #: nvJPEG in batches, crops augmented on the GPU (:mod:`inatcomp.train.gpuaugment`)
 
 
 class SamplerOption(enum.Enum):
@@ -143,6 +151,10 @@ class TrainConfig:
     ``mix_switch_prob`` (timm's ``Mixup`` semantics, :mod:`inatcomp.train.mixing`; off in the classifier stage);
     ``accum_steps`` (gradients of N batches per optimizer step: an N times larger batch); ``compile``
     (``torch.compile`` the trained model, falling back to eager with a warning where it cannot compile);
+    ``deterministic`` (deterministic kernels, cuDNN and cuBLAS settings: bit-exact resume and accumulation on a GPU
+    too, at the cost of slower kernels; :func:`inatcomp.train.seeding.deterministic_algorithms`); ``decode``
+    (``gpu``: the workers read bytes and draw the augmentation, nvJPEG decodes and the GPU crops, flips and
+    jitters, :mod:`inatcomp.train.gpuaugment`; without CUDA one warning, then ``cpu``);
     ``keep_epochs`` (the evaluated weights of the last N epochs kept as ``epochs/epochNNN``, for ``inatcomp
     average --last N``).
 
@@ -208,6 +220,8 @@ class TrainConfig:
     mix_switch_prob: float = 0.5
     accum_steps: int = 1
     compile: bool = False
+    deterministic: bool = False
+    decode: DecodeOption = DecodeOption.CPU
     keep_epochs: int = 0
     max_steps_per_epoch: int | None = None
     log_every: int = 20

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+from inatcomp.data.feed import device_for_rank
 from inatcomp.options import resolve_device
 
 __all__ = ["DistributedContext", "distributed_context", "init_distributed", "all_reduce_sum", "is_main_process"]
@@ -61,15 +62,14 @@ def init_distributed(device: str | None = "auto") -> tuple[DistributedContext, t
         ``torch.distributed.destroy_process_group()`` is the caller's to call).
 
     Raises:
-        ValueError: A device torch does not know.
+        ValueError: A device torch does not know, or more processes on this machine than GPUs.
     """
     context = distributed_context()
     target = resolve_device(device)
     if not context.enabled:
         return context, target, False
     if target.type == "cuda":
-        if target.index is None:
-            target = torch.device("cuda", context.local_rank)
+        target = device_for_rank(target, context.local_rank)
         torch.cuda.set_device(target)
     if dist.is_initialized():
         return context, target, False

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from inatcomp.data.feed import InputNorm, device_batches
+from inatcomp.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from inatcomp.options import AmpMode
 from inatcomp.train.config import TrainConfig
 from inatcomp.train.distributed import all_reduce_sum, is_main_process
@@ -72,6 +74,7 @@ def train_one_epoch(
     lr_scale: float = 1.0,
     mixer: Mixer | None = None,
     micro_batches: int | None = None,
+    input_norm: InputNorm | None = None,
 ) -> dict[str, float]:
     """One pass over the loader; returns loss, images/s, bad images and the last learning rate.
 
@@ -86,6 +89,11 @@ def train_one_epoch(
     update as one batch N times larger. ``steps_per_epoch`` counts optimizer steps, ``micro_batches`` the loader's
     batches (default ``steps_per_epoch × N``). The loss is summed on the device and read back only at logging
     intervals and at the end, so the step loop does not wait for the device.
+
+    Inputs may be uint8 crops (``[N, H, W, 3]``, from presets made with ``uint8=True``): they are copied to the
+    device one batch ahead (:func:`~inatcomp.data.feed.device_batches`) and normalised there by ``input_norm``
+    (default: ImageNet's mean and std, ``config.channels_last``) before mixup/CutMix; float inputs are taken
+    as already normalised.
     """
     model.train()
     log_progress = bool(config.log_every) and is_main_process()
@@ -98,18 +106,12 @@ def train_one_epoch(
     lr = config.lr
     if mixer is not None:
         mixer.set_epoch(epoch)
-    for micro, batch in enumerate(loader):
-        if micro >= micro_batches:
-            break
+    norm = input_norm or InputNorm(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, channels_last=config.channels_last)
+    for micro, (inputs, targets) in enumerate(device_batches(_counted(loader, bad, micro_batches), device)):
         step, first = divmod(micro, accum)
         group = min(accum, micro_batches - step * accum)  # batches in this optimizer step
         last = first == group - 1
-        inputs, targets = batch[0], batch[1]
-        bad.add(batch)
-        inputs = inputs.to(device, non_blocking=True)
-        if config.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        targets = targets.to(device, non_blocking=True)
+        inputs = norm(inputs)
         if first == 0:
             lr = lr_at(config, epoch * steps_per_epoch + step, steps_per_epoch) * lr_scale
             for param_group in optimizer.param_groups:
@@ -157,6 +159,15 @@ def train_one_epoch(
     }
 
 
+def _counted(loader: Iterable, bad: _BadImages, limit: int | None = None) -> Iterator[tuple[Any, Any]]:
+    """The loader's ``(inputs, targets)``, its failed reads counted on the host (at most ``limit`` batches)."""
+    for index, batch in enumerate(loader):
+        if limit is not None and index >= limit:
+            return
+        bad.add(batch)
+        yield batch[0], batch[1]
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -166,19 +177,21 @@ def evaluate(
     amp: AmpMode = AmpMode.OFF,
     k: int = 3,
     distributed: bool = False,
+    input_norm: InputNorm | None = None,
 ) -> dict[str, float]:
     """Cross-entropy, top-1 and top-k error over a labelled loader.
 
     With ``distributed`` each rank passes its own shard of the images and the sums are reduced over the
-    process group, so every rank returns the numbers of the whole set.
+    process group, so every rank returns the numbers of the whole set. uint8 inputs are normalised on the
+    device by ``input_norm`` (default: ImageNet's mean and std), as in :func:`train_one_epoch`.
     """
     model.eval()
     loss_sum = 0.0
     count = top1 = topk = 0
     bad = _BadImages()
-    for batch in loader:
-        inputs, targets = batch[0].to(device), batch[1].to(device)
-        bad.add(batch)
+    norm = input_norm or InputNorm(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    for inputs, targets in device_batches(_counted(loader, bad), device):
+        inputs = norm(inputs)
         with autocast(device, amp):
             logits = model(inputs).float()
         loss_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from inatcomp.train.checkpointing import Progress, checkpoint_metadata, config_y
 from inatcomp.train.config import Stage, TrainConfig, progressive_stages, stage_at
 from inatcomp.train.distributed import DistributedContext, init_distributed
 from inatcomp.train.engine import evaluate, train_one_epoch
+from inatcomp.train.gpuaugment import raw_collate
 from inatcomp.train.parts import RunParts, build_parts, enter_stage, micro_batches_in, steps_in
-from inatcomp.train.seeding import seed_epoch, seed_run
+from inatcomp.train.seeding import deterministic_algorithms, seed_epoch, seed_run
 
 __all__ = ["TrainResult", "train"]
 
@@ -60,7 +62,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_epochs: int |
     if not context.is_main:
         package_logger.setLevel(max(level, logging.WARNING))
     try:
-        result = _train(config, context=context, device=device, resume=resume, stop_after_epochs=stop_after_epochs)
+        with deterministic_algorithms(config.deterministic):
+            result = _train(config, context=context, device=device, resume=resume, stop_after_epochs=stop_after_epochs)
         if context.enabled:
             dist.barrier()  # every rank returns once rank 0's files are written
         return result
@@ -119,11 +122,13 @@ def _stage_loaders(parts: RunParts, stage: Stage, epoch: int) -> tuple[Any, Any]
         dataset=parts.draws, batch_size=stage.batch_size, sampler=DrawSampler(sampler), num_workers=config.workers,
         drop_last=len(sampler) >= stage.batch_size, seed=config.seed * 1_000_003 + epoch,
         pin_memory=device.type == "cuda", persistent_workers=keep,
+        collate_fn=raw_collate if parts.augment is not None else None,
     )  # fmt: skip
     val_loader = None
     if parts.val_shard is not None:
         val_loader = create_loader(dataset=parts.val_shard, batch_size=config.val_batch_size or stage.batch_size,
-                                   num_workers=config.workers, persistent_workers=keep)  # fmt: skip
+                                   num_workers=config.workers, persistent_workers=keep,
+                                   pin_memory=device.type == "cuda")  # fmt: skip
     return train_loader, val_loader
 
 
@@ -140,7 +145,7 @@ def _run_epoch(parts: RunParts, stage: Stage, epoch: int, loaders: Any) -> dict[
             model=parts.trained,
             criterion=parts.criterion,
             optimizer=parts.optimizer,
-            loader=((b.image, b.label, b.skipped, b.failed) for b in loader),
+            loader=_train_batches(loader, parts.augment),
             device=device,
             config=config,
             epoch=epoch,
@@ -151,15 +156,27 @@ def _run_epoch(parts: RunParts, stage: Stage, epoch: int, loaders: Any) -> dict[
             lr_scale=stage.lr_scale,
             mixer=parts.mixer,
             micro_batches=micro_batches_in(parts, stage),
+            input_norm=parts.input_norm,
         )
     )
     if val_loader is not None:
         row.update(evaluate(parts.evaluated, ((b.image, b.label, b.skipped, b.failed) for b in val_loader), device,
-                            amp=config.amp, distributed=context.enabled))  # fmt: skip
+                            amp=config.amp, distributed=context.enabled, input_norm=parts.input_norm))  # fmt: skip
     if parts.transfer is not None:
         transfer = parts.transfer
         row.update(taxa_carried=transfer["carried"], taxa_added=transfer["added"], taxa_dropped=transfer["dropped"])
     return row
+
+
+def _train_batches(loader: Any, augment: Any) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """The loader's ``(images, labels, failed reads, failed indices)``; under ``--decode gpu`` decoded and augmented
+    on the device first (:class:`~inatcomp.train.gpuaugment.DeviceAugment`)."""
+    for batch in loader:
+        if augment is not None:
+            images, batch = augment(batch)
+            yield images, batch.label, batch.skipped, batch.failed
+        else:
+            yield batch.image, batch.label, batch.skipped, batch.failed
 
 
 def _finish_epoch(

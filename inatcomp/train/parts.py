@@ -15,6 +15,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from inatcomp.data.dataset import CompetitionDataset
+from inatcomp.data.feed import InputNorm
+from inatcomp.data.gpudecode import DecodeMode, resolve_decode
 from inatcomp.data.samplers import SamplerType, create_sampler
 from inatcomp.data.transforms import create_transform, resolve_data_config
 from inatcomp.models.factory import set_drop_rate
@@ -23,6 +25,7 @@ from inatcomp.options import AmpMode
 from inatcomp.train.config import LossOption, SamplerOption, Stage, TrainConfig, TrainStage
 from inatcomp.train.distributed import DistributedContext
 from inatcomp.train.ema import ModelEma
+from inatcomp.train.gpuaugment import DeviceAugment, RawTrainSet
 from inatcomp.train.mixing import MixConfig, Mixer
 from inatcomp.train.optim import create_optimizer
 from inatcomp.train.recipes import fill_category_records, head_categories, prepare_model
@@ -63,6 +66,9 @@ class RunParts:
         scaler: The gradient scaler (enabled for fp16 only).
         ema: The weights' moving average, or ``None``.
         mixer: Mixup/CutMix of each batch, or ``None``.
+        input_norm: The current stage's normalisation of the workers' uint8 crops on the device.
+        decode: Where training images are decoded (the resolved ``--decode``).
+        augment: Under ``--decode gpu``, the current stage's decoding and augmentation on the device.
     """
 
     config: TrainConfig
@@ -79,6 +85,9 @@ class RunParts:
     scaler: torch.amp.GradScaler
     ema: ModelEma | None
     mixer: Mixer | None = None
+    input_norm: InputNorm | None = None
+    decode: DecodeMode = DecodeMode.CPU
+    augment: DeviceAugment | None = None
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -88,6 +97,8 @@ class RunParts:
     @property
     def draws(self) -> SeedPerDraw:
         """The training set read by the sampler's draws, each sample seeded by its draw."""
+        if self.decode is DecodeMode.GPU:  # the workers read bytes and draw the augmentation
+            return SeedPerDraw(RawTrainSet(self.train_set), self.config.seed)
         return SeedPerDraw(self.train_set, self.config.seed)
 
     @property
@@ -190,12 +201,14 @@ def build_parts(
     return RunParts(
         config=config, context=context, device=device, train_set=train_set, val_set=val_set, model=model,
         trained=trained, transfer=transfer, sampler=sampler, criterion=criterion, optimizer=optimizer,
-        scaler=scaler, ema=ema, mixer=_mixer_for(config, context),
+        scaler=scaler, ema=ema, mixer=_mixer_for(config, context), decode=resolve_decode(config.decode.value, device),
     )  # fmt: skip
 
 
 def enter_stage(parts: RunParts, stage: Stage, *, log: bool) -> Any:
     """Set the stage's image size, augmentation and dropout; returns its data config.
+
+    The presets return uint8 crops; ``parts.input_norm`` normalises them on the device (the stage's mean and std).
 
     Args:
         parts: The run's parts.
@@ -206,10 +219,13 @@ def enter_stage(parts: RunParts, stage: Stage, *, log: bool) -> Any:
     stage_config = resolve_data_config(parts.model, input_size=stage.img_size, crop_pct=config.crop_pct)
     parts.train_set.transform = create_transform(
         config=stage_config, training=True, magnitude=stage.magnitude, color_jitter=config.color_jitter,
-        hue=config.hue, scale=(config.crop_scale[0], config.crop_scale[1]), seed=config.seed,
+        hue=config.hue, scale=(config.crop_scale[0], config.crop_scale[1]), seed=config.seed, uint8=True,
     )  # fmt: skip
     if parts.val_set is not None:
-        parts.val_set.transform = create_transform(config=stage_config, training=False)
+        parts.val_set.transform = create_transform(config=stage_config, training=False, uint8=True)
+    parts.input_norm = InputNorm(stage_config.mean, stage_config.std, channels_last=config.channels_last)
+    if parts.decode is DecodeMode.GPU:
+        parts.augment = DeviceAugment(parts.train_set.transform, parts.device)
     if stage.drop_rate is not None:
         set_drop_rate(parts.model, stage.drop_rate)
     if log:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["seed_run", "seed_epoch", "SeedPerDraw"]
+__all__ = ["seed_run", "seed_epoch", "SeedPerDraw", "deterministic_algorithms"]
 
 
 def seed_run(seed: int) -> None:
@@ -24,6 +27,35 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(int(words[0]))
     np.random.seed(int(words[1]))
     random.seed(int(words[0]))
+
+
+#: cuBLAS's deterministic workspace setting (NVIDIA's documented value; read when cuBLAS first starts).
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool = True) -> Iterator[None]:
+    """Deterministic kernels inside the block (``train --deterministic``); the previous settings restored after.
+
+    ``torch.use_deterministic_algorithms`` (an op without a deterministic kernel warns, naming itself), cuDNN's
+    deterministic algorithms without autotuning (``cudnn.benchmark`` off), and ``CUBLAS_WORKSPACE_CONFIG`` so that
+    cuBLAS reduces in a fixed order (set only when unset: cuBLAS reads it once per process, at its first call). On
+    the CPU the kernels are deterministic already and this costs nothing; on a GPU, resume and accumulation are then
+    bit-exact at the price of slower kernels (see the README).
+    """
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)  # fmt: skip
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
 
 
 class SeedPerDraw(torch.utils.data.Dataset):

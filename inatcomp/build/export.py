@@ -22,7 +22,15 @@ import pyarrow.parquet as pq
 from inatcomp.formats.kinds import FileKind
 from inatcomp.formats.validate import validate_file
 
-__all__ = ["TABLE_COLUMNS", "ExportTables", "ancestry_parents", "find_table", "read_columns", "read_export"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "ExportTables",
+    "ancestry_parents",
+    "explain_table_error",
+    "find_table",
+    "read_columns",
+    "read_export",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -64,6 +72,18 @@ def _explain(path: Path, table: str, error: Exception) -> ValueError:
         detail = "; ".join(str(p) for p in problems[:5])
         return ValueError(f"malformed {table} table: {detail}")
     return ValueError(f"{path}: malformed {table} table: {error}")
+
+
+def explain_table_error(path: Path, table: str, error: str) -> ValueError:
+    """A one-line ValueError for a table the engine could not read: the schema validator's file, line and column
+    when it finds the fault, else the file and the engine's message."""
+    try:
+        problems = validate_file(path, FileKind(f"export_{table}"), max_problems=3)
+    except (OSError, EOFError, ValueError, UnicodeDecodeError) as failure:
+        return ValueError(f"{path}: cannot read the {table} table ({failure}; {error})")
+    if problems:
+        return ValueError(f"malformed {table} table: {'; '.join(str(p) for p in problems[:3])}")
+    return ValueError(f"{path}: cannot read the {table} table ({error})")
 
 
 def read_columns(path: str | os.PathLike, table: str, columns: list[str] | None = None) -> pa.Table:

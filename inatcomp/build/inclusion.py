@@ -198,16 +198,25 @@ def _apply_inclusion(
     research: np.ndarray,
     photos_per_obs: np.ndarray,
     rules: BuildRules,
+    *,
+    weights: np.ndarray | None = None,
 ) -> None:
-    """Inclusion thresholds and leaf genera (production), in place on ``cls`` and ``reason``."""
+    """Inclusion thresholds and leaf genera (production), in place on ``cls`` and ``reason``.
+
+    Each entry is an observation, or with ``weights`` that many observations of one class and grade (the
+    out-of-core path passes per-class counts: every decision here depends on the class alone).
+    """
     if not (rules.min_observations or rules.min_research_observations or rules.min_photos):
         return
     ok = reason == 0
     n = len(taxa.taxon_ids)
 
     def qualifies(keys: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        n_obs = np.bincount(keys[mask], minlength=n)
-        n_research = np.bincount(keys[mask & research], minlength=n)
+        w = None if weights is None else weights[mask]
+        n_obs = np.bincount(keys[mask], weights=w, minlength=n)
+        n_research = np.bincount(
+            keys[mask & research], weights=None if weights is None else weights[mask & research], minlength=n
+        )
         n_photos = np.bincount(keys[mask], weights=photos_per_obs[mask], minlength=n)
         by_obs = (n_obs >= rules.min_observations) & (n_research >= rules.min_research_observations)
         by_photos = (n_photos >= rules.min_photos) if rules.min_photos else np.zeros(n, bool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import os
@@ -14,6 +15,7 @@ import pyarrow as pa
 
 from inatcomp.build.audit import _Audit, _json_mismatches, _write_audit
 from inatcomp.build.categories import _category_frame, _category_records
+from inatcomp.build.engine import ExportEngine
 from inatcomp.build.export import TABLE_COLUMNS, read_export
 from inatcomp.build.images import _write_images
 from inatcomp.build.inclusion import _classify
@@ -84,6 +86,9 @@ def build_dataset(
     images: bool = True,
     workers: int | None = None,
     overwrite: bool = False,
+    memory_limit: str | None = None,
+    temp_dir: str | os.PathLike | None = None,
+    in_memory: bool = False,
 ) -> BuildResult:
     """Build a challenge dataset from an observation export.
 
@@ -97,6 +102,11 @@ def build_dataset(
         workers: Processes for the images (default one per CPU).
         overwrite: Replace a finished release in ``out_dir`` (its files and image folders are removed first);
             without it such a folder is refused. An interrupted build (no release JSON yet) resumes either way.
+        memory_limit: DuckDB's memory limit for reading the export (e.g. ``'8GB'``; default
+            :func:`~inatcomp.build.engine.default_memory_limit`).
+        temp_dir: Where DuckDB's database and spills go (default the system's temporary folder).
+        in_memory: Read the tables whole into memory with pyarrow instead (the builder before the out-of-core
+            engine, kept to prove both write the same files).
 
     Returns:
         Classes, images per split and the audit.
@@ -114,22 +124,35 @@ def build_dataset(
     sample_rng = np.random.default_rng([sample_seed, 13])
     audit = _Audit()
     laps = _Laps()
-    tables = read_export(export_dir, columns=BUILD_COLUMNS)
-    laps.lap("read")
-    classified = _classify(tables, rules, audit, laps.lap)
-    candidates = _photos_per_observation(tables, classified, rules, sample_rng, audit)
-    laps.lap("photos per observation")
-    splits = _split_observers(classified, candidates, rules, split_rng, audit)
-    laps.lap("splits")
-    chosen = _apply_quotas(splits, candidates, rules, sample_rng, audit)
-    laps.lap("quotas")
+    with contextlib.ExitStack() as stack:
+        engine = None
+        if in_memory:
+            tables = read_export(export_dir, columns=BUILD_COLUMNS)
+            laps.lap("read")
+            classified, rows = _classify(tables, rules, audit, laps.lap), None
+        else:
+            engine = stack.enter_context(ExportEngine(export_dir, memory_limit=memory_limit, temp_dir=temp_dir))
+            engine.load(BUILD_COLUMNS)
+            laps.lap("read")
+            tables, classified, rows = engine.classify(rules, audit)
+            laps.lap("classes in the engine")
+        candidates = _photos_per_observation(tables, classified, rules, sample_rng, audit)
+        laps.lap("photos per observation")
+        splits = _split_observers(classified, candidates, rules, split_rng, audit)
+        laps.lap("splits")
+        chosen = _apply_quotas(splits, candidates, rules, sample_rng, audit)
+        laps.lap("quotas")
+        photo_obs = classified.photo_obs
+        if engine is not None:  # only the chosen photos' columns are read back
+            tables, photo_obs, candidates = engine.selected_tables(tables, classified, candidates, chosen, rows)
+            laps.lap("chosen photos from the engine")
     cat_frame, category_of_compact = _category_frame(
         classified.taxa, splits.class_rows, splits.supercategories, splits.kept
     )
     out.mkdir(parents=True, exist_ok=True)
     selection = _select(
         tables,
-        classified.photo_obs,
+        photo_obs,
         candidates,
         splits,
         chosen,
@@ -139,7 +162,7 @@ def build_dataset(
         images=images,
         rng=sample_rng,
     )
-    del classified, candidates, splits, chosen  # arrays as long as the export's photos: let them go
+    del classified, candidates, splits, chosen, photo_obs  # arrays as long as the export's photos: let them go
     selection = _name_files(selection, rules, names, images=images)
     laps.lap("categories, order and file names")
     if images:

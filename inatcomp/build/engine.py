@@ -1,0 +1,326 @@
+"""The export read out of core: DuckDB scans, filters, joins and aggregates the four tables on disk.
+
+Why DuckDB (and not Polars' streaming engine or Arrow's Acero): it reads gzipped tab-separated text and
+Parquet itself with column projection; its joins and aggregates spill to a temporary folder when they
+pass ``memory_limit`` (Polars' streaming engine falls back to in-memory operators for some joins, Acero's
+hash join does not spill); it keeps a scan's row order in the tables it creates (``preserve_insertion_order``),
+which the build's seed contract needs (an export's photo rows draw their random keys in table order); and
+it is one wheel without further dependencies.
+
+The tables are loaded once (the used columns only, typed) into a database file in a fresh folder under
+``temp_dir``; every table's ``rowid`` is then its row in the export file. What comes back to Python is
+small or the selection's: the taxa and observers tables (small beside the others), per-class counts, the
+candidate photos of observations with a class (five integers each), and the chosen photos' release
+columns. The classes, reasons and audit counts are those of :mod:`inatcomp.build.inclusion`, worked out per
+taxon in NumPy and applied per observation by SQL, so the release is the in-memory builder's byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from inatcomp.build.arrays import _unique_inverse
+from inatcomp.build.audit import _Audit
+from inatcomp.build.export import TABLE_COLUMNS, ExportTables, explain_table_error, find_table
+from inatcomp.build.inclusion import _REASONS, _apply_inclusion, _Classified, _taxon_classes, _taxon_index
+from inatcomp.build.rules import BuildRules
+from inatcomp.build.sampling import _Candidates
+
+__all__ = ["DEFAULT_MEMORY_SHARE", "ExportEngine", "default_memory_limit", "parse_memory_limit"]
+
+_logger = logging.getLogger(__name__)
+
+#: Share of the machine's memory DuckDB may use by default. The rest is for what the build holds in
+#: Python beside it (the candidate photos' integer arrays, the selection, the release texts), the
+#: operating system's file cache of the export and other programs: with 40 %, DuckDB's limit plus the
+#: build's arrays at a full export's size stay well inside the machine.
+DEFAULT_MEMORY_SHARE = 0.4
+
+_DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)\s*$", re.IGNORECASE)
+
+
+def default_memory_limit() -> str:
+    """:data:`DEFAULT_MEMORY_SHARE` of this machine's physical memory, in DuckDB's notation (e.g. ``'9830MB'``)."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{int(physical * DEFAULT_MEMORY_SHARE / 2**20)}MB"
+
+
+def parse_memory_limit(text: str) -> str:
+    """A memory size such as ``8GB``, ``500MB`` or ``1.5GiB``, checked, in DuckDB's notation.
+
+    Raises:
+        ValueError: Not a number followed by KB, MB, GB or TB (or KiB … TiB).
+    """
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"memory size {text!r}: expected a number and a unit, e.g. 8GB or 500MB")
+    return f"{match.group(1)}{match.group(2).upper().replace('IB', 'iB')}"
+
+
+@dataclasses.dataclass
+class _CandidateRows:
+    """Where the compact candidate arrays came from: each candidate's photo row, each compact observation's row."""
+
+    photo_rows: np.ndarray
+    obs_rows: np.ndarray
+
+
+class ExportEngine:
+    """A DuckDB database in a fresh folder under ``temp_dir`` holding an export's used columns; a context manager.
+
+    Args:
+        export_dir: The export folder.
+        memory_limit: DuckDB's ``memory_limit`` (e.g. ``'8GB'``); default :func:`default_memory_limit`.
+        temp_dir: Where the database and the spills go (default the system's temporary folder).
+    """
+
+    def __init__(
+        self,
+        export_dir: str | os.PathLike,
+        *,
+        memory_limit: str | None = None,
+        temp_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.export_dir = Path(export_dir)
+        self.folder = Path(tempfile.mkdtemp(prefix="inatcomp-build-", dir=temp_dir))
+        limit = parse_memory_limit(memory_limit) if memory_limit else default_memory_limit()
+        config = {
+            "memory_limit": limit,
+            "temp_directory": str(self.folder / "spill"),
+            "threads": os.cpu_count() or 1,
+            "preserve_insertion_order": True,  # each table's rowid is its row in the export file
+        }
+        try:
+            self.con = duckdb.connect(str(self.folder / "export.duckdb"), config=config)
+        except duckdb.Error:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        _logger.info("export engine: DuckDB %s, memory_limit %s, spills in %s", duckdb.__version__, limit, self.folder)
+
+    def __enter__(self) -> ExportEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database and remove its folder."""
+        self.con.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def load(self, columns: dict[str, list[str]]) -> None:
+        """Copy the given columns of each table, typed, into the database (the gzip or Parquet is read once).
+
+        Raises:
+            ValueError: A table is missing, lacks a column or does not parse; the message names the file and line.
+        """
+        for table, wanted in columns.items():
+            path = find_table(self.export_dir, table)
+            source = _source(path)
+            try:
+                described = self.con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+            except duckdb.Error as error:
+                raise explain_table_error(path, table, _first_line(error)) from error
+            have = {row[0]: row[1] for row in described}
+            missing = [c for c in wanted if c not in have]
+            if missing:
+                raise ValueError(
+                    f"{path}: line 1: missing column(s) {', '.join(missing)} of the {table} table "
+                    f"(has {', '.join(have)}; expected a header of tab-separated column names)"
+                )
+            exprs = ", ".join(
+                _typed(f'"{c}"', have[c], TABLE_COLUMNS[table][c], path.suffix == ".parquet") + f' AS "{c}"'
+                for c in wanted
+            )
+            try:
+                self.con.execute(f"CREATE TABLE {table} AS SELECT {exprs} FROM {source}")
+            except duckdb.Error as error:
+                raise explain_table_error(path, table, _first_line(error)) from error
+            rows = self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+            _logger.info("read %s: %d rows", path, rows)
+
+    def arrow(self, query: str) -> pa.Table:
+        """The result of ``query`` as an Arrow table."""
+        return self.con.sql(query).to_arrow_table()
+
+    def classify(self, rules: BuildRules, audit: _Audit) -> tuple[ExportTables, _Classified, _CandidateRows]:
+        """Every observation's class or reason (:mod:`inatcomp.build.inclusion`'s rules), worked out in the database.
+
+        Returns:
+            Tables holding the taxa, the observers and the candidates' ``position``; the candidates' classes in
+            compact form (one row per candidate photo, one per observation of a candidate, both in export
+            order); and where those rows are in the export.
+        """
+        taxa_table = _typed_table(self.arrow("SELECT * FROM taxa ORDER BY rowid"), "taxa")
+        observers = _typed_table(self.arrow("SELECT * FROM observers ORDER BY rowid"), "observers")
+        taxa = _taxon_index(taxa_table)
+        taxon_class, taxon_reason = _taxon_classes(taxa, rules)
+        taxon_info = pa.table(
+            {"taxon_id": taxa.taxon_ids, "cls": taxon_class.astype(np.int64), "reason": taxon_reason.astype(np.int64)}
+        )
+        self.con.register("taxon_info", taxon_info)
+        self._observation_reasons()
+        orphans = self.con.execute("SELECT count(*) FROM photo_obs WHERE obs_row IS NULL").fetchall()[0][0]
+        audit.add("photo without observation", photos=int(orphans))
+        self._inclusion(taxa, rules)
+        if rules.research_only:
+            self.con.execute(
+                f"UPDATE obs SET reason = {_REASONS.index('not research grade')}, cls = -1 "
+                "WHERE reason = 0 AND NOT research"
+            )
+        for code, n_obs, n_photos in self.con.execute(
+            "SELECT reason, count(*), sum(n_photos) FROM obs WHERE reason <> 0 GROUP BY reason ORDER BY reason"
+        ).fetchall():
+            audit.add(_REASONS[code], observations=int(n_obs), photos=int(n_photos))
+        cand = self.arrow(
+            "SELECT p.photo_row, p.obs_row, p.position, o.cls, o.observer FROM photo_obs p "
+            "JOIN obs o ON p.obs_row = o.obs_row WHERE o.cls >= 0 ORDER BY p.photo_row"
+        )
+        obs_rows, photo_obs = _unique_inverse(cand["obs_row"].to_numpy())
+        obs_class = np.empty(len(obs_rows), np.int64)
+        obs_class[photo_obs] = cand["cls"].to_numpy()
+        obs_observer = np.empty(len(obs_rows), np.int64)
+        obs_observer[photo_obs] = cand["observer"].to_numpy()
+        photos = pa.table({"position": cand["position"].combine_chunks()})
+        rows = _CandidateRows(photo_rows=cand["photo_row"].to_numpy(), obs_rows=obs_rows)
+        del cand
+        tables = ExportTables(
+            taxa=taxa_table, observations=pa.table({}), photos=photos, observers=observers, folder=self.export_dir
+        )
+        classified = _Classified(taxa=taxa, obs_class=obs_class, obs_observer=obs_observer, photo_obs=photo_obs)
+        return tables, classified, rows
+
+    def _observation_reasons(self) -> None:
+        """Tables ``obs`` (class, reason, observer, research, photos of each observation) and ``photo_obs``."""
+        no_taxon, unknown_taxon = _REASONS.index("no taxon"), _REASONS.index("unknown taxon")
+        unknown_observer = _REASONS.index("unknown observer")
+        self.con.execute(
+            "CREATE TEMP VIEW known_observers AS "
+            "SELECT DISTINCT observer_id FROM observers WHERE observer_id IS NOT NULL"
+        )
+        # An observation's photos are joined to the first observation of their uuid (as pc.index_in does).
+        self.con.execute(
+            "CREATE TABLE photo_obs AS SELECT p.rowid AS photo_row, f.obs_row, coalesce(p.position, 0) AS position "
+            "FROM photos p LEFT JOIN (SELECT observation_uuid, min(rowid) AS obs_row FROM observations "
+            "GROUP BY observation_uuid) f ON p.observation_uuid = f.observation_uuid"
+        )
+        self.con.execute(
+            f"""CREATE TABLE obs AS
+            SELECT o.rowid AS obs_row, coalesce(o.observer_id, -1) AS observer,
+              CASE WHEN o.taxon_id IS NULL THEN {no_taxon} WHEN t.taxon_id IS NULL THEN {unknown_taxon}
+                   WHEN t.reason <> 0 THEN t.reason WHEN k.observer_id IS NULL THEN {unknown_observer}
+                   ELSE 0 END AS reason,
+              CASE WHEN o.taxon_id IS NULL OR t.taxon_id IS NULL OR t.reason <> 0 OR k.observer_id IS NULL
+                   THEN -1 ELSE t.cls END AS cls,
+              coalesce(o.quality_grade = 'research', false) AS research,
+              coalesce(n.n_photos, 0) AS n_photos
+            FROM observations o
+            LEFT JOIN taxon_info t ON o.taxon_id = t.taxon_id
+            LEFT JOIN known_observers k ON coalesce(o.observer_id, -1) = k.observer_id
+            LEFT JOIN (SELECT obs_row, count(*) AS n_photos FROM photo_obs WHERE obs_row IS NOT NULL
+                       GROUP BY obs_row) n ON o.rowid = n.obs_row"""
+        )
+
+    def _inclusion(self, taxa: object, rules: BuildRules) -> None:
+        """The inclusion thresholds and leaf genera, decided per class from per-class counts, applied to ``obs``."""
+        if not (rules.min_observations or rules.min_research_observations or rules.min_photos):
+            return
+        counts = self.arrow(
+            "SELECT cls, research, count(*) AS n_obs, sum(n_photos) AS n_photos FROM obs WHERE reason = 0 "
+            "GROUP BY cls, research ORDER BY cls, research"
+        )
+        cls = counts["cls"].to_numpy().astype(np.int64)
+        reason = np.zeros(len(cls), np.int8)
+        before = cls.copy()
+        _apply_inclusion(
+            taxa,
+            cls,
+            reason,
+            counts["research"].to_numpy(zero_copy_only=False).astype(bool),
+            counts["n_photos"].to_numpy().astype(np.float64),
+            rules,
+            weights=counts["n_obs"].to_numpy().astype(np.float64),
+        )
+        decided = pa.table({"old": before, "new": cls, "reason": reason.astype(np.int64)})
+        self.con.register("class_decision", decided)
+        self.con.execute(
+            "UPDATE obs SET cls = d.new, reason = d.reason "
+            "FROM (SELECT DISTINCT old, new, reason FROM class_decision) d WHERE obs.reason = 0 AND obs.cls = d.old"
+        )
+        self.con.unregister("class_decision")
+
+    def selected_tables(
+        self,
+        tables: ExportTables,
+        classified: _Classified,
+        candidates: _Candidates,
+        chosen: np.ndarray,
+        rows: _CandidateRows,
+    ) -> tuple[ExportTables, np.ndarray, _Candidates]:
+        """The chosen photos' and their observations' release columns, read from the database.
+
+        Returns:
+            Tables holding only the chosen photos and their observations (in export order), each chosen photo's
+            row in the new observations table, and the candidates with their rows pointing into the new photos
+            table (only the chosen ones are read again).
+        """
+        sel = np.flatnonzero(chosen)
+        compact_rows = candidates.rows[sel]
+        photo_rows = rows.photo_rows[compact_rows]
+        obs_rows, photo_obs = _unique_inverse(rows.obs_rows[classified.photo_obs[compact_rows]])
+        photos = self._rows("photos", photo_rows, ["photo_id", "extension", "license", "width", "height"])
+        observations = self._rows("observations", obs_rows, [c for c in TABLE_COLUMNS["observations"]])
+        new_rows = np.full(len(candidates.rows), -1, np.int64)
+        new_rows[sel] = np.arange(len(sel))
+        picked = dataclasses.replace(tables, photos=photos, observations=observations)
+        return picked, photo_obs, dataclasses.replace(candidates, rows=new_rows)
+
+    def _rows(self, table: str, rows: np.ndarray, columns: list[str]) -> pa.Table:
+        """Columns of ``table`` at the given (ascending) rows."""
+        self.con.register("wanted_rows", pa.table({"r": rows.astype(np.int64)}))
+        names = ", ".join(f't."{c}"' for c in columns)
+        result = self.arrow(f"SELECT {names} FROM {table} t SEMI JOIN wanted_rows w ON t.rowid = w.r ORDER BY t.rowid")
+        self.con.unregister("wanted_rows")
+        return _typed_table(result, table)
+
+
+def _source(path: Path) -> str:
+    """The DuckDB table function reading an export file: tab-separated text without quoting, or Parquet."""
+    quoted = "'" + str(path).replace("'", "''") + "'"
+    if path.suffix == ".parquet":
+        return f"read_parquet({quoted})"
+    return f"read_csv({quoted}, delim='\\t', quote='', escape='', header=true, all_varchar=true)"
+
+
+def _typed(column: str, source_type: str, target: pa.DataType, parquet: bool) -> str:
+    """SQL giving a column its export type: text as read ('' for an empty field), other text trimmed and cast."""
+    target_sql = _DUCKDB_TYPES[target]
+    if target_sql == "VARCHAR":
+        if parquet:
+            return column if source_type == "VARCHAR" else f"trim(CAST({column} AS VARCHAR))"
+        return f"coalesce({column}, '')"
+    if source_type == "VARCHAR":
+        return f"CAST(nullif(trim({column}), '') AS {target_sql})"
+    return f"CAST({column} AS {target_sql})"
+
+
+def _typed_table(table: pa.Table, name: str) -> pa.Table:
+    """An engine result with the Arrow types of :data:`TABLE_COLUMNS` (plain strings, int64, float64)."""
+    types = TABLE_COLUMNS[name]
+    return pa.table({c: table[c].cast(types[c]) for c in table.column_names})
+
+
+def _first_line(error: Exception) -> str:
+    """DuckDB's message without its hints and context lines."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

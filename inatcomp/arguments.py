@@ -81,6 +81,19 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument("--workers", type=int, help="image processes (default one per CPU)")
     build.add_argument("--photo-choice", choices=[c.value for c in PhotoChoice], help="which photo of an observation")
     build.add_argument("--all-grades", action="store_true", help="keep needs_id and casual observations too")
+    build.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="memory DuckDB may use reading the export, e.g. 8GB (default 40%% of this machine's)",
+    )
+    build.add_argument(
+        "--temp-dir", help="where DuckDB's database and spills go (default the system's temporary folder)"
+    )
+    build.add_argument(
+        "--allow-informal-names",
+        action="store_true",
+        help="keep provisional and manuscript names (e.g. Mycena sp. 'acicula-CA01') as categories",
+    )
     for rule in rule_overrides():  # every numeric BuildRules field, with its documented meaning
         meaning = rule.help.replace("``", "").rstrip(".")
         build.add_argument(f"--{rule.name.replace('_', '-')}", type=rule.type, help=f"{meaning}; overrides the preset")

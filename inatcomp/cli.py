@@ -127,6 +127,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         overrides["photo_choice"] = PhotoChoice(args.photo_choice)
     if args.all_grades:
         overrides["research_only"] = False
+    if args.allow_informal_names:
+        overrides["allow_informal_names"] = True
     rules = rules_for(Preset(args.preset), **overrides)
     result = build_dataset(
         args.export,
@@ -137,6 +139,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         images=not args.no_images,
         workers=args.workers,
         overwrite=args.overwrite,
+        memory_limit=args.memory_limit,
+        temp_dir=args.temp_dir,
     )
     _logger.info("release in %s: %d classes, images %s", args.out, result.classes, result.images)
     return 0

@@ -18,11 +18,13 @@ taxon in NumPy and applied per observation by SQL, so the release is the in-memo
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import logging
 import os
 import re
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 import duckdb
@@ -36,36 +38,48 @@ from inatcomp.build.inclusion import _REASONS, _apply_inclusion, _Classified, _t
 from inatcomp.build.rules import BuildRules
 from inatcomp.build.sampling import _Candidates
 
-__all__ = ["DEFAULT_MEMORY_SHARE", "ExportEngine", "default_memory_limit", "parse_memory_limit"]
+__all__ = [
+    "DEFAULT_MEMORY_SHARE",
+    "DUCKDB_SHARE",
+    "ExportEngine",
+    "default_memory_limit",
+    "parse_memory_limit",
+    "typed_scan",
+]
 
 _logger = logging.getLogger(__name__)
 
-#: Share of the machine's memory DuckDB may use by default. The rest is for what the build holds in
-#: Python beside it (the candidate photos' integer arrays, the selection, the release texts), the
-#: operating system's file cache of the export and other programs: with 40 %, DuckDB's limit plus the
-#: build's arrays at a full export's size stay well inside the machine.
+#: Share of the machine's memory a build may use by default. The rest is for the operating system's file
+#: cache of the export (read once, sequentially), other programs and headroom: 40 % of this 24 GB machine is
+#: 9.6 GB, above the 8 GB a full-size export was measured to need (BENCHMARKS.md, build-scale).
 DEFAULT_MEMORY_SHARE = 0.4
+#: Share of ``--memory-limit`` given to DuckDB's buffer pool (its ``memory_limit``). The rest covers what the
+#: pool does not count (the text scanner's buffers, the database's own structures) and the build's arrays in
+#: Python (the candidate photos' integers, the selection and the release texts), so that the process as a whole
+#: stays near the limit.
+DUCKDB_SHARE = 0.4
 
 _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B\s*$", re.IGNORECASE)
 
 
-def default_memory_limit() -> str:
-    """:data:`DEFAULT_MEMORY_SHARE` of this machine's physical memory, in DuckDB's notation (e.g. ``'9830MB'``)."""
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return f"{int(physical * DEFAULT_MEMORY_SHARE / 2**20)}MB"
+def default_memory_limit() -> int:
+    """:data:`DEFAULT_MEMORY_SHARE` of this machine's physical memory, in bytes."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * DEFAULT_MEMORY_SHARE)
 
 
-def parse_memory_limit(text: str) -> str:
-    """A memory size such as ``8GB``, ``500MB`` or ``1.5GiB``, checked, in DuckDB's notation.
+def parse_memory_limit(text: str) -> int:
+    """A memory size such as ``8GB``, ``500MB`` or ``1.5GiB`` in bytes (KB, MB … powers of 1000, KiB … of 1024).
 
     Raises:
-        ValueError: Not a number followed by KB, MB, GB or TB (or KiB … TiB).
+        ValueError: Not a number followed by B, KB, MB, GB or TB (or KiB … TiB).
     """
     match = _SIZE.match(text)
     if not match:
         raise ValueError(f"memory size {text!r}: expected a number and a unit, e.g. 8GB or 500MB")
-    return f"{match.group(1)}{match.group(2).upper().replace('IB', 'iB')}"
+    number, unit, binary = match.groups()
+    power = " KMGT".index(unit.upper() or " ")
+    return int(float(number) * (1024 if binary else 1000) ** power)
 
 
 @dataclasses.dataclass
@@ -95,8 +109,12 @@ class ExportEngine:
         self.export_dir = Path(export_dir)
         self.folder = Path(tempfile.mkdtemp(prefix="inatcomp-build-", dir=temp_dir))
         limit = parse_memory_limit(memory_limit) if memory_limit else default_memory_limit()
+        self.limit_text = memory_limit or f"{limit / 2**30:.1f}GiB"
+        # The text scanner's buffers are outside DuckDB's pool: at most 1/32 of the limit (DuckDB's default, 32 MB,
+        # from a 1 GB limit on), at least 4 MB.
+        self.scan_buffer = int(min(32 * 2**20, max(4 * 2**20, limit / 32)))
         config = {
-            "memory_limit": limit,
+            "memory_limit": f"{int(limit * DUCKDB_SHARE / 2**20)}MiB",
             "temp_directory": str(self.folder / "spill"),
             "threads": os.cpu_count() or 1,
             "preserve_insertion_order": True,  # each table's rowid is its row in the export file
@@ -106,7 +124,13 @@ class ExportEngine:
         except duckdb.Error:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
-        _logger.info("export engine: DuckDB %s, memory_limit %s, spills in %s", duckdb.__version__, limit, self.folder)
+        _logger.info(
+            "export engine: DuckDB %s, memory limit %s (DuckDB %s), spills in %s",
+            duckdb.__version__,
+            self.limit_text,
+            config["memory_limit"],
+            self.folder,
+        )
 
     def __enter__(self) -> ExportEngine:
         return self
@@ -127,24 +151,14 @@ class ExportEngine:
         """
         for table, wanted in columns.items():
             path = find_table(self.export_dir, table)
-            source = _source(path)
+            query = typed_scan(self.con, path, table, wanted, buffer_size=self.scan_buffer)
             try:
-                described = self.con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
-            except duckdb.Error as error:
-                raise explain_table_error(path, table, _first_line(error)) from error
-            have = {row[0]: row[1] for row in described}
-            missing = [c for c in wanted if c not in have]
-            if missing:
+                self.con.execute(f"CREATE TABLE {table} AS {query}")
+            except duckdb.OutOfMemoryException as error:
                 raise ValueError(
-                    f"{path}: line 1: missing column(s) {', '.join(missing)} of the {table} table "
-                    f"(has {', '.join(have)}; expected a header of tab-separated column names)"
-                )
-            exprs = ", ".join(
-                _typed(f'"{c}"', have[c], TABLE_COLUMNS[table][c], path.suffix == ".parquet") + f' AS "{c}"'
-                for c in wanted
-            )
-            try:
-                self.con.execute(f"CREATE TABLE {table} AS SELECT {exprs} FROM {source}")
+                    f"{path}: reading the {table} table needs more than --memory-limit {self.limit_text} "
+                    f"({_first_line(error)}); raise --memory-limit"
+                ) from error
             except duckdb.Error as error:
                 raise explain_table_error(path, table, _first_line(error)) from error
             rows = self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
@@ -295,12 +309,59 @@ class ExportEngine:
         return _typed_table(result, table)
 
 
-def _source(path: Path) -> str:
-    """The DuckDB table function reading an export file: tab-separated text without quoting, or Parquet."""
-    quoted = "'" + str(path).replace("'", "''") + "'"
+def typed_scan(
+    con: duckdb.DuckDBPyConnection, path: Path, table: str, wanted: list[str], *, buffer_size: int = 32 * 2**20
+) -> str:
+    """The query reading columns ``wanted`` of export table ``table`` from ``path``, typed as :data:`TABLE_COLUMNS`.
+
+    Raises:
+        ValueError: The file cannot be read or lacks a column (named with the file and line).
+    """
     if path.suffix == ".parquet":
-        return f"read_parquet({quoted})"
-    return f"read_csv({quoted}, delim='\\t', quote='', escape='', header=true, all_varchar=true)"
+        source = f"read_parquet({_quoted(str(path))})"
+        try:
+            described = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+        except duckdb.Error as error:
+            raise explain_table_error(path, table, _first_line(error)) from error
+        have = {row[0]: row[1] for row in described}
+    else:
+        # The header names the columns: no sniffing (DuckDB's sniffer reads and buffers a sample of every file).
+        have = dict.fromkeys(_csv_header(path, table), "VARCHAR")
+        columns = "{" + ", ".join(f"{_quoted(c)}: 'VARCHAR'" for c in have) + "}"
+        source = (
+            f"read_csv({_quoted(str(path))}, delim='\\t', quote='', escape='', header=true, auto_detect=false, "
+            f"buffer_size={buffer_size}, columns={columns})"
+        )
+    missing = [c for c in wanted if c not in have]
+    if missing:
+        raise ValueError(
+            f"{path}: line 1: missing column(s) {', '.join(missing)} of the {table} table "
+            f"(has {', '.join(have)}; expected a header of tab-separated column names)"
+        )
+    parquet = path.suffix == ".parquet"
+    exprs = ", ".join(_typed(f'"{c}"', have[c], TABLE_COLUMNS[table][c], parquet) + f' AS "{c}"' for c in wanted)
+    return f"SELECT {exprs} FROM {source}"
+
+
+def _quoted(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _csv_header(path: Path, table: str) -> list[str]:
+    """The column names on the first line of a tab-separated (maybe gzipped) table.
+
+    Raises:
+        ValueError: The file cannot be read or has no header line.
+    """
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8") as f:
+            line = f.readline()
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as error:
+        raise explain_table_error(path, table, str(error)) from error
+    if not line.strip():
+        raise ValueError(f"{path}: line 1: no header (expected the {table} table's tab-separated column names)")
+    return line.rstrip("\r\n").split("\t")
 
 
 def _typed(column: str, source_type: str, target: pa.DataType, parquet: bool) -> str:

@@ -20,6 +20,7 @@ build's peak runs just before each parse and each build, and that ratio is repor
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import os
@@ -90,6 +91,8 @@ for name, cols in BUILD_COLUMNS.items():
     counts = ", ".join(f'count("{{c}}")' for c in cols)
     con.sql(f"SELECT {{counts}} FROM ({{typed_scan(con, find_table({export!r}, name), name, cols)}})").fetchall()
 """
+#: Photos per observation of a synthetic export (1–4, mean about 1.73): sizes are asked in observations.
+_PHOTOS_PER_OBSERVATION = 1.73
 #: Observations of the scale table (``--scale`` alone).
 SCALE_OBSERVATIONS = (10_000_000, 30_000_000, 100_000_000)
 SCALE_BEGIN, SCALE_END = (
@@ -259,34 +262,27 @@ def _child_args(argv: list[str]) -> dict:
 def measure_scale(observations: int, *, memory_limit: str, tmp_root: str | None = None) -> dict:
     """Synthesise a gzipped export of about ``observations`` observations, then time DuckDB's scan and the build.
 
-    The export is copies of a generated one (:func:`replicate_export`; the generator holds its export in
-    memory), so synth is reported as the base's generation plus the copies. Synth, parse and build each run as
-    a process of their own, measured whole (interpreter start included); the export is deleted afterwards.
+    ``inatcomp synth --no-images --gzip`` streams block by block (:data:`inatcomp.world.synth.BLOCK_PHOTOS`), so
+    the export is generated whole at every size. Synth, parse and build each run as a process of their own,
+    measured whole (interpreter start included); the export is deleted afterwards.
     """
+    photos = int(observations * _PHOTOS_PER_OBSERVATION)
+    species = 10_000 if photos >= 3_000_000 else max(100, photos // 300)
     with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
-        base_photos = min(SYNTH_LIMIT, max(20_000, observations * 2))
-        species = min(10_000, max(100, base_photos // 300))
-        base = _whole([sys.executable, "-c", _SYNTH.format(export=f"{tmp}/one", species=species, photos=base_photos)])
-        with open(f"{tmp}/one/observations.csv", "rb") as handle:
-            base_obs = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 24), b"")) - 1
-        copies = max(1, round(observations / base_obs))
-        code = _REPLICATE.format(source=f"{tmp}/one", export=f"{tmp}/export", copies=copies, compress=True)
-        copied = _whole([sys.executable, "-c", code])
-        shutil.rmtree(f"{tmp}/one")
         export = f"{tmp}/export"
-        disk = sum(os.path.getsize(os.path.join(export, f)) for f in os.listdir(export))
-        parse = _whole(
-            [sys.executable, "-c", _DUCKDB_PARSE.format(limit=memory_limit, tmp=f"{tmp}/spill", export=export)]
-        )
+        synth = _whole([sys.executable, "-m", "inatcomp.cli", "synth", export, "--species", str(species),
+                        "--photos", str(photos), "--no-images", "--gzip"])  # fmt: skip
+        with gzip.open(f"{export}/observations.csv.gz", "rb") as handle:
+            n_obs = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 24), b"")) - 1
+        disk = sum(os.path.getsize(os.path.join(export, f)) for f in os.listdir(export) if f.endswith(".gz"))
+        code = _DUCKDB_PARSE.format(limit=memory_limit, tmp=f"{tmp}/spill", export=export)
+        parse = _whole([sys.executable, "-c", code])
         build = _whole([
             sys.executable, "-m", "inatcomp.cli", "build", export, f"{tmp}/out", "--preset", "inat2018", "--no-images",
             "--memory-limit", memory_limit, "--temp-dir", tmp,
         ])  # fmt: skip
-    return {
-        "observations": base_obs * copies, "disk_mb": disk / 2**20, "memory_limit": memory_limit,
-        "synth": {"seconds": base["seconds"] + copied["seconds"], "rss_mb": max(base["rss_mb"], copied["rss_mb"])},
-        "parse": parse, "build": build,
-    }  # fmt: skip
+    return {"observations": n_obs, "photos": photos, "disk_mb": disk / 2**20, "memory_limit": memory_limit,
+            "synth": synth, "parse": parse, "build": build}  # fmt: skip
 
 
 def scale_markdown(runs: list[dict], command: str) -> str:

@@ -124,28 +124,16 @@ def build_dataset(
     sample_rng = np.random.default_rng([sample_seed, 13])
     audit = _Audit()
     laps = _Laps()
-    with contextlib.ExitStack() as stack:
-        engine = None
-        if in_memory:
-            tables = read_export(export_dir, columns=BUILD_COLUMNS)
-            laps.lap("read")
-            classified, rows = _classify(tables, rules, audit, laps.lap), None
-        else:
-            engine = stack.enter_context(ExportEngine(export_dir, memory_limit=memory_limit, temp_dir=temp_dir))
-            engine.load(BUILD_COLUMNS)
-            laps.lap("read")
-            tables, classified, rows = engine.classify(rules, audit)
-            laps.lap("classes in the engine")
-        candidates = _photos_per_observation(tables, classified, rules, sample_rng, audit)
-        laps.lap("photos per observation")
-        splits = _split_observers(classified, candidates, rules, split_rng, audit)
-        laps.lap("splits")
-        chosen = _apply_quotas(splits, candidates, rules, sample_rng, audit)
-        laps.lap("quotas")
-        photo_obs = classified.photo_obs
-        if engine is not None:  # only the chosen photos' columns are read back
-            tables, photo_obs, candidates = engine.selected_tables(tables, classified, candidates, chosen, rows)
-            laps.lap("chosen photos from the engine")
+    tables, classified, photo_obs, candidates, splits, chosen = _choose(
+        export_dir,
+        rules,
+        audit=audit,
+        laps=laps,
+        rngs=(split_rng, sample_rng),
+        memory_limit=memory_limit,
+        temp_dir=temp_dir,
+        in_memory=in_memory,
+    )
     cat_frame, category_of_compact = _category_frame(
         classified.taxa, splits.class_rows, splits.supercategories, splits.kept
     )
@@ -183,6 +171,52 @@ def build_dataset(
     laps.log()
     _logger.info("built %s in %.1fs: %d classes, %s", out, time.perf_counter() - start, result.classes, result.images)
     return result
+
+
+def _choose(
+    export_dir: Path,
+    rules: BuildRules,
+    *,
+    audit: _Audit,
+    laps: _Laps,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    memory_limit: str | None,
+    temp_dir: str | os.PathLike | None,
+    in_memory: bool,
+) -> tuple:
+    """Read the export and choose the release's photos: classes, photos per observation, splits, quotas.
+
+    Out of core (:class:`~inatcomp.build.engine.ExportEngine`) unless ``in_memory``; either way the same
+    phases decide, in the same order of random draws.
+
+    Returns:
+        The tables holding what :func:`_select` reads, the classes, each photo's observation row, the
+        candidates, their splits and whether each is chosen.
+    """
+    split_rng, sample_rng = rngs
+    with contextlib.ExitStack() as stack:
+        engine = None
+        if in_memory:
+            tables = read_export(export_dir, columns=BUILD_COLUMNS)
+            laps.lap("read")
+            classified, rows = _classify(tables, rules, audit, laps.lap), None
+        else:
+            engine = stack.enter_context(ExportEngine(export_dir, memory_limit=memory_limit, temp_dir=temp_dir))
+            engine.load(BUILD_COLUMNS)
+            laps.lap("read")
+            tables, classified, rows = engine.classify(rules, audit)
+            laps.lap("classes in the engine")
+        candidates = _photos_per_observation(tables, classified, rules, sample_rng, audit)
+        laps.lap("photos per observation")
+        splits = _split_observers(classified, candidates, rules, split_rng, audit)
+        laps.lap("splits")
+        chosen = _apply_quotas(splits, candidates, rules, sample_rng, audit)
+        laps.lap("quotas")
+        photo_obs = classified.photo_obs
+        if engine is not None:  # only the chosen photos' columns are read back
+            tables, photo_obs, candidates = engine.selected_tables(tables, classified, candidates, chosen, rows)
+            laps.lap("chosen photos from the engine")
+    return tables, classified, photo_obs, candidates, splits, chosen
 
 
 def _write_release(

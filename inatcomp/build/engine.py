@@ -17,6 +17,7 @@ taxon in NumPy and applied per observation by SQL, so the release is the in-memo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import logging
@@ -25,6 +26,7 @@ import re
 import shutil
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -35,7 +37,7 @@ from inatcomp.build.arrays import _unique_inverse
 from inatcomp.build.audit import _Audit
 from inatcomp.build.export import TABLE_COLUMNS, ExportTables, explain_table_error, find_table
 from inatcomp.build.inclusion import _REASONS, _apply_inclusion, _Classified, _taxon_classes, _taxon_index
-from inatcomp.build.rules import BuildRules
+from inatcomp.build.rules import BuildRules, PhotoChoice
 from inatcomp.build.sampling import _Candidates
 
 __all__ = [
@@ -107,6 +109,8 @@ class ExportEngine:
         temp_dir: str | os.PathLike | None = None,
     ) -> None:
         self.export_dir = Path(export_dir)
+        if temp_dir is not None and not Path(temp_dir).is_dir():
+            raise ValueError(f"--temp-dir {temp_dir}: no such folder (expected a folder for DuckDB's spills)")
         self.folder = Path(tempfile.mkdtemp(prefix="inatcomp-build-", dir=temp_dir))
         limit = parse_memory_limit(memory_limit) if memory_limit else default_memory_limit()
         self.limit_text = memory_limit or f"{limit / 2**30:.1f}GiB"
@@ -164,6 +168,17 @@ class ExportEngine:
             rows = self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
             _logger.info("read %s: %d rows", path, rows)
 
+    @contextlib.contextmanager
+    def memory_errors(self) -> Iterator[None]:
+        """Turn DuckDB's out-of-memory error into a one-line ValueError naming the limit."""
+        try:
+            yield
+        except duckdb.OutOfMemoryException as error:
+            raise ValueError(
+                f"{self.export_dir}: the build needs more than --memory-limit {self.limit_text} "
+                f"({_first_line(error)}); raise --memory-limit"
+            ) from error
+
     def arrow(self, query: str) -> pa.Table:
         """The result of ``query`` as an Arrow table."""
         return self.con.sql(query).to_arrow_table()
@@ -197,23 +212,41 @@ class ExportEngine:
             "SELECT reason, count(*), sum(n_photos) FROM obs WHERE reason <> 0 GROUP BY reason ORDER BY reason"
         ).fetchall():
             audit.add(_REASONS[code], observations=int(n_obs), photos=int(n_photos))
-        cand = self.arrow(
-            "SELECT p.photo_row, p.obs_row, p.position, o.cls, o.observer FROM photo_obs p "
-            "JOIN obs o ON p.obs_row = o.obs_row WHERE o.cls >= 0 ORDER BY p.photo_row"
-        )
-        obs_rows, photo_obs = _unique_inverse(cand["obs_row"].to_numpy())
+        cand = self._candidates(rules, audit)
+        obs_rows, photo_obs = _unique_inverse(cand["obs_row"])
         obs_class = np.empty(len(obs_rows), np.int64)
-        obs_class[photo_obs] = cand["cls"].to_numpy()
+        obs_class[photo_obs] = cand["cls"]
         obs_observer = np.empty(len(obs_rows), np.int64)
-        obs_observer[photo_obs] = cand["observer"].to_numpy()
-        photos = pa.table({"position": cand["position"].combine_chunks()})
-        rows = _CandidateRows(photo_rows=cand["photo_row"].to_numpy(), obs_rows=obs_rows)
+        obs_observer[photo_obs] = cand["observer"]
+        photos = pa.table({"position": cand["position"]})
+        rows = _CandidateRows(photo_rows=cand["photo_row"], obs_rows=obs_rows)
         del cand
         tables = ExportTables(
             taxa=taxa_table, observations=pa.table({}), photos=photos, observers=observers, folder=self.export_dir
         )
         classified = _Classified(taxa=taxa, obs_class=obs_class, obs_observer=obs_observer, photo_obs=photo_obs)
         return tables, classified, rows
+
+    def _candidates(self, rules: BuildRules, audit: _Audit) -> dict[str, np.ndarray]:
+        """The photos of observations with a class, in export order: row, observation row, position, class, observer.
+
+        With the photos chosen by position (no random draw decides them), only the first
+        ``photos_per_observation`` of each observation (by position, ties in export order, as
+        :func:`~inatcomp.build.sampling._photos_per_observation` ranks them) come back, and the rest are counted
+        here; with a random choice every candidate comes back, as the random keys are drawn over all of them.
+        """
+        joined = "FROM photo_obs p JOIN obs o ON p.obs_row = o.obs_row WHERE o.cls >= 0"
+        columns = "p.photo_row, p.obs_row, p.position, o.cls, o.observer"
+        if rules.photo_choice is PhotoChoice.RANDOM:
+            return self.con.sql(f"SELECT {columns} {joined} ORDER BY p.photo_row").fetchnumpy()
+        total = self.con.execute(f"SELECT count(*) {joined}").fetchall()[0][0]
+        cand = self.con.sql(
+            f"SELECT {columns} {joined} QUALIFY row_number() OVER "
+            f"(PARTITION BY p.obs_row ORDER BY p.position, p.photo_row) <= {int(rules.photos_per_observation)} "
+            "ORDER BY p.photo_row"
+        ).fetchnumpy()
+        audit.add("photos per observation", photos=int(total - len(cand["photo_row"])))
+        return cand
 
     def _observation_reasons(self) -> None:
         """Tables ``obs`` (class, reason, observer, research, photos of each observation) and ``photo_obs``."""

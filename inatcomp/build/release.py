@@ -204,7 +204,8 @@ def _choose(
             engine = stack.enter_context(ExportEngine(export_dir, memory_limit=memory_limit, temp_dir=temp_dir))
             engine.load(BUILD_COLUMNS)
             laps.lap("read")
-            tables, classified, rows = engine.classify(rules, audit)
+            with engine.memory_errors():
+                tables, classified, rows = engine.classify(rules, audit)
             laps.lap("classes in the engine")
         candidates = _photos_per_observation(tables, classified, rules, sample_rng, audit)
         laps.lap("photos per observation")
@@ -214,7 +215,8 @@ def _choose(
         laps.lap("quotas")
         photo_obs = classified.photo_obs
         if engine is not None:  # only the chosen photos' columns are read back
-            tables, photo_obs, candidates = engine.selected_tables(tables, classified, candidates, chosen, rows)
+            with engine.memory_errors():
+                tables, photo_obs, candidates = engine.selected_tables(tables, classified, candidates, chosen, rows)
             laps.lap("chosen photos from the engine")
     return tables, classified, photo_obs, candidates, splits, chosen
 

@@ -92,6 +92,10 @@ def build_dataset(
 ) -> BuildResult:
     """Build a challenge dataset from an observation export.
 
+    The export is read out of core by DuckDB (:mod:`inatcomp.build.engine`, which says why DuckDB rather than
+    Polars' streaming engine or Arrow's Acero: it reads gzip and Parquet with projection, spills its joins and
+    aggregates to disk, and keeps the export's row order, which the seed contract needs).
+
     Args:
         export_dir: Folder with the four export tables (and ``photos/`` when ``images``).
         out_dir: Release folder (created).

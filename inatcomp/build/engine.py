@@ -52,8 +52,8 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 #: Share of the machine's memory a build may use by default. The rest is for the operating system's file
-#: cache of the export (read once, sequentially), other programs and headroom: 40 % of this 24 GB machine is
-#: 9.6 GB, above the 8 GB a full-size export was measured to need (BENCHMARKS.md, build-scale).
+#: cache of the export (read once, sequentially), other programs and headroom: 40 % of a 24 GB machine is
+#: 9.6 GB, above the 8 GB at which a 100 M-observation build is to stay within 12 GB (BENCHMARKS.md, build-scale).
 DEFAULT_MEMORY_SHARE = 0.4
 #: Share of ``--memory-limit`` given to DuckDB's buffer pool (its ``memory_limit``). The rest covers what the
 #: pool does not count (the text scanner's buffers, the database's own structures) and the build's arrays in

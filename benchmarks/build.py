@@ -294,7 +294,7 @@ def scale_markdown(runs: list[dict], command: str) -> str:
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in runs:
         lines.append(
-            f"| {r['observations'] / 1e6:.1f} M | {r['disk_mb']:.0f} MB | {r['synth']['seconds']:.0f} | "
+            f"| {r['observations'] / 1e6:.3g} M | {r['disk_mb']:.0f} MB | {r['synth']['seconds']:.0f} | "
             f"{r['synth']['rss_mb']:.0f} | {r['parse']['seconds']:.1f} | {r['build']['seconds']:.1f} | "
             f"{r['build']['rss_mb']:.0f} | {r['build']['seconds'] / r['parse']['seconds']:.2f} |"
         )

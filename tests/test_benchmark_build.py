@@ -80,5 +80,5 @@ def test_scale_measures_synth_parse_and_build_whole_and_writes_its_block(bench, 
     replace_generated_block(markdown, "build-scale", text.removeprefix(bench.SCALE_BEGIN).removesuffix(bench.SCALE_END))
     written = markdown.read_text(encoding="utf-8")
     assert "old" not in written and written.endswith("after\n") and "projected at 300 M" in written
-    assert "| 0.003 M |" in written and "build/parse" in written
+    assert written.count(" M | ") >= 2 and "build/parse" in written
     assert list(tmp_path.iterdir()) == [markdown]  # the exports and spills are gone

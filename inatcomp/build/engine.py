@@ -78,7 +78,7 @@ def parse_memory_limit(text: str) -> int:
     """
     match = _SIZE.match(text)
     if not match:
-        raise ValueError(f"memory size {text!r}: expected a number and a unit, e.g. 8GB or 500MB")
+        raise ValueError(f"--memory-limit {text!r}: expected a number and a unit, e.g. 8GB or 500MB")
     number, unit, binary = match.groups()
     power = " KMGT".index(unit.upper() or " ")
     return int(float(number) * (1024 if binary else 1000) ** power)

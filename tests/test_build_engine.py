@@ -41,6 +41,7 @@ def generated(tmp_path_factory) -> Path:
         (Preset.INAT2017, {}),
         (Preset.INAT2018, {}),
         (Preset.INAT2018, {"photo_choice": PhotoChoice.RANDOM, "research_only": False}),
+        (Preset.INAT2018, {"min_observations": 30, "min_research_observations": 10}),  # thresholds, then grade
         (Preset.INAT2021, {}),
         (Preset.INAT2021, {"photos_per_observation": 2}),
         (Preset.PRODUCTION, {}),

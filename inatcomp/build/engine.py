@@ -199,11 +199,12 @@ class ExportEngine:
             {"taxon_id": taxa.taxon_ids, "cls": taxon_class.astype(np.int64), "reason": taxon_reason.astype(np.int64)}
         )
         self.con.register("taxon_info", taxon_info)
-        self._observation_reasons()
+        thresholds = bool(rules.min_observations or rules.min_research_observations or rules.min_photos)
+        self._observation_reasons(research_only=rules.research_only and not thresholds)
         orphans = self.con.execute("SELECT count(*) FROM photo_obs WHERE obs_row IS NULL").fetchall()[0][0]
         audit.add("photo without observation", photos=int(orphans))
         self._inclusion(taxa, rules)
-        if rules.research_only:
+        if rules.research_only and thresholds:  # the grade after the thresholds, which count every grade
             self.con.execute(
                 f"UPDATE obs SET reason = {_REASONS.index('not research grade')}, cls = -1 "
                 "WHERE reason = 0 AND NOT research"
@@ -248,10 +249,16 @@ class ExportEngine:
         audit.add("photos per observation", photos=int(total - len(cand["photo_row"])))
         return cand
 
-    def _observation_reasons(self) -> None:
-        """Tables ``obs`` (class, reason, observer, research, photos of each observation) and ``photo_obs``."""
+    def _observation_reasons(self, *, research_only: bool) -> None:
+        """Tables ``obs`` (class, reason, observer, research, photos of each observation) and ``photo_obs``.
+
+        With ``research_only`` the grade is a reason here already (when no inclusion threshold comes between).
+        """
         no_taxon, unknown_taxon = _REASONS.index("no taxon"), _REASONS.index("unknown taxon")
         unknown_observer = _REASONS.index("unknown observer")
+        research = "coalesce(o.quality_grade = 'research', false)"
+        grade_reason = f"WHEN NOT {research} THEN {_REASONS.index('not research grade')}" if research_only else ""
+        grade_class = f"AND {research}" if research_only else ""
         self.con.execute(
             "CREATE TEMP VIEW known_observers AS "
             "SELECT DISTINCT observer_id FROM observers WHERE observer_id IS NOT NULL"
@@ -267,10 +274,10 @@ class ExportEngine:
             SELECT o.rowid AS obs_row, coalesce(o.observer_id, -1) AS observer,
               CASE WHEN o.taxon_id IS NULL THEN {no_taxon} WHEN t.taxon_id IS NULL THEN {unknown_taxon}
                    WHEN t.reason <> 0 THEN t.reason WHEN k.observer_id IS NULL THEN {unknown_observer}
-                   ELSE 0 END AS reason,
-              CASE WHEN o.taxon_id IS NULL OR t.taxon_id IS NULL OR t.reason <> 0 OR k.observer_id IS NULL
-                   THEN -1 ELSE t.cls END AS cls,
-              coalesce(o.quality_grade = 'research', false) AS research,
+                   {grade_reason} ELSE 0 END AS reason,
+              CASE WHEN o.taxon_id IS NOT NULL AND t.taxon_id IS NOT NULL AND t.reason = 0
+                   AND k.observer_id IS NOT NULL {grade_class} THEN t.cls ELSE -1 END AS cls,
+              {research} AS research,
               coalesce(n.n_photos, 0) AS n_photos
             FROM observations o
             LEFT JOIN taxon_info t ON o.taxon_id = t.taxon_id

@@ -84,7 +84,7 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--memory-limit",
         metavar="SIZE",
-        help="memory DuckDB may use reading the export, e.g. 8GB (default 40%% of this machine's)",
+        help="memory the build may use, e.g. 8GB; DuckDB's pool gets 40%% of it (default 40%% of this machine's)",
     )
     build.add_argument(
         "--temp-dir", help="where DuckDB's database and spills go (default the system's temporary folder)"

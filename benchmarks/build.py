@@ -20,14 +20,17 @@ build's peak runs just before each parse and each build, and that ratio is repor
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 
 from benchmarks.common import Result
+from inatcomp.fileio import replace_generated_block
 
 _logger = logging.getLogger(__name__)
 
@@ -66,14 +69,41 @@ print("{{}}")
 """
 _REPLICATE = """
 from benchmarks.build import replicate_export
-replicate_export({source!r}, {export!r}, {copies})
+replicate_export({source!r}, {export!r}, {copies}, compress={compress})
 print("{{}}")
 """
+#: Whole-process wall time and peak RSS of a command (its own child: ru_maxrss of children is theirs alone).
+_WHOLE = (
+    "import json, resource, subprocess, sys, time\n"
+    "start = time.perf_counter()\n"
+    "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+    "print(json.dumps({'seconds': time.perf_counter() - start,\n"
+    "                  'rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))"
+)
+#: DuckDB's own scan of the columns the build uses, typed as the build types them (the ratio's denominator).
+_DUCKDB_PARSE = """
+import duckdb
+from inatcomp.build import BUILD_COLUMNS
+from inatcomp.build.engine import typed_scan
+from inatcomp.build.export import find_table
+con = duckdb.connect(config={{"memory_limit": {limit!r}, "temp_directory": {tmp!r}}})
+for name, cols in BUILD_COLUMNS.items():
+    counts = ", ".join(f'count("{{c}}")' for c in cols)
+    con.sql(f"SELECT {{counts}} FROM ({{typed_scan(con, find_table({export!r}, name), name, cols)}})").fetchall()
+"""
+#: Photos per observation of a synthetic export (1–4, mean about 1.73): sizes are asked in observations.
+_PHOTOS_PER_OBSERVATION = 1.73
+#: Observations of the scale table (``--scale`` alone).
+SCALE_OBSERVATIONS = (10_000_000, 30_000_000, 100_000_000)
+SCALE_BEGIN, SCALE_END = (
+    "<!-- build-scale:begin (written by benchmarks/build.py --scale) -->",
+    "<!-- build-scale:end -->",
+)
 #: Above this many photos an export is made as copies of one of this size (the generator holds it all in memory).
 SYNTH_LIMIT = 3_000_000
 
 
-def replicate_export(source: str, dest: str, copies: int) -> None:
+def replicate_export(source: str, dest: str, copies: int, *, compress: bool = False) -> None:
     """Write ``copies`` copies of an export's tables one after another, each with its own observers, observations
     and photos: ids shifted past the previous copy's, a uuid's first two hex digits replaced by the copy's number.
 
@@ -97,11 +127,15 @@ def replicate_export(source: str, dest: str, copies: int) -> None:
         tables[name] = pacsv.read_csv(f"{source}/{name}.csv", read_options=read, parse_options=parse,
                                       convert_options=convert)  # fmt: skip
     plain = pacsv.WriteOptions(delimiter="\t", quoting_style="none", quoting_header="none")
-    pacsv.write_csv(tables.pop("taxa"), f"{dest}/taxa.csv", write_options=plain)
+
+    def sink(name: str) -> object:  # gzipped tables with compress, as iNaturalist ships them
+        return pa.CompressedOutputStream(f"{dest}/{name}.csv.gz", "gzip") if compress else f"{dest}/{name}.csv"
+
+    pacsv.write_csv(tables.pop("taxa"), sink("taxa"), write_options=plain)
     shifts = {c: int(pc.max(tables[t][c].cast(pa.int64())).as_py()) + 1 for t, c in
               (("observers", "observer_id"), ("photos", "photo_id"))}  # fmt: skip
     for name, table in tables.items():
-        with pacsv.CSVWriter(f"{dest}/{name}.csv", table.schema, write_options=plain) as writer:
+        with pacsv.CSVWriter(sink(name), table.schema, write_options=plain) as writer:
             for copy in range(copies):
                 columns = {}
                 for column in table.column_names:
@@ -213,14 +247,101 @@ def run(*, quick: bool = False) -> list[Result]:
     ]
 
 
+def _whole(args: list[str]) -> dict:
+    """Whole-process wall seconds and peak RSS (MB) of a command."""
+    return _child_args([sys.executable, "-c", _WHOLE, *args])
+
+
+def _child_args(argv: list[str]) -> dict:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{argv[3:6]}: exit {done.returncode}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_scale(observations: int, *, memory_limit: str, tmp_root: str | None = None) -> dict:
+    """Synthesise a gzipped export of about ``observations`` observations, then time DuckDB's scan and the build.
+
+    ``inatcomp synth --no-images --gzip`` streams block by block (:data:`inatcomp.world.synth.BLOCK_PHOTOS`), so
+    the export is generated whole at every size. Synth, parse and build each run as a process of their own,
+    measured whole (interpreter start included); the export is deleted afterwards.
+    """
+    photos = int(observations * _PHOTOS_PER_OBSERVATION)
+    species = 10_000 if photos >= 3_000_000 else max(100, photos // 300)
+    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+        export = f"{tmp}/export"
+        synth = _whole([sys.executable, "-m", "inatcomp.cli", "synth", export, "--species", str(species),
+                        "--photos", str(photos), "--no-images", "--gzip"])  # fmt: skip
+        with gzip.open(f"{export}/observations.csv.gz", "rb") as handle:
+            n_obs = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 24), b"")) - 1
+        disk = sum(os.path.getsize(os.path.join(export, f)) for f in os.listdir(export) if f.endswith(".gz"))
+        code = _DUCKDB_PARSE.format(limit=memory_limit, tmp=f"{tmp}/spill", export=export)
+        parse = _whole([sys.executable, "-c", code])
+        build = _whole([
+            sys.executable, "-m", "inatcomp.cli", "build", export, f"{tmp}/out", "--preset", "inat2018", "--no-images",
+            "--memory-limit", memory_limit, "--temp-dir", tmp,
+        ])  # fmt: skip
+    return {"observations": n_obs, "photos": photos, "disk_mb": disk / 2**20, "memory_limit": memory_limit,
+            "synth": synth, "parse": parse, "build": build}  # fmt: skip
+
+
+def scale_markdown(runs: list[dict], command: str) -> str:
+    """The scale table, the least-squares slope of build time and peak RSS, and their projection to 300 M."""
+    x = [r["observations"] / 1e6 for r in runs]
+    lines = [SCALE_BEGIN, "", f"`{command}` (gzipped tables, inat2018 --no-images):", "",
+             "| observations | export on disk | synth s | synth peak MB | parse s | build s | build peak MB "
+             "| build/parse |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in runs:
+        lines.append(
+            f"| {r['observations'] / 1e6:.3g} M | {r['disk_mb']:.0f} MB | {r['synth']['seconds']:.0f} | "
+            f"{r['synth']['rss_mb']:.0f} | {r['parse']['seconds']:.1f} | {r['build']['seconds']:.1f} | "
+            f"{r['build']['rss_mb']:.0f} | {r['build']['seconds'] / r['parse']['seconds']:.2f} |"
+        )
+    lines.append("")
+    if len(runs) >= 2:
+        for key, unit in (("seconds", "s"), ("rss_mb", "MB")):
+            y = [r["build"][key] for r in runs]
+            mx, my = sum(x) / len(x), sum(y) / len(y)
+            slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+            at = my + slope * (300 - mx)
+            lines.append(
+                f"- build {key}: slope {slope:.2f} {unit} per M observations; projected at 300 M: {at:.0f} {unit}"
+            )
+    else:
+        lines.append("- one size only: no slope (run two or more sizes)")
+    lines += ["", SCALE_END]
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Print the results."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--photos", type=int, nargs="*", help="measure these sizes instead")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="*",
+        metavar="OBSERVATIONS",
+        help=f"whole-process synth, parse and build at these sizes (default {SCALE_OBSERVATIONS})",
+    )
+    parser.add_argument("--memory-limit", default="8GB", help="the build's --memory-limit in --scale (default 8GB)")
+    parser.add_argument("--tmp", help="folder for --scale's exports and spills (default the system's)")
+    parser.add_argument("--write", action="append", default=[], help="replace the build-scale block in this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("inatcomp").setLevel(logging.WARNING)
+    if args.scale is not None:
+        runs = []
+        for n in args.scale or SCALE_OBSERVATIONS:
+            runs.append(measure_scale(n, memory_limit=args.memory_limit, tmp_root=args.tmp))
+            _logger.info("%s", json.dumps(runs[-1]))
+        text = scale_markdown(runs, "python -m benchmarks.build " + " ".join(sys.argv[1:]))
+        _logger.info("\n%s", text)
+        for path in args.write:
+            replace_generated_block(path, "build-scale", text.removeprefix(SCALE_BEGIN).removesuffix(SCALE_END))
+        return
     if args.photos:
         for n in args.photos:
             _logger.info("%s", json.dumps(measure(n)))

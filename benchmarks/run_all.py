@@ -67,8 +67,16 @@ def main() -> None:
             lines += fresh[n] if n in chosen else kept.get(n, [])
         if args.only:
             lines += ["", f"Measured on this date: {', '.join(f'`{n}`' for n in chosen)}; other rows kept from before."]
-        write_atomic(args.write, "\n".join(lines) + "\n")
+        write_atomic(args.write, "\n".join(lines) + "\n" + _sections_of(Path(args.write)))
         _logger.info("wrote %s", args.write)
+
+
+def _sections_of(path: Path) -> str:
+    """The sections after the table of an existing BENCHMARKS.md (blocks other scripts write, e.g. build-scale),
+    kept as they are."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    at = text.find("\n## ")
+    return text[at:] if at >= 0 else ""
 
 
 def _rows_of(path: Path) -> dict[str, list[str]]:

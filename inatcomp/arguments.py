@@ -98,6 +98,19 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
     )
     fetch.add_argument("--fetch-timeout", type=float, default=30.0, help="seconds a read may wait (default 30)")
     fetch.add_argument("--retry-failed", action="store_true", help="ask again for photos the failure ledger lists")
+    build.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="memory the build may use, e.g. 8GB; DuckDB's pool gets 40%% of it (default 40%% of this machine's)",
+    )
+    build.add_argument(
+        "--temp-dir", help="where DuckDB's database and spills go (default the system's temporary folder)"
+    )
+    build.add_argument(
+        "--allow-informal-names",
+        action="store_true",
+        help="keep provisional and manuscript names (e.g. Mycena sp. 'acicula-CA01') as categories",
+    )
     for rule in rule_overrides():  # every numeric BuildRules field, with its documented meaning
         meaning = rule.help.replace("``", "").rstrip(".")
         build.add_argument(f"--{rule.name.replace('_', '-')}", type=rule.type, help=f"{meaning}; overrides the preset")

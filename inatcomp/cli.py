@@ -130,6 +130,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         overrides["photo_choice"] = PhotoChoice(args.photo_choice)
     if args.all_grades:
         overrides["research_only"] = False
+    if args.allow_informal_names:
+        overrides["allow_informal_names"] = True
     rules = rules_for(Preset(args.preset), **overrides)
     fetch = None
     if args.photo_url:
@@ -153,6 +155,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         fetch=fetch,
         licenses=args.licenses.split(",") if args.licenses else None,
+        memory_limit=args.memory_limit,
+        temp_dir=args.temp_dir,
     )
     _logger.info("release in %s: %d classes, images %s", args.out, result.classes, result.images)
     return 0

@@ -11,6 +11,7 @@ import pytest
 
 from inatcomp.build import build_dataset
 from inatcomp.build.rules import Preset, rules_for
+from inatcomp.fileio import replace_generated_block
 from inatcomp.world.synth import SynthConfig, write_export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,3 +66,19 @@ def test_measure_reports_time_cpu_memory_and_prefaulted_pairs(bench):
         assert pairs["build"]["classes"] > 0 and pairs["build"]["images"]["train"] > 0
     # The pre-faulting child touches more than the first builds' peak.
     assert result["prefaulted"]["mb"] > result["build"]["rss_mb"]
+
+
+def test_scale_measures_synth_parse_and_build_whole_and_writes_its_block(bench, tmp_path):
+    runs = [bench.measure_scale(n, memory_limit="500MB", tmp_root=str(tmp_path)) for n in (3000, 6000)]
+    for run, n in zip(runs, (3000, 6000)):
+        assert abs(run["observations"] - n) < 0.1 * n
+        for stage in ("synth", "parse", "build"):
+            assert run[stage]["seconds"] > 0 and run[stage]["rss_mb"] > 10, stage
+    markdown = tmp_path / "BENCHMARKS.md"
+    markdown.write_text(f"# B\n\n{bench.SCALE_BEGIN}\nold\n{bench.SCALE_END}\nafter\n", encoding="utf-8")
+    text = bench.scale_markdown(runs, "python -m benchmarks.build --scale 3000 6000")
+    replace_generated_block(markdown, "build-scale", text.removeprefix(bench.SCALE_BEGIN).removesuffix(bench.SCALE_END))
+    written = markdown.read_text(encoding="utf-8")
+    assert "old" not in written and written.endswith("after\n") and "projected at 300 M" in written
+    assert written.count(" M | ") >= 2 and "build/parse" in written
+    assert list(tmp_path.iterdir()) == [markdown]  # the exports and spills are gone

@@ -49,9 +49,10 @@ if TYPE_CHECKING:
     from inatcomp.build.audit import check_leakage
     from inatcomp.build.layout import release_names
     from inatcomp.build.minival import split_val
-    from inatcomp.build.release import BUILD_COLUMNS, BuildResult, build_dataset
+    from inatcomp.build.release import BuildResult, build_dataset
     from inatcomp.build.releases import Release, find_release
     from inatcomp.build.rules import BuildRules, PhotoChoice, Preset, rules_for
+    from inatcomp.build.source import BUILD_COLUMNS
     from inatcomp.build.splits import assign_observers
 
 __all__ = [
@@ -73,7 +74,7 @@ __all__ = [
 #: Public names → their module, loaded on first use (PEP 562): the phases import pyarrow, pandas and Pillow,
 #: which ``inatcomp.build.rules`` (the presets, read by the command line and the kernels) does not need.
 _LAZY = {
-    "BUILD_COLUMNS": "release",
+    "BUILD_COLUMNS": "source",
     "BuildResult": "release",
     "BuildRules": "rules",
     "PhotoChoice": "rules",

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
 from inatcomp.build.rules import BuildRules, Preset
 from inatcomp.formats.taxonomy import TaxonIndex
 
+__all__ = ["safe_dir_part"]
+
 _RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
+
+
+#: Characters never kept in a folder name: whitespace, quotes, slashes.
+_UNSAFE_IN_DIR = re.compile(r"[\s'\"\u2018\u2019\u201c\u201d`/\\]")
 
 
 def _category_frame(
@@ -39,11 +47,22 @@ def _category_frame(
     return cat_frame, category_of_compact
 
 
+def safe_dir_part(text: str) -> str:
+    """``text`` as one folder name: each whitespace, quote, slash or backslash becomes ``_``, and a leading dot too.
+
+    A plain binomial only has its space replaced (``Quercus alba`` → ``Quercus_alba``), as the releases name
+    their folders; an informal name (``Mycena sp. 'acicula-CA01'``) can then neither split the path, hide a
+    folder nor put quotes or spaces into it.
+    """
+    text = _UNSAFE_IN_DIR.sub("_", text)
+    return "_" + text[1:] if text.startswith(".") else text
+
+
 def _dir_names(cat_frame: pd.DataFrame) -> list[str]:
-    """2021 image_dir_name: ``07468_Plantae_Tracheophyta_…_Genus_epithet``."""
-    epithet = [n.split(" ", 1)[1].replace(" ", "_") if " " in n else "" for n in cat_frame["name"]]
+    """2021 image_dir_name: ``07468_Plantae_Tracheophyta_…_Genus_epithet`` (each part :func:`safe_dir_part`)."""
+    epithet = [safe_dir_part(n.split(" ", 1)[1]) if " " in n else "" for n in cat_frame["name"]]
     return [
-        "_".join([f"{i:05d}", *(str(row[r]).replace(" ", "_") for r in _RANKS), e]).rstrip("_")
+        "_".join([f"{i:05d}", *(safe_dir_part(str(row[r])) for r in _RANKS), e]).rstrip("_")
         for i, (row, e) in enumerate(zip(cat_frame.to_dict("records"), epithet))
     ]
 

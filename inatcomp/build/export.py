@@ -9,8 +9,10 @@ the schema validator (:func:`inatcomp.formats.validate.validate_file`) finds the
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,15 @@ import pyarrow.parquet as pq
 from inatcomp.formats.kinds import FileKind
 from inatcomp.formats.validate import validate_file
 
-__all__ = ["TABLE_COLUMNS", "ExportTables", "ancestry_parents", "find_table", "read_columns", "read_export"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "ExportTables",
+    "ancestry_parents",
+    "explain_table_error",
+    "find_table",
+    "read_columns",
+    "read_export",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -64,6 +74,36 @@ def _explain(path: Path, table: str, error: Exception) -> ValueError:
         detail = "; ".join(str(p) for p in problems[:5])
         return ValueError(f"malformed {table} table: {detail}")
     return ValueError(f"{path}: malformed {table} table: {error}")
+
+
+def explain_table_error(path: Path, table: str, error: str) -> ValueError:
+    """A one-line ValueError for a table the engine could not read: the schema validator's file, line and column
+    when it finds the fault, else the file and the engine's message."""
+    truncated_at = _gzip_truncated_at(path) if path.suffix == ".gz" else None
+    if truncated_at is not None:
+        return ValueError(
+            f"{path}: line {truncated_at}: the gzip stream ends before its end marker (a truncated file; "
+            f"expected a complete .gz {table} table)"
+        )
+    try:
+        problems = validate_file(path, FileKind(f"export_{table}"), max_problems=3)
+    except (OSError, EOFError, ValueError, UnicodeDecodeError) as failure:
+        return ValueError(f"{path}: cannot read the {table} table ({failure}; {error})")
+    if problems:
+        return ValueError(f"malformed {table} table: {'; '.join(str(p) for p in problems[:3])}")
+    return ValueError(f"{path}: cannot read the {table} table ({error})")
+
+
+def _gzip_truncated_at(path: Path) -> int | None:
+    """The line a truncated gzip file breaks off in (counted from 1, the header's), or None when it is whole."""
+    lines = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                lines += block.count(b"\n")
+    except (EOFError, OSError, zlib.error):
+        return lines + 1
+    return None
 
 
 def read_columns(path: str | os.PathLike, table: str, columns: list[str] | None = None) -> pa.Table:

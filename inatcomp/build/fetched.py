@@ -14,16 +14,15 @@ Also the ``--licenses`` filter, which keeps only the photos under the listed lic
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from inatcomp.build.audit import _Audit
-from inatcomp.build.export import ExportTables
 from inatcomp.build.fetch import BUCKET_SIDES, FetchReport, FetchSettings, PhotoFetcher
 from inatcomp.build.selection import _Selection
 
@@ -78,15 +77,16 @@ def _without(photos: pa.Table, gone: set[int]) -> pa.Table:
 
 
 def _choose_and_fetch(
-    tables: ExportTables,
-    choose: Callable[[ExportTables], tuple[_Selection, _Audit]],
+    source: Any,
+    choose: Callable[[set[int]], tuple[_Selection, _Audit]],
     settings: FetchSettings,
 ) -> tuple[_Selection, _Audit, FetchReport]:
     """Select, fetch the selected photos, and select again without the gone ones until none is missing.
 
     Args:
-        tables: The export's tables; left as they are (each round works on a shallow copy).
-        choose: The selection phases on a copy of the tables, returning the selection and its audit.
+        source: The export as the rounds read it (:class:`~inatcomp.build.source.ExportSource`).
+        choose: The selection phases on the export without the given photo ids, returning the selection and its
+            audit.
         settings: How to fetch.
 
     Returns:
@@ -94,10 +94,9 @@ def _choose_and_fetch(
     """
     fetcher = PhotoFetcher(settings)
     report = fetcher.report
-    photo_ids = tables.photos["photo_id"]
     gone = fetcher.known_gone()
     if gone:
-        gone &= set(photo_ids.filter(pc.is_in(photo_ids, value_set=pa.array(sorted(gone), pa.int64()))).to_pylist())
+        gone = source.known(gone)
         report.known_gone = len(gone)
         _logger.info(
             "%d photos of this export are in the ledger as gone: left out (--retry-failed asks again)",
@@ -107,8 +106,7 @@ def _choose_and_fetch(
     try:
         while True:
             report.rounds += 1
-            round_tables = dataclasses.replace(tables, photos=_without(tables.photos, gone))
-            selection, audit = choose(round_tables)
+            selection, audit = choose(gone)
             extensions = selection.extension.to_pylist()
             failed = fetcher.fetch(list(zip(selection.photo_id.tolist(), extensions)))
             if not failed:
@@ -118,17 +116,16 @@ def _choose_and_fetch(
             failed_here |= failed
     finally:
         fetcher.close()
-    report.replaced, report.dropped = _replaced_and_dropped(tables.photos, failed_here, selection)
+    report.replaced, report.dropped = _replaced_and_dropped(source, failed_here, selection)
     report.gone = gone
     return selection, audit, report
 
 
-def _replaced_and_dropped(photos: pa.Table, failed: set[int], selection: _Selection) -> tuple[int, int]:
+def _replaced_and_dropped(source: Any, failed: set[int], selection: _Selection) -> tuple[int, int]:
     """Failed photos whose observation is in the release with another photo, and those whose observation left."""
     if not failed:
         return 0, 0
-    rows = pc.is_in(photos["photo_id"], value_set=pa.array(sorted(failed), pa.int64()))
-    observations = photos.filter(rows)["observation_uuid"]
+    observations = source.observation_uuids(failed)
     kept = pc.is_in(observations, value_set=selection.columns.observation_uuid).to_numpy(zero_copy_only=False)
     replaced = int(np.count_nonzero(kept))
     return replaced, len(kept) - replaced

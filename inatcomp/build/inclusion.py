@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -20,6 +21,18 @@ from inatcomp.build.export import ExportTables, ancestry_parents
 from inatcomp.build.rules import BuildRules
 from inatcomp.formats.taxonomy import TaxonIndex
 
+__all__ = ["is_informal_name"]
+
+_GENUS = r"[A-Z][a-z]+(?:-[A-Z]?[a-z]+)*"
+_EPITHET = r"(?:× ?)?[a-z]+(?:-[a-z]+)*"
+_INFRA_MARKER = r"(?:subsp\.|ssp\.|var\.|subvar\.|f\.|forma) "
+#: Formal names: a genus; a binomial at rank species; a trinomial (a rank marker allowed) below it.
+_FORMAL = {
+    "genus": re.compile(rf"{_GENUS}"),
+    "species": re.compile(rf"{_GENUS} {_EPITHET}"),
+    "infraspecific": re.compile(rf"{_GENUS} {_EPITHET} (?:{_INFRA_MARKER})?{_EPITHET}"),
+}
+
 _REASONS = (
     "",
     "no taxon",
@@ -27,6 +40,7 @@ _REASONS = (
     "hybrid",
     "identified above species",
     "inactive taxon",
+    "informal name",
     "no kingdom in ancestry",
     "unknown observer",
     "not research grade",
@@ -165,6 +179,20 @@ def _observation_classes(
     return cls, reason
 
 
+def is_informal_name(name: str, rank_level: float) -> bool:
+    """Whether a class's name is provisional or a manuscript name rather than a Latin name of its rank.
+
+    A formal name is, at rank species (level 10), a binomial: a capitalised genus (letters, hyphenated parts
+    allowed) and one lower-case epithet (letters and hyphens, ``×`` allowed before it); below species a
+    trinomial, with ``subsp.``, ``var.``, ``f.`` … allowed before the last epithet; above species (a leaf
+    genus) one capitalised word. Anything else is informal: a quote, digit or dot (``Mycena sp.
+    'acicula-CA01'``, ``Hydnocristella sp. 'PNW01'``), or more lower-case words than the rank has
+    (``Dactylocnemis poor knights``, ``Symbiodinium ex mcneilli``).
+    """
+    kind = "species" if rank_level == 10 else "infraspecific" if rank_level < 10 else "genus"
+    return _FORMAL[kind].fullmatch(name) is None
+
+
 def _taxon_classes(taxa: TaxonIndex, rules: BuildRules) -> tuple[np.ndarray, np.ndarray]:
     """Class row and skip reason code of an observation of each taxon (row of the taxa table)."""
     rows = np.arange(len(taxa.taxon_ids))
@@ -185,6 +213,15 @@ def _taxon_classes(taxa: TaxonIndex, rules: BuildRules) -> tuple[np.ndarray, np.
     reason[above] = _REASONS.index("identified above species")
     inactive = (reason == 0) & ~(taxa.active[rows] & taxa.active[np.where(cls >= 0, cls, 0)])
     reason[inactive] = _REASONS.index("inactive taxon")
+    if not rules.allow_informal_names:
+        checked = np.flatnonzero(reason == 0)
+        class_rows = np.unique(cls[checked])
+        informal_class = np.array(
+            [is_informal_name(str(taxa.names[c]), float(taxa.rank_levels[c])) for c in class_rows], dtype=bool
+        )
+        informal = np.zeros(len(rows), dtype=bool)
+        informal[checked] = informal_class[np.searchsorted(class_rows, cls[checked])] if len(class_rows) else False
+        reason[informal] = _REASONS.index("informal name")
     supercategory_missing = (reason == 0) & (taxa.ancestor["kingdom"][np.where(cls >= 0, cls, 0)] < 0)
     reason[supercategory_missing] = _REASONS.index("no kingdom in ancestry")
     cls[reason != 0] = -1
@@ -198,16 +235,25 @@ def _apply_inclusion(
     research: np.ndarray,
     photos_per_obs: np.ndarray,
     rules: BuildRules,
+    *,
+    weights: np.ndarray | None = None,
 ) -> None:
-    """Inclusion thresholds and leaf genera (production), in place on ``cls`` and ``reason``."""
+    """Inclusion thresholds and leaf genera (production), in place on ``cls`` and ``reason``.
+
+    Each entry is an observation, or with ``weights`` that many observations of one class and grade (the
+    out-of-core path passes per-class counts: every decision here depends on the class alone).
+    """
     if not (rules.min_observations or rules.min_research_observations or rules.min_photos):
         return
     ok = reason == 0
     n = len(taxa.taxon_ids)
 
     def qualifies(keys: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        n_obs = np.bincount(keys[mask], minlength=n)
-        n_research = np.bincount(keys[mask & research], minlength=n)
+        w = None if weights is None else weights[mask]
+        n_obs = np.bincount(keys[mask], weights=w, minlength=n)
+        n_research = np.bincount(
+            keys[mask & research], weights=None if weights is None else weights[mask & research], minlength=n
+        )
         n_photos = np.bincount(keys[mask], weights=photos_per_obs[mask], minlength=n)
         by_obs = (n_obs >= rules.min_observations) & (n_research >= rules.min_research_observations)
         by_photos = (n_photos >= rules.min_photos) if rules.min_photos else np.zeros(n, bool)

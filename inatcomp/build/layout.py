@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inatcomp.build.arrays import _needs_escape, lexsort_by_group, stable_argsort
-from inatcomp.build.categories import _dir_names
+from inatcomp.build.categories import _dir_names, safe_dir_part
 from inatcomp.build.rules import BuildRules, Preset, Split
 
 #: The split of each dataset file, in the order they are written and counted.
@@ -76,9 +76,11 @@ def _file_names(
     if rules.preset is Preset.INAT2021:
         class_dir = _dir_names(cat_frame)
     elif rules.preset is Preset.INAT2017:
-        class_dir = (cat_frame["supercategory"] + "/" + cat_frame["name"].str.replace(" ", "_")).tolist()
+        class_dir = [
+            f"{safe_dir_part(s)}/{safe_dir_part(n)}" for s, n in zip(cat_frame["supercategory"], cat_frame["name"])
+        ]
     else:
-        class_dir = (cat_frame["supercategory"] + "/" + pd.Series(np.arange(len(cat_frame))).astype(str)).tolist()
+        class_dir = [f"{safe_dir_part(s)}/{i}" for i, s in enumerate(cat_frame["supercategory"])]
     folders = [names["train_dir"], names["val_dir"], names["test_dir"]]
     class_text = pa.array(class_dir, pa.string())
     if quoted and (_needs_escape(pa.array(folders)) or _needs_escape(class_text)):

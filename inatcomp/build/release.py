@@ -16,27 +16,22 @@ import pyarrow as pa
 
 from inatcomp.build.audit import _Audit, _json_mismatches, _write_audit
 from inatcomp.build.categories import _category_frame, _category_records
-from inatcomp.build.export import TABLE_COLUMNS, ExportTables, read_export
 from inatcomp.build.fetch import FetchReport, FetchSettings
-from inatcomp.build.fetched import _choose_and_fetch, _keep_licenses, _warn_if_enlarged
+from inatcomp.build.fetched import _choose_and_fetch, _warn_if_enlarged
 from inatcomp.build.images import _write_images
-from inatcomp.build.inclusion import _classify
 from inatcomp.build.json_text import _release_texts, _write_json_files
 from inatcomp.build.layout import _prepare_out, release_names
 from inatcomp.build.organizer import _write_provenance, _write_sample_submission, _write_solution
 from inatcomp.build.rules import BuildRules, Split
-from inatcomp.build.sampling import _apply_quotas, _photos_per_observation, _split_observers, _split_sizes
+from inatcomp.build.sampling import _split_sizes
 from inatcomp.build.selection import _name_files, _select, _Selection
+from inatcomp.build.source import ExportSource
 from inatcomp.build.stats import _stats_and_plot, _write_stats
 
 _logger = logging.getLogger(__name__)
 
 #: Threads writing the release files.
 _WRITE_THREADS = 2
-#: The columns the builder reads from each export table (the photos' observer_id is the observation's).
-BUILD_COLUMNS: dict[str, list[str]] = {
-    table: [c for c in columns if (table, c) != ("photos", "observer_id")] for table, columns in TABLE_COLUMNS.items()
-}
 
 
 @dataclasses.dataclass
@@ -90,6 +85,9 @@ def build_dataset(
     overwrite: bool = False,
     fetch: FetchSettings | None = None,
     licenses: Sequence[str] | None = None,
+    memory_limit: str | None = None,
+    temp_dir: str | os.PathLike | None = None,
+    in_memory: bool = False,
 ) -> BuildResult:
     """Build a challenge dataset from an observation export.
 
@@ -106,6 +104,11 @@ def build_dataset(
         fetch: Fetch the selected photos over HTTP into ``fetch.cache`` and read them there (else they are read
             from ``export_dir/photos``): see :mod:`inatcomp.build.fetched`.
         licenses: Keep only the photos under these licences (names as in the photos table, any case).
+        memory_limit: What the build may use in all (e.g. ``'8GB'``; DuckDB's pool gets a share of it; default
+            :func:`~inatcomp.build.engine.default_memory_limit`).
+        temp_dir: Where DuckDB's database and spills go (default the system's temporary folder).
+        in_memory: Read the tables whole into memory with pyarrow instead (the builder before the out-of-core
+            engine, kept to prove both write the same files).
 
     Returns:
         Classes, images per split and the audit.
@@ -123,28 +126,29 @@ def build_dataset(
     _prepare_out(out, names, overwrite=overwrite)
     sample_seed = seed if resample_seed is None else resample_seed
     laps = _Laps()
-    tables = read_export(export_dir, columns=BUILD_COLUMNS)
-    laps.lap("read")
-    licence_audit = _Audit()
-    if licenses:
-        tables.photos = _keep_licenses(tables.photos, licenses, licence_audit)
-    out.mkdir(parents=True, exist_ok=True)
+    with ExportSource(
+        export_dir, in_memory=in_memory, memory_limit=memory_limit, temp_dir=temp_dir, lap=laps.lap
+    ) as source:
+        licence_audit = _Audit()
+        if licenses:
+            source.keep_licenses(licenses, licence_audit)
+        out.mkdir(parents=True, exist_ok=True)
 
-    def choose(chosen_tables: ExportTables) -> tuple[_Selection, _Audit]:
-        audit = copy.deepcopy(licence_audit)
-        return _choose(chosen_tables, rules, seed, sample_seed, audit, laps, images=images, names=names), audit
+        def choose(gone: set[int]) -> tuple[_Selection, _Audit]:
+            audit = copy.deepcopy(licence_audit)
+            selection = _choose(source, gone, rules, seed, sample_seed, audit, laps, images=images, names=names)
+            return selection, audit
 
-    fetch_report = None
-    if fetch is not None and images:
-        selection, audit, fetch_report = _choose_and_fetch(tables, choose, fetch)
-        photo_dir, size = Path(fetch.cache), fetch.size
-    else:
-        if fetch is not None:
-            _logger.info("--no-images: no photo is fetched")
-        selection, audit = choose(tables)
-        photo_dir, size = export_dir / "photos", None
-    observers = tables.observers
-    del tables  # with it the export's photos and observations (the selection took what the release needs)
+        fetch_report = None
+        if fetch is not None and images:
+            selection, audit, fetch_report = _choose_and_fetch(source, choose, fetch)
+            photo_dir, size = Path(fetch.cache), fetch.size
+        else:
+            if fetch is not None:
+                _logger.info("--no-images: no photo is fetched")
+            selection, audit = choose(set())
+            photo_dir, size = export_dir / "photos", None
+        observers = source.observers
     if images:
         selection = _write_images(
             selection, photo_dir=photo_dir, size=size, out=out, rules=rules, names=names, workers=workers, audit=audit
@@ -167,7 +171,8 @@ def build_dataset(
 
 
 def _choose(
-    tables: ExportTables,
+    source: ExportSource,
+    gone: set[int],
     rules: BuildRules,
     seed: int,
     sample_seed: int,
@@ -177,26 +182,20 @@ def _choose(
     images: bool,
     names: dict[str, str],
 ) -> _Selection:
-    """The phases from inclusion to the images' file names, with generators fresh from the seeds.
+    """The phases from inclusion to the images' file names, on the export without ``gone``, with fresh generators.
 
-    Fresh generators make a rerun on the same tables (with fewer photos, after a fetch failed) the build of
-    an export without those photos, whatever ran before.
+    Fresh generators make a rerun (with fewer photos, after a fetch failed) the build of an export without those
+    photos, whatever ran before.
     """
-    split_rng = np.random.default_rng([seed, 11])
-    sample_rng = np.random.default_rng([sample_seed, 13])
-    classified = _classify(tables, rules, audit, laps.lap)
-    candidates = _photos_per_observation(tables, classified, rules, sample_rng, audit)
-    laps.lap("photos per observation")
-    splits = _split_observers(classified, candidates, rules, split_rng, audit)
-    laps.lap("splits")
-    chosen = _apply_quotas(splits, candidates, rules, sample_rng, audit)
-    laps.lap("quotas")
+    rngs = (np.random.default_rng([seed, 11]), np.random.default_rng([sample_seed, 13]))
+    tables, classified, photo_obs, candidates, splits, chosen = source.choose(rules, audit, rngs, gone)
+    sample_rng = rngs[1]
     cat_frame, category_of_compact = _category_frame(
         classified.taxa, splits.class_rows, splits.supercategories, splits.kept
     )
     selection = _select(
         tables,
-        classified.photo_obs,
+        photo_obs,
         candidates,
         splits,
         chosen,
@@ -206,7 +205,7 @@ def _choose(
         images=images,
         rng=sample_rng,
     )
-    del classified, candidates, splits, chosen  # arrays as long as the export's photos: let them go
+    del classified, candidates, splits, chosen, photo_obs  # arrays as long as the candidates: let them go
     selection = _name_files(selection, rules, names, images=images)
     laps.lap("categories, order and file names")
     return selection

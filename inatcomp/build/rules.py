@@ -62,6 +62,9 @@ class BuildRules:
         preset: The release these rules follow.
         rollup_infraspecific: Roll subspecies/varieties/forms up to their species (2018 and later).
         research_only: Keep research-grade observations only.
+        allow_informal_names: Keep classes with provisional or manuscript names (``Mycena sp. 'acicula-CA01'``,
+            ``Dactylocnemis poor knights``); by default they are left out
+            (:func:`~inatcomp.build.inclusion.is_informal_name`).
         leaf_genera: Make a genus a class when none of its species qualifies (production).
         min_observations: Inclusion: at least this many observations …
         min_research_observations: … of which at least this many research grade …
@@ -85,6 +88,7 @@ class BuildRules:
     preset: Preset
     rollup_infraspecific: bool = True
     research_only: bool = True
+    allow_informal_names: bool = False
     leaf_genera: bool = False
     min_observations: int = 0
     min_research_observations: int = 0

@@ -488,7 +488,9 @@ def _truth_tables(
     return taxa_out, species_table, truth
 
 
-def generate_export(taxonomy: SynthTaxonomy, *, seed: int, photos: int, image_size: int) -> GeneratedExport:
+def generate_export(
+    taxonomy: SynthTaxonomy, *, seed: int, photos: int, image_size: int, block: int = 0
+) -> GeneratedExport:
     """Everything of an export but the images, in phases that share one random stream (their order is fixed).
 
     Species traits, then the observations (species, place, observer), dates, identifications, the
@@ -499,9 +501,14 @@ def generate_export(taxonomy: SynthTaxonomy, *, seed: int, photos: int, image_si
         seed: Seed (of ``SynthConfig``).
         photos: Number of photos in the export.
         image_size: Long side of the photos in pixels.
+        block: Block of a large export generated block by block: the species' traits are drawn first from
+            the seed's stream (the same in every block), then block 0 goes on in that stream and block k > 0
+            draws the rest from a stream of its own, ``[seed, 3, k]``.
     """
     rng = np.random.default_rng([seed, 3])
     traits = _species_traits(rng, taxonomy)
+    if block:
+        rng = np.random.default_rng([seed, 3, block])
     obs = _draw_observations(rng, photos, taxonomy, traits)
     observed_on = _observation_dates(rng, traits, obs.species)
     taxon_of_obs, quality = _identifications(rng, taxonomy, traits.ids, obs.species)

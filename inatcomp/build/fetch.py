@@ -12,11 +12,13 @@ What each answer means:
 - 200 with an image that decodes: written to ``{cache}/{photo_id}/{size}.{extension}`` through a temporary
   name and renamed once complete and decoded, so the cache never holds half a photo (``kill -9`` at any
   moment leaves at most a ``*.part`` file, removed when the photo is fetched again);
-- 429, 408 and 5xx, connection errors and resets, connect and read timeouts, bodies shorter than their
+- 429, 408 and 5xx, connection errors and resets, connect and read timeouts, an answer that takes longer than
+  ``total_timeout`` in all (a server trickling bytes never trips the read timeout), bodies shorter than their
   ``Content-Length``: retried with exponential back-off and full jitter, at least as long as ``Retry-After``
   says (which also pauses every worker: a server that asks for a pause gets it from the whole client);
 - 404, 403, 410 and every other 4xx: permanent for that photo;
 - 200 with a body that is not an image (an HTML error page) or does not decode: retried once, then permanent;
+- a body longer than ``max_bytes`` (read no further, so memory stays bounded): permanent;
 - still failing after ``max_attempts``: permanent ("gave up").
 
 Permanent failures are appended to a ledger beside the photos (``{cache}/fetch_failures.tsv``: photo id,
@@ -26,10 +28,12 @@ size, url, status, attempts, reason), so a rerun does not ask again for a photo 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
 import io
 import logging
+import math
 import os
 import random
 import threading
@@ -39,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import urllib3
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from inatcomp.build.progress import Progress
 
@@ -56,6 +60,7 @@ LEDGER_NAME = "fetch_failures.tsv"
 _LEDGER_COLUMNS = ("photo_id", "size", "url", "status", "attempts", "reason")
 #: Statuses retried: rate limiting, request timeout, and every server error.
 _TRANSIENT_4XX = (408, 425, 429)
+_CHUNK = 256 * 1024  # bytes asked of the socket per read: a medium photo in one or two reads
 
 
 def photo_url_template(template: str) -> str:
@@ -92,6 +97,8 @@ class FetchSettings:
         retry_failed: Ask again for the photos the ledger lists as gone.
         connect_timeout: Seconds to open a connection.
         read_timeout: Seconds any one read of the answer may wait.
+        total_timeout: Seconds one request may take in all, from sending it to the last byte of the answer.
+        max_bytes: Longest body accepted, a longer one permanent (a server that never stops must not fill memory).
         max_attempts: Requests for one photo before it is given up.
         backoff_base: Back-off before the first retry, doubled each retry (before the jitter).
         backoff_cap: Longest back-off (before ``Retry-After``).
@@ -106,6 +113,8 @@ class FetchSettings:
     retry_failed: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    total_timeout: float = 120.0
+    max_bytes: int = 64_000_000
     max_attempts: int = 8
     backoff_base: float = 0.5
     backoff_cap: float = 60.0
@@ -122,8 +131,14 @@ class FetchSettings:
             raise ValueError(f"--fetch-workers must be at least 1, got {self.workers}")
         if self.max_rps < 0:
             raise ValueError(f"--max-rps must be 0 (no ceiling) or more, got {self.max_rps}")
-        if self.read_timeout <= 0 or self.connect_timeout <= 0:
-            raise ValueError("--fetch-timeout must be positive")
+        for name, value in (("read", self.read_timeout), ("connect", self.connect_timeout),
+                            ("total", self.total_timeout)):  # fmt: skip
+            if not value > 0:
+                raise ValueError(f"--fetch-timeout: the {name} timeout must be positive, got {value}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.backoff_base < 0 or self.backoff_cap < 0 or self.max_retry_after < 0 or self.max_bytes < 1:
+            raise ValueError("back-offs and Retry-After's ceiling must be 0 or more, max_bytes at least 1")
         if not self.size or "/" in self.size:
             raise ValueError(f"--photo-size: expected a size such as medium, large or original, got {self.size!r}")
 
@@ -210,9 +225,13 @@ class _Ledger:
         self.path = cache / LEDGER_NAME
         self.lock = threading.Lock()
         self.entries: dict[tuple[int, str], dict[str, str]] = {}
+        # A last line without its end (a kill mid-write): the next line appended starts on a line of its own,
+        # else the two would read back as one malformed line and the new one would be lost.
+        self.cut = False
         if self.path.is_file():
             with open(self.path, encoding="utf-8", errors="replace") as handle:
                 for number, line in enumerate(handle, 1):
+                    self.cut = not line.endswith("\n")
                     fields = line.rstrip("\n").split("\t")
                     if number == 1 or len(fields) != len(_LEDGER_COLUMNS) or not line.endswith("\n"):
                         continue  # the header, or a line cut by a kill
@@ -227,6 +246,7 @@ class _Ledger:
         return {photo_id for photo_id, s in self.entries if s == size}
 
     def add(self, photo_id: int, size: str, url: str, status: str, attempts: int, reason: str) -> None:
+        """Append a permanent failure (thread-safe); a line of its own even after a line cut by a kill."""
         row = {"photo_id": str(photo_id), "size": size, "url": url, "status": status,
                "attempts": str(attempts), "reason": reason.replace("\t", " ").replace("\n", " ")}  # fmt: skip
         with self.lock:
@@ -235,6 +255,9 @@ class _Ledger:
             with open(self.path, "a", encoding="utf-8") as handle:
                 if new:
                     handle.write("\t".join(_LEDGER_COLUMNS) + "\n")
+                elif self.cut:
+                    handle.write("\n")
+                self.cut = False
                 handle.write("\t".join(row[c] for c in _LEDGER_COLUMNS) + "\n")
 
     def forget(self, photo_ids: Sequence[int], size: str) -> None:
@@ -250,6 +273,7 @@ class _Ledger:
                 for row in self.entries.values():
                     handle.write("\t".join(row[c] for c in _LEDGER_COLUMNS) + "\n")
             os.replace(tmp, self.path)
+            self.cut = False
 
 
 class _TransientError(Exception):
@@ -265,11 +289,11 @@ class _NotImageError(Exception):
 
 
 class _PermanentError(Exception):
-    """A status that will not change by asking again."""
+    """An answer that will not change by asking again: ``status`` for the ledger, ``reason`` for the audit."""
 
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 def _retry_after(value: str | None) -> float:
@@ -277,9 +301,11 @@ def _retry_after(value: str | None) -> float:
     if not value:
         return 0.0
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "nan" and "inf" parse as numbers too: neither is a wait
+        return max(seconds, 0.0) if math.isfinite(seconds) else 0.0
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -291,7 +317,8 @@ def _check_image(data: bytes, content_type: str | None) -> None:
     """Raise :class:`_NotImageError` unless ``data`` is an image that decodes to the end.
 
     JPEGs are decoded at an eighth of their size (DCT scaling still reads every coded block, so a cut or
-    damaged file fails), which costs a fraction of a full decode.
+    damaged file fails), which costs a fraction of a full decode. Any exception of the decoder means "does not
+    decode": Pillow's plugins raise more than ``OSError`` on bad bytes (``EOFError``, ``struct.error`` …).
     """
     if content_type and content_type.split(";")[0].strip().lower().startswith("text/"):
         raise _NotImageError(f"content type {content_type}")
@@ -299,7 +326,7 @@ def _check_image(data: bytes, content_type: str | None) -> None:
         with Image.open(io.BytesIO(data)) as image:
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Exception as error:  # noqa: BLE001 - see above: whatever the bytes make the decoder raise
         raise _NotImageError(f"{type(error).__name__}: {error}") from error
 
 
@@ -355,6 +382,7 @@ class PhotoFetcher:
         every call.
         """
         todo = []
+        cached = 0
         for photo_id, extension in photos:
             photo_id = int(photo_id)
             if photo_id in self.seen:
@@ -362,13 +390,14 @@ class PhotoFetcher:
             self.seen.add(photo_id)
             self.report.needed += 1
             if os.path.isfile(self.path(photo_id, extension)):
-                self.report.from_cache += 1
+                cached += 1
             else:
                 todo.append((photo_id, extension))
+        self.report.from_cache += cached
         self.report.requested += len(todo)
         if not todo:
             return set()
-        _logger.info("fetching %d photos (%d in the cache) from %s", len(todo), len(photos) - len(todo), self.template)
+        _logger.info("fetching %d photos (%d in the cache) from %s", len(todo), cached, self.template)
         failed: set[int] = set()
         progress = Progress("fetch", len(todo))
         self._run(todo, failed, progress)
@@ -378,12 +407,16 @@ class PhotoFetcher:
         return failed
 
     def _run(self, todo: list[tuple[int, str]], failed: set[int], progress: Progress) -> None:
-        """Fetch ``todo`` with the workers; the calling thread shows the progress and re-raises a worker's bug."""
+        """Fetch ``todo`` with the workers; the calling thread shows the progress and re-raises a worker's bug.
+
+        After a bug or an interrupt of the caller (Ctrl-C) the workers take no new photo.
+        """
         jobs = iter(todo)
         errors: list[BaseException] = []
+        stop = threading.Event()
 
         def work() -> None:
-            while not errors:
+            while not stop.is_set():
                 with self.lock:
                     job = next(jobs, None)
                 if job is None:
@@ -394,14 +427,18 @@ class PhotoFetcher:
                             failed.add(job[0])
                 except BaseException as error:  # a bug: stop every worker and raise it in the caller
                     errors.append(error)
+                    stop.set()
 
         threads = [threading.Thread(target=work, daemon=True) for _ in range(min(self.settings.workers, len(todo)))]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
-                progress.show()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+                    progress.show()
+        finally:
+            stop.set()
         if errors:
             raise errors[0]
 
@@ -422,7 +459,7 @@ class PhotoFetcher:
                         return self._give_up(photo_id, url, "200", attempt, "not an image", str(error), progress)
                     raise _TransientError("not an image") from error
             except _PermanentError as error:
-                return self._give_up(photo_id, url, str(error.status), attempt, str(error), str(error), progress)
+                return self._give_up(photo_id, url, error.status, attempt, error.reason, error.reason, progress)
             except _TransientError as error:
                 if attempt == s.max_attempts:
                     why = f"gave up after {attempt} attempts"
@@ -446,26 +483,52 @@ class PhotoFetcher:
         """One GET: the body and Content-Type of a 200, or :class:`_TransientError` / :class:`_PermanentError`."""
         with self.lock:
             self.report.requests += 1
+        deadline = time.monotonic() + self.settings.total_timeout
         try:
-            # The body is read (and its length checked) before the connection goes back to the pool.
             if self.host_pool is not None:  # one host: its pool directly, without parsing each URL again
                 response = self.host_pool.urlopen(
-                    "GET", url[len(self.host) :], headers=self.http.headers, preload_content=True, redirect=False
+                    "GET", url[len(self.host) :], headers=self.http.headers, preload_content=False, redirect=False
                 )
                 if 300 <= response.status < 400 and response.get_redirect_location():
-                    response = self.http.request("GET", url, preload_content=True)  # maybe to another host
+                    response.drain_conn()
+                    response.release_conn()
+                    response = self.http.request("GET", url, preload_content=False)  # maybe to another host
             else:
-                response = self.http.request("GET", url, preload_content=True)
+                response = self.http.request("GET", url, preload_content=False)
+            try:
+                data = self._read_body(response, deadline)
+            finally:
+                response.release_conn()
         except urllib3.exceptions.MaxRetryError as error:
             raise _TransientError(_error_reason(error.reason)) from error
         except (urllib3.exceptions.HTTPError, OSError) as error:
             raise _TransientError(_error_reason(error)) from error
         status = response.status
         if status == 200:
-            return response.data, response.headers.get("Content-Type")
+            return data, response.headers.get("Content-Type")
         if status in _TRANSIENT_4XX or status >= 500:
             raise _TransientError(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
-        raise _PermanentError(status)
+        raise _PermanentError(str(status), f"HTTP {status}")
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+        """The whole body, at most ``max_bytes`` of it and before ``deadline`` (its length checked by urllib3).
+
+        Each read returns what the socket has (``read1``): the deadline holds however slowly the server sends.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = response.read1(_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            chunks.append(chunk)
+            if size > self.settings.max_bytes:
+                response.close()  # the rest is never read: the connection cannot be used again
+                raise _PermanentError(str(response.status), f"body over {self.settings.max_bytes:,} bytes")
+            if time.monotonic() > deadline:
+                response.close()
+                raise _TransientError("total timeout")
 
     def _count_retry(self, reason: str, progress: Progress) -> None:
         with self.lock:
@@ -476,7 +539,7 @@ class PhotoFetcher:
         self, photo_id: int, url: str, status: str, attempts: int, reason: str, detail: str, progress: Progress
     ) -> bool:
         """Record a permanent failure (ledger and report); always False."""
-        _logger.warning("photo %d gone (%s after %d attempts): %s", photo_id, reason, attempts, detail)
+        _logger.warning("photo %d gone (%s after %d attempts) at %s: %s", photo_id, reason, attempts, url, detail)
         self.ledger.add(photo_id, self.settings.size, url, status, attempts, reason)
         with self.lock:
             self.report.failed[reason] += 1
@@ -484,7 +547,9 @@ class PhotoFetcher:
         return False
 
     def _write(self, target: str, data: bytes) -> None:
-        """Write a photo atomically: a temporary name in its folder, renamed once whole (stale ``*.part`` removed)."""
+        """Write a photo atomically: a temporary name in its folder, renamed once whole (stale ``*.part`` removed).
+
+        A write that fails (a full disk) removes its temporary file before the error goes on."""
         folder, name = os.path.split(target)
         try:
             os.mkdir(folder)  # a photo's own folder: usually new, and then nothing stale can be in it
@@ -492,13 +557,19 @@ class PhotoFetcher:
             with os.scandir(folder) as entries:
                 for entry in entries:
                     if entry.name.startswith(name + ".") and entry.name.endswith(".part"):
-                        os.unlink(entry.path)  # left by a killed run
+                        with contextlib.suppress(FileNotFoundError):  # another run sharing the cache took it
+                            os.unlink(entry.path)  # left by a killed run
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
         tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.part"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def close(self) -> None:
         self.http.clear()

@@ -131,6 +131,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
         overrides["research_only"] = False
     rules = rules_for(Preset(args.preset), **overrides)
     fetch = None
+    if not args.photo_url and (args.photo_cache or args.retry_failed):
+        # Without a URL these would be ignored, and the photos read from EXPORT/photos instead of the cache named.
+        raise ValueError(
+            "--photo-cache and --retry-failed go with --photo-url (without it, photos come from EXPORT/photos)"
+        )
     if args.photo_url:
         fetch = FetchSettings(
             url=args.photo_url,

@@ -202,6 +202,9 @@ def test_bad_fetch_options_are_one_line_errors(export, tmp_path, caplog):
             photo_url_template(template)
     code = main(["build", str(export), str(tmp_path / "o"), "--preset", "inat2017", "--photo-url", "s3://bucket"])
     assert code == 2 and "--photo-url" in caplog.text
+    caplog.clear()
+    code = main(["build", str(export), str(tmp_path / "o"), "--preset", "inat2017", "--photo-cache", str(tmp_path)])
+    assert code == 2 and "--photo-cache and --retry-failed go with --photo-url" in caplog.text
     assert _retry_after("3") == 3.0 and _retry_after(None) == 0.0 and _retry_after("soon") == 0.0
     assert _retry_after("nan") == 0.0 and _retry_after("inf") == 0.0 and _retry_after("-5") == 0.0
     for bad in (dict(max_attempts=0), dict(total_timeout=0), dict(read_timeout=float("nan")), dict(workers=0)):

@@ -27,10 +27,10 @@ from inatcomp.build.fetch import (
     OPEN_DATA_URL,
     FetchSettings,
     PhotoFetcher,
-    _Ledger,
     _retry_after,
     photo_url_template,
 )
+from inatcomp.build.ledger import FailureLedger
 from inatcomp.build.progress import Progress
 from inatcomp.build.rules import Preset, rules_for
 from inatcomp.cli import main
@@ -214,16 +214,16 @@ def test_bad_fetch_options_are_one_line_errors(export, tmp_path, caplog):
 
 
 def test_the_ledger_skips_a_line_cut_by_a_kill(tmp_path):
-    ledger = _Ledger(tmp_path)
+    ledger = FailureLedger(tmp_path)
     ledger.add(7, "medium", "http://x/7", "404", 1, "HTTP 404")
     with open(tmp_path / "fetch_failures.tsv", "a") as handle:
         handle.write("8\tmedium\thttp://x/8\t40")  # cut mid-line
-    reread = _Ledger(tmp_path)
+    reread = FailureLedger(tmp_path)
     assert reread.gone("medium") == {7}
     reread.add(9, "medium", "http://x/9", "403", 1, "HTTP 403")  # starts a line of its own after the cut one
-    assert _Ledger(tmp_path).gone("medium") == {7, 9}
+    assert FailureLedger(tmp_path).gone("medium") == {7, 9}
     reread.forget([7], "medium")
-    assert _Ledger(tmp_path).gone("medium") == {9}
+    assert FailureLedger(tmp_path).gone("medium") == {9}
 
 
 def test_a_trickle_is_cut_by_the_total_timeout_and_an_endless_body_is_refused(export, tmp_path):

@@ -45,6 +45,7 @@ from pathlib import Path
 import urllib3
 from PIL import Image
 
+from inatcomp.build.ledger import FailureLedger
 from inatcomp.build.progress import Progress
 
 __all__ = ["BUCKET_SIDES", "OPEN_DATA_URL", "FetchReport", "FetchSettings", "PhotoFetcher", "photo_url_template"]
@@ -55,9 +56,6 @@ _logger = logging.getLogger(__name__)
 OPEN_DATA_URL = "https://inaturalist-open-data.s3.amazonaws.com/photos/{photo_id}/{size}.{extension}"
 #: Long side in pixels of each size the bucket holds (docs/formats.md §1).
 BUCKET_SIDES = {"square": 75, "thumb": 100, "small": 240, "medium": 500, "large": 1024, "original": 2048}
-#: The ledger of permanent failures, in the cache folder.
-LEDGER_NAME = "fetch_failures.tsv"
-_LEDGER_COLUMNS = ("photo_id", "size", "url", "status", "attempts", "reason")
 #: Statuses retried: rate limiting, request timeout, and every server error.
 _TRANSIENT_4XX = (408, 425, 429)
 _CHUNK = 256 * 1024  # bytes asked of the socket per read: a medium photo in one or two reads
@@ -218,64 +216,6 @@ class _RateLimiter:
             self.next = max(self.next, time.monotonic() + seconds)
 
 
-class _Ledger:
-    """The permanent failures beside the cache: appended line by line, read back tolerating a cut last line."""
-
-    def __init__(self, cache: Path) -> None:
-        self.path = cache / LEDGER_NAME
-        self.lock = threading.Lock()
-        self.entries: dict[tuple[int, str], dict[str, str]] = {}
-        # A last line without its end (a kill mid-write): the next line appended starts on a line of its own,
-        # else the two would read back as one malformed line and the new one would be lost.
-        self.cut = False
-        if self.path.is_file():
-            with open(self.path, encoding="utf-8", errors="replace") as handle:
-                for number, line in enumerate(handle, 1):
-                    self.cut = not line.endswith("\n")
-                    fields = line.rstrip("\n").split("\t")
-                    if number == 1 or len(fields) != len(_LEDGER_COLUMNS) or not line.endswith("\n"):
-                        continue  # the header, or a line cut by a kill
-                    row = dict(zip(_LEDGER_COLUMNS, fields))
-                    try:
-                        self.entries[(int(row["photo_id"]), row["size"])] = row
-                    except ValueError:
-                        _logger.warning("%s:%d: not a photo id, line skipped", self.path, number)
-
-    def gone(self, size: str) -> set[int]:
-        """Photo ids listed as gone at ``size``."""
-        return {photo_id for photo_id, s in self.entries if s == size}
-
-    def add(self, photo_id: int, size: str, url: str, status: str, attempts: int, reason: str) -> None:
-        """Append a permanent failure (thread-safe); a line of its own even after a line cut by a kill."""
-        row = {"photo_id": str(photo_id), "size": size, "url": url, "status": status,
-               "attempts": str(attempts), "reason": reason.replace("\t", " ").replace("\n", " ")}  # fmt: skip
-        with self.lock:
-            self.entries[(photo_id, size)] = row
-            new = not self.path.is_file()
-            with open(self.path, "a", encoding="utf-8") as handle:
-                if new:
-                    handle.write("\t".join(_LEDGER_COLUMNS) + "\n")
-                elif self.cut:
-                    handle.write("\n")
-                self.cut = False
-                handle.write("\t".join(row[c] for c in _LEDGER_COLUMNS) + "\n")
-
-    def forget(self, photo_ids: Sequence[int], size: str) -> None:
-        """Remove photos fetched after all (``retry_failed``): the ledger is rewritten whole, atomically."""
-        with self.lock:
-            if not any((p, size) in self.entries for p in photo_ids):
-                return
-            for photo_id in photo_ids:
-                self.entries.pop((photo_id, size), None)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write("\t".join(_LEDGER_COLUMNS) + "\n")
-                for row in self.entries.values():
-                    handle.write("\t".join(row[c] for c in _LEDGER_COLUMNS) + "\n")
-            os.replace(tmp, self.path)
-            self.cut = False
-
-
 class _TransientError(Exception):
     """A failure worth another try; ``reason`` names it in the audit, ``wait`` is the server's Retry-After."""
 
@@ -343,7 +283,7 @@ class PhotoFetcher:
         self.template = photo_url_template(settings.url)
         self.cache = Path(settings.cache)
         self.cache.mkdir(parents=True, exist_ok=True)
-        self.ledger = _Ledger(self.cache)
+        self.ledger = FailureLedger(self.cache)
         self.report = FetchReport()
         self.limiter = _RateLimiter(settings.max_rps)
         self.lock = threading.Lock()

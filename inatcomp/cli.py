@@ -120,7 +120,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from inatcomp.build.fetch import FetchSettings
+    from inatcomp.build.fetch import FetchAbortedError, FetchSettings
     from inatcomp.build.release import build_dataset
     from inatcomp.build.rules import PhotoChoice, Preset, rule_overrides, rules_for
 
@@ -146,18 +146,22 @@ def _cmd_build(args: argparse.Namespace) -> int:
             read_timeout=args.fetch_timeout,
             retry_failed=args.retry_failed,
         )
-    result = build_dataset(
-        args.export,
-        args.out,
-        rules=rules,
-        seed=args.seed,
-        resample_seed=args.resample_seed,
-        images=not args.no_images,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        fetch=fetch,
-        licenses=args.licenses.split(",") if args.licenses else None,
-    )
+    try:
+        result = build_dataset(
+            args.export,
+            args.out,
+            rules=rules,
+            seed=args.seed,
+            resample_seed=args.resample_seed,
+            images=not args.no_images,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            fetch=fetch,
+            licenses=args.licenses.split(",") if args.licenses else None,
+        )
+    except FetchAbortedError as error:  # the server, not the input: nothing to fix in the command
+        _logger.error("%s", error)
+        return 1
     _logger.info("release in %s: %d classes, images %s", args.out, result.classes, result.images)
     return 0
 

@@ -25,6 +25,7 @@ from benchmarks.photo_server import PhotoServer
 from inatcomp.build import build_dataset, check_leakage, release_names
 from inatcomp.build.fetch import (
     OPEN_DATA_URL,
+    FetchAbortedError,
     FetchSettings,
     PhotoFetcher,
     _retry_after,
@@ -237,6 +238,24 @@ def test_a_trickle_is_cut_by_the_total_timeout_and_an_endless_body_is_refused(ex
     assert fetcher.report.retries == {"total timeout": 1}
     assert fetcher.report.failed == {"body over 1,000,000 bytes": 1}
     assert sorted(p.parent.name for p in tmp_path.glob("*/medium.jpg")) == sorted(str(i) for i in (ids[0], ids[2]))
+
+
+def test_transient_give_ups_are_not_ledgered_and_an_outage_stops_the_fetch(export, tmp_path):
+    ids = sorted(int(p.name) for p in (export / "photos").iterdir())[:12]
+    quick = {**QUICK, "max_attempts": 2, "max_give_ups_in_a_row": 5, "workers": 2}
+    with PhotoServer(export / "photos", faults={ids[0]: ["429", "429"]}) as server:
+        fetcher = PhotoFetcher(FetchSettings(url=server.url, cache=tmp_path / "a", **quick))
+        assert fetcher.fetch([(photo_id, "jpg") for photo_id in ids[:3]]) == {ids[0]}
+        fetcher.close()
+    assert fetcher.report.failed == {"gave up after 2 attempts": 1}
+    assert not (tmp_path / "a" / "fetch_failures.tsv").exists()  # nothing showed it gone: a rerun asks again
+    with PhotoServer(export / "photos", faults={photo_id: ["429", "429"] for photo_id in ids}) as server:
+        fetcher = PhotoFetcher(FetchSettings(url=server.url, cache=tmp_path / "b", **quick))
+        with pytest.raises(FetchAbortedError, match="photos in a row failed 2 times each .* a rerun continues"):
+            fetcher.fetch([(photo_id, "jpg") for photo_id in ids])
+        fetcher.close()
+        assert len(server.log) < 2 * len(ids)  # it stopped before asking for every photo
+    assert not (tmp_path / "b" / "fetch_failures.tsv").exists()
 
 
 def test_a_failed_write_leaves_no_part_file(tmp_path):

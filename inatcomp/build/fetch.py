@@ -19,11 +19,13 @@ What each answer means:
 - 404, 403, 410 and every other 4xx: permanent for that photo;
 - 200 with a body that is not an image (an HTML error page) or does not decode: retried once, then permanent;
 - a body longer than ``max_bytes`` (read no further, so memory stays bounded): permanent;
-- still failing after ``max_attempts``: permanent ("gave up").
+- still failing after ``max_attempts``: left out of this build ("gave up"), but not in the ledger (nothing
+  showed it gone: a rerun asks again). ``max_give_ups_in_a_row`` such photos with no answer in between mean
+  the server is down or refusing us: the fetch stops (:class:`FetchAbortedError`) rather than leave out photos
+  that are there, and a rerun continues from the cache.
 
-Permanent failures are appended to a ledger beside the photos (``{cache}/fetch_failures.tsv``: photo id,
-size, url, status, attempts, reason), so a rerun does not ask again for a photo that is gone, unless
-``retry_failed``. A line cut by ``kill -9`` is skipped when the ledger is read.
+The photos the server showed gone are appended to a ledger beside the photos (:mod:`inatcomp.build.ledger`),
+so a rerun does not ask again for them, unless ``retry_failed``.
 """
 
 from __future__ import annotations
@@ -48,7 +50,15 @@ from PIL import Image
 from inatcomp.build.ledger import FailureLedger
 from inatcomp.build.progress import Progress
 
-__all__ = ["BUCKET_SIDES", "OPEN_DATA_URL", "FetchReport", "FetchSettings", "PhotoFetcher", "photo_url_template"]
+__all__ = [
+    "BUCKET_SIDES",
+    "OPEN_DATA_URL",
+    "FetchAbortedError",
+    "FetchReport",
+    "FetchSettings",
+    "PhotoFetcher",
+    "photo_url_template",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -101,6 +111,8 @@ class FetchSettings:
         backoff_base: Back-off before the first retry, doubled each retry (before the jitter).
         backoff_cap: Longest back-off (before ``Retry-After``).
         max_retry_after: Longest ``Retry-After`` honoured, in seconds (a longer one is cut to this).
+        max_give_ups_in_a_row: Photos given up after ``max_attempts`` with no answer between them that stop
+            the fetch (an outage must not turn into photos left out of the release).
     """
 
     url: str
@@ -117,6 +129,7 @@ class FetchSettings:
     backoff_base: float = 0.5
     backoff_cap: float = 60.0
     max_retry_after: float = 300.0
+    max_give_ups_in_a_row: int = 50
 
     def check(self) -> None:
         """Reject impossible settings.
@@ -133,8 +146,8 @@ class FetchSettings:
                             ("total", self.total_timeout)):  # fmt: skip
             if not value > 0:
                 raise ValueError(f"--fetch-timeout: the {name} timeout must be positive, got {value}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.max_attempts < 1 or self.max_give_ups_in_a_row < 1:
+            raise ValueError("max_attempts and max_give_ups_in_a_row must be at least 1")
         if self.backoff_base < 0 or self.backoff_cap < 0 or self.max_retry_after < 0 or self.max_bytes < 1:
             raise ValueError("back-offs and Retry-After's ceiling must be 0 or more, max_bytes at least 1")
         if not self.size or "/" in self.size:
@@ -216,6 +229,10 @@ class _RateLimiter:
             self.next = max(self.next, time.monotonic() + seconds)
 
 
+class FetchAbortedError(Exception):
+    """The server failed too many photos in a row for any reason but their own: it is down or refusing us."""
+
+
 class _TransientError(Exception):
     """A failure worth another try; ``reason`` names it in the audit, ``wait`` is the server's Retry-After."""
 
@@ -288,6 +305,7 @@ class PhotoFetcher:
         self.limiter = _RateLimiter(settings.max_rps)
         self.lock = threading.Lock()
         self.seen: set[int] = set()
+        self.give_ups_in_a_row = 0
         self.http = urllib3.PoolManager(
             num_pools=4,
             maxsize=settings.workers,  # one kept-alive connection per worker and host
@@ -402,8 +420,7 @@ class PhotoFetcher:
                 return self._give_up(photo_id, url, error.status, attempt, error.reason, error.reason, progress)
             except _TransientError as error:
                 if attempt == s.max_attempts:
-                    why = f"gave up after {attempt} attempts"
-                    return self._give_up(photo_id, url, error.reason, attempt, why, error.reason, progress)
+                    return self._give_up_for_now(photo_id, url, error.reason, progress)
                 self._count_retry(error.reason, progress)
                 wait = min(error.wait, s.max_retry_after)
                 if wait:
@@ -413,6 +430,7 @@ class PhotoFetcher:
                 continue
             self._write(target, data)
             with self.lock:
+                self.give_ups_in_a_row = 0
                 self.report.fetched += 1
                 self.report.bytes += len(data)
             progress.add(done=1, size=len(data))
@@ -478,12 +496,35 @@ class PhotoFetcher:
     def _give_up(
         self, photo_id: int, url: str, status: str, attempts: int, reason: str, detail: str, progress: Progress
     ) -> bool:
-        """Record a permanent failure (ledger and report); always False."""
-        _logger.warning("photo %d gone (%s after %d attempts) at %s: %s", photo_id, reason, attempts, url, detail)
+        """Record a photo the server showed gone (ledger and report); always False."""
+        _logger.warning("photo %d gone (%s, %d attempts) at %s: %s", photo_id, reason, attempts, url, detail)
         self.ledger.add(photo_id, self.settings.size, url, status, attempts, reason)
         with self.lock:
+            self.give_ups_in_a_row = 0  # an answer about the photo itself: the server is up
             self.report.failed[reason] += 1
         progress.add(done=1, failures=1)
+        return False
+
+    def _give_up_for_now(self, photo_id: int, url: str, last: str, progress: Progress) -> bool:
+        """Leave out a photo that kept failing for transient reasons (not in the ledger); always False.
+
+        Raises:
+            FetchAbortedError: The ``max_give_ups_in_a_row``-th such photo with no answer in between.
+        """
+        attempts = self.settings.max_attempts
+        reason = f"gave up after {attempts} attempts"
+        _logger.warning("photo %d left out (%s, the last %s) at %s; a rerun asks again", photo_id, reason, last, url)
+        with self.lock:
+            self.give_ups_in_a_row += 1
+            in_a_row = self.give_ups_in_a_row
+            self.report.failed[reason] += 1
+        progress.add(done=1, failures=1)
+        if in_a_row >= self.settings.max_give_ups_in_a_row:
+            raise FetchAbortedError(
+                f"{in_a_row} photos in a row failed {attempts} times each (the last: {last} at {url}): the server "
+                f"is down or refusing us, so the fetch stops rather than leave them out of the release; the "
+                f"{self.report.fetched:,} photos fetched are kept in {self.cache}, and a rerun continues"
+            )
         return False
 
     def _write(self, target: str, data: bytes) -> None:

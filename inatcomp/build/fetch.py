@@ -165,7 +165,7 @@ class FetchReport:
         fetched: Photos received and written to the cache.
         requests: HTTP requests made (first tries and retries).
         retries: Requests beyond each photo's first, by the reason of the failure before them.
-        failed: Photos that failed for good in this build, by reason.
+        failed: Photos left out in this build, by reason: shown gone (in the ledger), or given up after the retries.
         known_gone: Photos the ledger already listed as gone (not asked for again).
         bytes: Bytes of the photos received.
         rounds: Selection rounds (one more each time a permanent failure sent the selection back).
@@ -327,6 +327,7 @@ class PhotoFetcher:
         return os.path.join(self.cache_text, str(photo_id), f"{self.settings.size}.{extension}")
 
     def url(self, photo_id: int, extension: str) -> str:
+        """Where a photo is on the server."""
         return self.template.format(photo_id=photo_id, size=self.settings.size, extension=extension)
 
     def known_gone(self) -> set[int]:
@@ -489,6 +490,7 @@ class PhotoFetcher:
                 raise _TransientError("total timeout")
 
     def _count_retry(self, reason: str, progress: Progress) -> None:
+        """Count a request about to be made again, by the reason of the failure before it."""
         with self.lock:
             self.report.retries[reason] += 1
         progress.add(retries=1)
@@ -553,6 +555,7 @@ class PhotoFetcher:
             raise
 
     def close(self) -> None:
+        """Close the kept-alive connections."""
         self.http.clear()
 
 

@@ -51,6 +51,7 @@ class PhotoServer:
         self.faults = {int(k): list(v) for k, v in (faults or {}).items()}
         self.delay, self.slow_seconds = delay, slow_seconds
         self.log: list[tuple[int, str]] = []
+        self.times: list[float] = []  # time.monotonic() of each request in the log
         self.connections = 0
         self.lock = threading.Lock()
         self.memory: dict[str, bytes] = {}
@@ -103,6 +104,7 @@ class PhotoServer:
     def _record(self, photo_id: int, answer: str) -> None:
         with self.lock:
             self.log.append((photo_id, answer))
+            self.times.append(time.monotonic())
 
     def _body(self, key: str) -> bytes | None:
         if key in self.memory:

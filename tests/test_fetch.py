@@ -127,6 +127,10 @@ def test_every_fault_is_survived_and_no_gone_photo_ships(export, tmp_path):
         }  # fmt: skip
         assert fetch["replaced"] + fetch["dropped"] == 3 and fetch["rounds"] >= 2 and fetch["from_cache"] == 0
         assert connections < fetch["requests"] // 4  # connections are kept alive and reused
+        assert fetch["retried"] == fetch["requests"] - fetch["requested"]
+        # Retry-After: 1 on the 503 is honoured (a lower bound only: a loaded machine may take longer).
+        asked = [t for (photo_id, _), t in zip(server.log, server.times) if photo_id == planned[2]]
+        assert len(asked) >= 2 and asked[1] - asked[0] >= 0.95
         assert "## Photos fetched" in (tmp_path / "out" / "audit.md").read_text()
         ledger = (cache / "fetch_failures.tsv").read_text().splitlines()
         assert sorted(int(line.split("\t")[0]) for line in ledger[1:]) == sorted(gone)

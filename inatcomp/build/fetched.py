@@ -109,6 +109,7 @@ def _choose_and_fetch(
             report.rounds += 1
             round_tables = dataclasses.replace(tables, photos=_without(tables.photos, gone))
             selection, audit = choose(round_tables)
+            del round_tables  # a filtered copy of the export's photos: not held beside the next round's
             extensions = selection.extension.to_pylist()
             failed = fetcher.fetch(list(zip(selection.photo_id.tolist(), extensions)))
             if not failed:

@@ -202,7 +202,13 @@ def test_licenses_keep_only_the_named_licences(export, tmp_path):
 
 def test_bad_fetch_options_are_one_line_errors(export, tmp_path, caplog):
     assert photo_url_template("open-data") == OPEN_DATA_URL
-    for template, words in (("ftp://x/{photo_id}", "http"), ("http://x/a.jpg", "photo_id"), ("http://x/{id}", "only")):
+    bad = {
+        "ftp://x/{photo_id}": "http",
+        "http://x/a.jpg": "photo_id",
+        "http://x/{id}": "only",
+        "http:///{photo_id}": "no host",
+    }
+    for template, words in bad.items():
         with pytest.raises(ValueError, match=words):
             photo_url_template(template)
     code = main(["build", str(export), str(tmp_path / "o"), "--preset", "inat2017", "--photo-url", "s3://bucket"])

@@ -75,7 +75,7 @@ def photo_url_template(template: str) -> str:
     """The URL template ``--photo-url`` names: ``open-data`` for the bucket, else an http(s) template.
 
     Raises:
-        ValueError: Not http(s), or without a ``{photo_id}`` field, or with a field other than the three.
+        ValueError: Not http(s), without a host or a ``{photo_id}`` field, or with a field other than the three.
     """
     if template == "open-data":
         return OPEN_DATA_URL
@@ -87,6 +87,8 @@ def photo_url_template(template: str) -> str:
         raise ValueError(
             f"--photo-url: only {{photo_id}}, {{size}} and {{extension}} may appear in {template!r} ({error})"
         ) from error
+    if not template.split("://", 1)[1].split("/", 1)[0]:
+        raise ValueError(f"--photo-url: no host in {template!r}")
     if "{photo_id}" not in template:
         raise ValueError(f"--photo-url: {template!r} has no {{photo_id}}: every photo would be the same URL")
     return template

@@ -111,6 +111,9 @@ def test_every_fault_is_survived_and_no_gone_photo_ships(export, tmp_path):
     }
     gone = {planned[0], planned[1], planned[6]}
     cache = tmp_path / "cache"
+    stale = cache / str(planned[0]) / "medium.jpg.999.1.part"  # a killed run's part of a photo now gone
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a photo")
     with PhotoServer(export / "photos", faults=faults, slow_seconds=6.0) as server:
         settings = FetchSettings(url=server.url, cache=cache, **QUICK)
         result = build_dataset(export, tmp_path / "out", rules=RULES, fetch=settings, workers=2)

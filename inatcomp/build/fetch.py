@@ -11,7 +11,7 @@ What each answer means:
 
 - 200 with an image that decodes: written to ``{cache}/{photo_id}/{size}.{extension}`` through a temporary
   name and renamed once complete and decoded, so the cache never holds half a photo (``kill -9`` at any
-  moment leaves at most a ``*.part`` file, removed when the photo is fetched again);
+  moment leaves at most a ``*.part`` file, removed when the photo is fetched again or found gone);
 - 429, 408 and 5xx, connection errors and resets, connect and read timeouts, an answer that takes longer than
   ``total_timeout`` in all (a server trickling bytes never trips the read timeout), bodies shorter than their
   ``Content-Length``: retried with exponential back-off and full jitter, at least as long as ``Retry-After``
@@ -417,9 +417,11 @@ class PhotoFetcher:
                 except _NotImageError as error:
                     not_image += 1
                     if not_image >= 2:
+                        _remove_parts(target)  # a gone photo is not fetched again to replace a killed run's part
                         return self._give_up(photo_id, url, "200", attempt, "not an image", str(error), progress)
                     raise _TransientError("not an image") from error
             except _PermanentError as error:
+                _remove_parts(target)
                 return self._give_up(photo_id, url, error.status, attempt, error.reason, error.reason, progress)
             except _TransientError as error:
                 if attempt == s.max_attempts:
@@ -429,7 +431,8 @@ class PhotoFetcher:
                 if wait:
                     self.limiter.pause(wait)
                 backoff = random.uniform(0, min(s.backoff_cap, s.backoff_base * 2 ** (attempt - 1)))
-                time.sleep(max(backoff, wait))
+                # Above a Retry-After, a little jitter still: the workers told together do not return together.
+                time.sleep(max(backoff, wait + random.uniform(0, s.backoff_base) if wait else 0.0))
                 continue
             self._write(target, data)
             with self.lock:
@@ -539,11 +542,7 @@ class PhotoFetcher:
         try:
             os.mkdir(folder)  # a photo's own folder: usually new, and then nothing stale can be in it
         except FileExistsError:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.name.startswith(name + ".") and entry.name.endswith(".part"):
-                        with contextlib.suppress(FileNotFoundError):  # another run sharing the cache took it
-                            os.unlink(entry.path)  # left by a killed run
+            _remove_parts(target)
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
         tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.part"
@@ -559,6 +558,16 @@ class PhotoFetcher:
     def close(self) -> None:
         """Close the kept-alive connections."""
         self.http.clear()
+
+
+def _remove_parts(target: str) -> None:
+    """Remove the ``*.part`` files of ``target`` that a killed run left in its folder (if the folder exists)."""
+    folder, name = os.path.split(target)
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(name + ".") and entry.name.endswith(".part"):
+                with contextlib.suppress(FileNotFoundError):  # another run sharing the cache took it
+                    os.unlink(entry.path)
 
 
 def _error_reason(error: BaseException | None) -> str:

@@ -4,8 +4,9 @@ It answers ``GET /photos/{photo_id}/{size}.{extension}`` from a folder in the ex
 (``{photo_id}/{size}.{extension}``), keeps connections alive, and for chosen photos answers their first
 requests with a fault: ``404``, ``403``, ``503`` (with ``Retry-After: 1``), ``429`` (with ``Retry-After: 0``),
 ``cut`` (a body shorter than its ``Content-Length``), ``slow`` (an answer after ``slow_seconds``), ``html`` (an
-HTML page with status 200), ``reset`` (the connection reset, no answer). Every request is logged with what it
-got. The fetch tests and ``benchmarks/fetch.py`` (which runs it in another process: ``python -m
+HTML page with status 200), ``reset`` (the connection reset, no answer), ``trickle`` (a 1,000-byte body sent a
+byte every 20 ms: each read is quick, the whole takes 20 s), ``huge`` (a 10 MB body of zeros). Every request
+is logged with what it got. The fetch tests and ``benchmarks/fetch.py`` (which runs it in another process: ``python -m
 benchmarks.photo_server FOLDER``) use it.
 """
 
@@ -50,6 +51,7 @@ class PhotoServer:
         self.faults = {int(k): list(v) for k, v in (faults or {}).items()}
         self.delay, self.slow_seconds = delay, slow_seconds
         self.log: list[tuple[int, str]] = []
+        self.times: list[float] = []  # time.monotonic() of each request in the log
         self.connections = 0
         self.lock = threading.Lock()
         self.memory: dict[str, bytes] = {}
@@ -102,6 +104,7 @@ class PhotoServer:
     def _record(self, photo_id: int, answer: str) -> None:
         with self.lock:
             self.log.append((photo_id, answer))
+            self.times.append(time.monotonic())
 
     def _body(self, key: str) -> bytes | None:
         if key in self.memory:
@@ -165,6 +168,8 @@ class PhotoServer:
                     self.end_headers()
                     self.wfile.write(b"\xff\xd8\xff\xe0" + b"\0" * 100)
                     self.close_connection = True
+                elif fault in ("trickle", "huge"):
+                    self._endless(fault)
                 elif fault == "reset":
                     # SO_LINGER 0: closing sends a reset, not an orderly end.
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -172,6 +177,22 @@ class PhotoServer:
                     self.close_connection = True
                 else:
                     raise ValueError(f"unknown fault {fault!r}")
+
+            def _endless(self, fault: str) -> None:
+                """A body that takes too long (``trickle``) or is too long (``huge``), until the client leaves."""
+                piece, count, gap = (b"\0", 1000, 0.02) if fault == "trickle" else (b"\0" * 65536, 160, 0.0)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(piece) * count))
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    for _ in range(count):
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                        time.sleep(gap)
+                except OSError:  # the client gave up, as it should
+                    pass
 
             def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
                 try:

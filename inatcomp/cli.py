@@ -121,7 +121,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from inatcomp.build.fetch import FetchSettings
+    from inatcomp.build.fetch import FetchAbortedError, FetchSettings
     from inatcomp.build.release import build_dataset
     from inatcomp.build.rules import PhotoChoice, Preset, rule_overrides, rules_for
 
@@ -134,6 +134,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
         overrides["allow_informal_names"] = True
     rules = rules_for(Preset(args.preset), **overrides)
     fetch = None
+    if not args.photo_url and (args.photo_cache or args.retry_failed):
+        # Without a URL these would be ignored, and the photos read from EXPORT/photos instead of the cache named.
+        raise ValueError(
+            "--photo-cache and --retry-failed go with --photo-url (without it, photos come from EXPORT/photos)"
+        )
     if args.photo_url:
         fetch = FetchSettings(
             url=args.photo_url,
@@ -144,20 +149,24 @@ def _cmd_build(args: argparse.Namespace) -> int:
             read_timeout=args.fetch_timeout,
             retry_failed=args.retry_failed,
         )
-    result = build_dataset(
-        args.export,
-        args.out,
-        rules=rules,
-        seed=args.seed,
-        resample_seed=args.resample_seed,
-        images=not args.no_images,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        fetch=fetch,
-        licenses=args.licenses.split(",") if args.licenses else None,
-        memory_limit=args.memory_limit,
-        temp_dir=args.temp_dir,
-    )
+    try:
+        result = build_dataset(
+            args.export,
+            args.out,
+            rules=rules,
+            seed=args.seed,
+            resample_seed=args.resample_seed,
+            images=not args.no_images,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            fetch=fetch,
+            licenses=args.licenses.split(",") if args.licenses else None,
+            memory_limit=args.memory_limit,
+            temp_dir=args.temp_dir,
+        )
+    except FetchAbortedError as error:  # the server, not the input: nothing to fix in the command
+        _logger.error("%s", error)
+        return 1
     _logger.info("release in %s: %d classes, images %s", args.out, result.classes, result.images)
     return 0
 

@@ -19,10 +19,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from benchmarks.photo_server import PhotoServer
 from inatcomp.build import build_dataset, check_leakage, release_names
-from inatcomp.build.fetch import OPEN_DATA_URL, FetchSettings, _Ledger, _retry_after, photo_url_template
+from inatcomp.build.fetch import (
+    OPEN_DATA_URL,
+    FetchAbortedError,
+    FetchSettings,
+    PhotoFetcher,
+    _retry_after,
+    photo_url_template,
+)
+from inatcomp.build.ledger import FailureLedger
 from inatcomp.build.progress import Progress
 from inatcomp.build.rules import Preset, rules_for
 from inatcomp.cli import main
@@ -30,8 +39,10 @@ from inatcomp.formats.validate import validate_file
 from inatcomp.world.synth import SynthConfig, write_export
 
 RULES = rules_for(Preset.INAT2017, min_train=2, max_train=8)
-#: Small timeouts and back-offs: a fault costs the test milliseconds, not the defaults' seconds.
-QUICK = dict(read_timeout=0.3, connect_timeout=2.0, backoff_base=0.01, backoff_cap=0.05, max_rps=0, workers=8)
+#: Short back-offs: a fault costs the test milliseconds, not the defaults' seconds. The timeouts stay generous
+#: (a loaded 2-core machine may take a second to answer a good request; a spurious timeout would change the
+#: counts the tests compare): the ``slow`` fault waits longer than the read timeout, not the other way round.
+QUICK = dict(read_timeout=2.0, connect_timeout=5.0, backoff_base=0.01, backoff_cap=0.05, max_rps=0, workers=8)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +111,10 @@ def test_every_fault_is_survived_and_no_gone_photo_ships(export, tmp_path):
     }
     gone = {planned[0], planned[1], planned[6]}
     cache = tmp_path / "cache"
-    with PhotoServer(export / "photos", faults=faults, slow_seconds=1.0) as server:
+    stale = cache / str(planned[0]) / "medium.jpg.999.1.part"  # a killed run's part of a photo now gone
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a photo")
+    with PhotoServer(export / "photos", faults=faults, slow_seconds=6.0) as server:
         settings = FetchSettings(url=server.url, cache=cache, **QUICK)
         result = build_dataset(export, tmp_path / "out", rules=RULES, fetch=settings, workers=2)
         counts, log_length, connections = server.counts(), len(server.log), server.connections
@@ -116,6 +130,10 @@ def test_every_fault_is_survived_and_no_gone_photo_ships(export, tmp_path):
         }  # fmt: skip
         assert fetch["replaced"] + fetch["dropped"] == 3 and fetch["rounds"] >= 2 and fetch["from_cache"] == 0
         assert connections < fetch["requests"] // 4  # connections are kept alive and reused
+        assert fetch["retried"] == fetch["requests"] - fetch["requested"]
+        # Retry-After: 1 on the 503 is honoured (a lower bound only: a loaded machine may take longer).
+        asked = [t for (photo_id, _), t in zip(server.log, server.times) if photo_id == planned[2]]
+        assert len(asked) >= 2 and asked[1] - asked[0] >= 0.95
         assert "## Photos fetched" in (tmp_path / "out" / "audit.md").read_text()
         ledger = (cache / "fetch_failures.tsv").read_text().splitlines()
         assert sorted(int(line.split("\t")[0]) for line in ledger[1:]) == sorted(gone)
@@ -162,6 +180,9 @@ def test_kill_9_mid_fetch_then_resume_fetches_only_what_is_missing(export, tmp_p
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
         done_before = {int(p.parent.name) for p in cache.glob("*/medium.jpg")}
+        for photo_id in done_before:  # every photo the kill left in the cache is whole
+            with Image.open(cache / str(photo_id) / "medium.jpg") as image:
+                image.load()
         asked_before = len(server.log)
         assert 30 <= len(done_before) < asked_before + 1
         server.delay = 0.0
@@ -184,23 +205,79 @@ def test_licenses_keep_only_the_named_licences(export, tmp_path):
 
 def test_bad_fetch_options_are_one_line_errors(export, tmp_path, caplog):
     assert photo_url_template("open-data") == OPEN_DATA_URL
-    for template, words in (("ftp://x/{photo_id}", "http"), ("http://x/a.jpg", "photo_id"), ("http://x/{id}", "only")):
+    bad = {
+        "ftp://x/{photo_id}": "http",
+        "http://x/a.jpg": "photo_id",
+        "http://x/{id}": "only",
+        "http:///{photo_id}": "no host",
+    }
+    for template, words in bad.items():
         with pytest.raises(ValueError, match=words):
             photo_url_template(template)
     code = main(["build", str(export), str(tmp_path / "o"), "--preset", "inat2017", "--photo-url", "s3://bucket"])
     assert code == 2 and "--photo-url" in caplog.text
+    caplog.clear()
+    code = main(["build", str(export), str(tmp_path / "o"), "--preset", "inat2017", "--photo-cache", str(tmp_path)])
+    assert code == 2 and "--photo-cache and --retry-failed go with --photo-url" in caplog.text
     assert _retry_after("3") == 3.0 and _retry_after(None) == 0.0 and _retry_after("soon") == 0.0
+    assert _retry_after("nan") == 0.0 and _retry_after("inf") == 0.0 and _retry_after("-5") == 0.0
+    for bad in (dict(max_attempts=0), dict(total_timeout=0), dict(read_timeout=float("nan")), dict(workers=0)):
+        with pytest.raises(ValueError):
+            FetchSettings(url=OPEN_DATA_URL, cache=tmp_path, **bad).check()
     assert 0 < _retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))) <= 31
 
 
 def test_the_ledger_skips_a_line_cut_by_a_kill(tmp_path):
-    ledger = _Ledger(tmp_path)
+    ledger = FailureLedger(tmp_path)
     ledger.add(7, "medium", "http://x/7", "404", 1, "HTTP 404")
     with open(tmp_path / "fetch_failures.tsv", "a") as handle:
         handle.write("8\tmedium\thttp://x/8\t40")  # cut mid-line
-    assert _Ledger(tmp_path).gone("medium") == {7}
-    ledger.forget([7], "medium")
-    assert _Ledger(tmp_path).gone("medium") == set()
+    reread = FailureLedger(tmp_path)
+    assert reread.gone("medium") == {7}
+    reread.add(9, "medium", "http://x/9", "403", 1, "HTTP 403")  # starts a line of its own after the cut one
+    assert FailureLedger(tmp_path).gone("medium") == {7, 9}
+    reread.forget([7], "medium")
+    assert FailureLedger(tmp_path).gone("medium") == {9}
+
+
+def test_a_trickle_is_cut_by_the_total_timeout_and_an_endless_body_is_refused(export, tmp_path):
+    ids = sorted(int(p.name) for p in (export / "photos").iterdir())[:3]
+    with PhotoServer(export / "photos", faults={ids[0]: ["trickle"], ids[1]: ["huge"]}) as server:
+        settings = FetchSettings(url=server.url, cache=tmp_path, **{**QUICK, "total_timeout": 3.0}, max_bytes=10**6)
+        fetcher = PhotoFetcher(settings)
+        failed = fetcher.fetch([(photo_id, "jpg") for photo_id in ids])
+        fetcher.close()
+    assert failed == {ids[1]}  # the trickled photo came whole on the second request
+    assert fetcher.report.retries == {"total timeout": 1}
+    assert fetcher.report.failed == {"body over 1,000,000 bytes": 1}
+    assert sorted(p.parent.name for p in tmp_path.glob("*/medium.jpg")) == sorted(str(i) for i in (ids[0], ids[2]))
+
+
+def test_transient_give_ups_are_not_ledgered_and_an_outage_stops_the_fetch(export, tmp_path):
+    ids = sorted(int(p.name) for p in (export / "photos").iterdir())[:12]
+    quick = {**QUICK, "max_attempts": 2, "max_give_ups_in_a_row": 5, "workers": 2}
+    with PhotoServer(export / "photos", faults={ids[0]: ["429", "429"]}) as server:
+        fetcher = PhotoFetcher(FetchSettings(url=server.url, cache=tmp_path / "a", **quick))
+        assert fetcher.fetch([(photo_id, "jpg") for photo_id in ids[:3]]) == {ids[0]}
+        fetcher.close()
+    assert fetcher.report.failed == {"gave up after 2 attempts": 1}
+    assert not (tmp_path / "a" / "fetch_failures.tsv").exists()  # nothing showed it gone: a rerun asks again
+    with PhotoServer(export / "photos", faults={photo_id: ["429", "429"] for photo_id in ids}) as server:
+        fetcher = PhotoFetcher(FetchSettings(url=server.url, cache=tmp_path / "b", **quick))
+        with pytest.raises(FetchAbortedError, match="photos in a row failed 2 times each .* a rerun continues"):
+            fetcher.fetch([(photo_id, "jpg") for photo_id in ids])
+        fetcher.close()
+        assert len(server.log) < 2 * len(ids)  # it stopped before asking for every photo
+    assert not (tmp_path / "b" / "fetch_failures.tsv").exists()
+
+
+def test_a_failed_write_leaves_no_part_file(tmp_path):
+    fetcher = PhotoFetcher(FetchSettings(url=OPEN_DATA_URL, cache=tmp_path))
+    (tmp_path / "5" / "medium.jpg").mkdir(parents=True)  # the target is a folder: the rename fails
+    with pytest.raises(OSError):
+        fetcher._write(fetcher.path(5, "jpg"), b"photo")
+    assert not list(tmp_path.rglob("*.part"))
+    fetcher.close()
 
 
 class _Terminal(io.StringIO):

@@ -22,6 +22,7 @@ One module per phase, in the order :func:`build_dataset` (:mod:`~inatcomp.build.
 - :mod:`~inatcomp.build.fetched`: with ``--photo-url``, the selected photos fetched, the selection run again
   without the gone ones; the ``--licenses`` filter.
 - :mod:`~inatcomp.build.fetch`: the photo fetcher (urllib3, retries, ledger of gone photos, atomic cache writes).
+- :mod:`~inatcomp.build.ledger`: the ledger of gone photos beside the cache (``--retry-failed`` empties it).
 - :mod:`~inatcomp.build.progress`: progress of a long phase (a bar on a terminal, log lines otherwise).
 - :mod:`~inatcomp.build.images`: the images resized into the release layout.
 - :mod:`~inatcomp.build.json_text`: the dataset JSON files, joined from Arrow text columns.

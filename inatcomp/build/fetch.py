@@ -11,25 +11,31 @@ What each answer means:
 
 - 200 with an image that decodes: written to ``{cache}/{photo_id}/{size}.{extension}`` through a temporary
   name and renamed once complete and decoded, so the cache never holds half a photo (``kill -9`` at any
-  moment leaves at most a ``*.part`` file, removed when the photo is fetched again);
-- 429, 408 and 5xx, connection errors and resets, connect and read timeouts, bodies shorter than their
+  moment leaves at most a ``*.part`` file, removed when the photo is fetched again or found gone);
+- 429, 408 and 5xx, connection errors and resets, connect and read timeouts, an answer that takes longer than
+  ``total_timeout`` in all (a server trickling bytes never trips the read timeout), bodies shorter than their
   ``Content-Length``: retried with exponential back-off and full jitter, at least as long as ``Retry-After``
   says (which also pauses every worker: a server that asks for a pause gets it from the whole client);
 - 404, 403, 410 and every other 4xx: permanent for that photo;
 - 200 with a body that is not an image (an HTML error page) or does not decode: retried once, then permanent;
-- still failing after ``max_attempts``: permanent ("gave up").
+- a body longer than ``max_bytes`` (read no further, so memory stays bounded): permanent;
+- still failing after ``max_attempts``: left out of this build ("gave up"), but not in the ledger (nothing
+  showed it gone: a rerun asks again). ``max_give_ups_in_a_row`` such photos with no answer in between mean
+  the server is down or refusing us: the fetch stops (:class:`FetchAbortedError`) rather than leave out photos
+  that are there, and a rerun continues from the cache.
 
-Permanent failures are appended to a ledger beside the photos (``{cache}/fetch_failures.tsv``: photo id,
-size, url, status, attempts, reason), so a rerun does not ask again for a photo that is gone, unless
-``retry_failed``. A line cut by ``kill -9`` is skipped when the ledger is read.
+The photos the server showed gone are appended to a ledger beside the photos (:mod:`inatcomp.build.ledger`),
+so a rerun does not ask again for them, unless ``retry_failed``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
 import io
 import logging
+import math
 import os
 import random
 import threading
@@ -39,11 +45,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import urllib3
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from inatcomp.build.ledger import FailureLedger
 from inatcomp.build.progress import Progress
 
-__all__ = ["BUCKET_SIDES", "OPEN_DATA_URL", "FetchReport", "FetchSettings", "PhotoFetcher", "photo_url_template"]
+__all__ = [
+    "BUCKET_SIDES",
+    "OPEN_DATA_URL",
+    "FetchAbortedError",
+    "FetchReport",
+    "FetchSettings",
+    "PhotoFetcher",
+    "photo_url_template",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -51,18 +66,16 @@ _logger = logging.getLogger(__name__)
 OPEN_DATA_URL = "https://inaturalist-open-data.s3.amazonaws.com/photos/{photo_id}/{size}.{extension}"
 #: Long side in pixels of each size the bucket holds (docs/formats.md §1).
 BUCKET_SIDES = {"square": 75, "thumb": 100, "small": 240, "medium": 500, "large": 1024, "original": 2048}
-#: The ledger of permanent failures, in the cache folder.
-LEDGER_NAME = "fetch_failures.tsv"
-_LEDGER_COLUMNS = ("photo_id", "size", "url", "status", "attempts", "reason")
 #: Statuses retried: rate limiting, request timeout, and every server error.
 _TRANSIENT_4XX = (408, 425, 429)
+_CHUNK = 256 * 1024  # bytes asked of the socket per read: a medium photo in one or two reads
 
 
 def photo_url_template(template: str) -> str:
     """The URL template ``--photo-url`` names: ``open-data`` for the bucket, else an http(s) template.
 
     Raises:
-        ValueError: Not http(s), or without a ``{photo_id}`` field, or with a field other than the three.
+        ValueError: Not http(s), without a host or a ``{photo_id}`` field, or with a field other than the three.
     """
     if template == "open-data":
         return OPEN_DATA_URL
@@ -74,6 +87,8 @@ def photo_url_template(template: str) -> str:
         raise ValueError(
             f"--photo-url: only {{photo_id}}, {{size}} and {{extension}} may appear in {template!r} ({error})"
         ) from error
+    if not template.split("://", 1)[1].split("/", 1)[0]:
+        raise ValueError(f"--photo-url: no host in {template!r}")
     if "{photo_id}" not in template:
         raise ValueError(f"--photo-url: {template!r} has no {{photo_id}}: every photo would be the same URL")
     return template
@@ -92,10 +107,14 @@ class FetchSettings:
         retry_failed: Ask again for the photos the ledger lists as gone.
         connect_timeout: Seconds to open a connection.
         read_timeout: Seconds any one read of the answer may wait.
+        total_timeout: Seconds one request may take in all, from sending it to the last byte of the answer.
+        max_bytes: Longest body accepted, a longer one permanent (a server that never stops must not fill memory).
         max_attempts: Requests for one photo before it is given up.
         backoff_base: Back-off before the first retry, doubled each retry (before the jitter).
         backoff_cap: Longest back-off (before ``Retry-After``).
         max_retry_after: Longest ``Retry-After`` honoured, in seconds (a longer one is cut to this).
+        max_give_ups_in_a_row: Photos given up after ``max_attempts`` with no answer between them that stop
+            the fetch (an outage must not turn into photos left out of the release).
     """
 
     url: str
@@ -106,10 +125,13 @@ class FetchSettings:
     retry_failed: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    total_timeout: float = 120.0
+    max_bytes: int = 64_000_000
     max_attempts: int = 8
     backoff_base: float = 0.5
     backoff_cap: float = 60.0
     max_retry_after: float = 300.0
+    max_give_ups_in_a_row: int = 50
 
     def check(self) -> None:
         """Reject impossible settings.
@@ -122,8 +144,14 @@ class FetchSettings:
             raise ValueError(f"--fetch-workers must be at least 1, got {self.workers}")
         if self.max_rps < 0:
             raise ValueError(f"--max-rps must be 0 (no ceiling) or more, got {self.max_rps}")
-        if self.read_timeout <= 0 or self.connect_timeout <= 0:
-            raise ValueError("--fetch-timeout must be positive")
+        for name, value in (("read", self.read_timeout), ("connect", self.connect_timeout),
+                            ("total", self.total_timeout)):  # fmt: skip
+            if not value > 0:
+                raise ValueError(f"--fetch-timeout: the {name} timeout must be positive, got {value}")
+        if self.max_attempts < 1 or self.max_give_ups_in_a_row < 1:
+            raise ValueError("max_attempts and max_give_ups_in_a_row must be at least 1")
+        if self.backoff_base < 0 or self.backoff_cap < 0 or self.max_retry_after < 0 or self.max_bytes < 1:
+            raise ValueError("back-offs and Retry-After's ceiling must be 0 or more, max_bytes at least 1")
         if not self.size or "/" in self.size:
             raise ValueError(f"--photo-size: expected a size such as medium, large or original, got {self.size!r}")
 
@@ -139,7 +167,7 @@ class FetchReport:
         fetched: Photos received and written to the cache.
         requests: HTTP requests made (first tries and retries).
         retries: Requests beyond each photo's first, by the reason of the failure before them.
-        failed: Photos that failed for good in this build, by reason.
+        failed: Photos left out in this build, by reason: shown gone (in the ledger), or given up after the retries.
         known_gone: Photos the ledger already listed as gone (not asked for again).
         bytes: Bytes of the photos received.
         rounds: Selection rounds (one more each time a permanent failure sent the selection back).
@@ -203,53 +231,8 @@ class _RateLimiter:
             self.next = max(self.next, time.monotonic() + seconds)
 
 
-class _Ledger:
-    """The permanent failures beside the cache: appended line by line, read back tolerating a cut last line."""
-
-    def __init__(self, cache: Path) -> None:
-        self.path = cache / LEDGER_NAME
-        self.lock = threading.Lock()
-        self.entries: dict[tuple[int, str], dict[str, str]] = {}
-        if self.path.is_file():
-            with open(self.path, encoding="utf-8", errors="replace") as handle:
-                for number, line in enumerate(handle, 1):
-                    fields = line.rstrip("\n").split("\t")
-                    if number == 1 or len(fields) != len(_LEDGER_COLUMNS) or not line.endswith("\n"):
-                        continue  # the header, or a line cut by a kill
-                    row = dict(zip(_LEDGER_COLUMNS, fields))
-                    try:
-                        self.entries[(int(row["photo_id"]), row["size"])] = row
-                    except ValueError:
-                        _logger.warning("%s:%d: not a photo id, line skipped", self.path, number)
-
-    def gone(self, size: str) -> set[int]:
-        """Photo ids listed as gone at ``size``."""
-        return {photo_id for photo_id, s in self.entries if s == size}
-
-    def add(self, photo_id: int, size: str, url: str, status: str, attempts: int, reason: str) -> None:
-        row = {"photo_id": str(photo_id), "size": size, "url": url, "status": status,
-               "attempts": str(attempts), "reason": reason.replace("\t", " ").replace("\n", " ")}  # fmt: skip
-        with self.lock:
-            self.entries[(photo_id, size)] = row
-            new = not self.path.is_file()
-            with open(self.path, "a", encoding="utf-8") as handle:
-                if new:
-                    handle.write("\t".join(_LEDGER_COLUMNS) + "\n")
-                handle.write("\t".join(row[c] for c in _LEDGER_COLUMNS) + "\n")
-
-    def forget(self, photo_ids: Sequence[int], size: str) -> None:
-        """Remove photos fetched after all (``retry_failed``): the ledger is rewritten whole, atomically."""
-        with self.lock:
-            if not any((p, size) in self.entries for p in photo_ids):
-                return
-            for photo_id in photo_ids:
-                self.entries.pop((photo_id, size), None)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write("\t".join(_LEDGER_COLUMNS) + "\n")
-                for row in self.entries.values():
-                    handle.write("\t".join(row[c] for c in _LEDGER_COLUMNS) + "\n")
-            os.replace(tmp, self.path)
+class FetchAbortedError(Exception):
+    """The server failed too many photos in a row for any reason but their own: it is down or refusing us."""
 
 
 class _TransientError(Exception):
@@ -265,11 +248,11 @@ class _NotImageError(Exception):
 
 
 class _PermanentError(Exception):
-    """A status that will not change by asking again."""
+    """An answer that will not change by asking again: ``status`` for the ledger, ``reason`` for the audit."""
 
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 def _retry_after(value: str | None) -> float:
@@ -277,9 +260,11 @@ def _retry_after(value: str | None) -> float:
     if not value:
         return 0.0
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "nan" and "inf" parse as numbers too: neither is a wait
+        return max(seconds, 0.0) if math.isfinite(seconds) else 0.0
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -291,7 +276,8 @@ def _check_image(data: bytes, content_type: str | None) -> None:
     """Raise :class:`_NotImageError` unless ``data`` is an image that decodes to the end.
 
     JPEGs are decoded at an eighth of their size (DCT scaling still reads every coded block, so a cut or
-    damaged file fails), which costs a fraction of a full decode.
+    damaged file fails), which costs a fraction of a full decode. Any exception of the decoder means "does not
+    decode": Pillow's plugins raise more than ``OSError`` on bad bytes (``EOFError``, ``struct.error`` …).
     """
     if content_type and content_type.split(";")[0].strip().lower().startswith("text/"):
         raise _NotImageError(f"content type {content_type}")
@@ -299,7 +285,7 @@ def _check_image(data: bytes, content_type: str | None) -> None:
         with Image.open(io.BytesIO(data)) as image:
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Exception as error:  # noqa: BLE001 - see above: whatever the bytes make the decoder raise
         raise _NotImageError(f"{type(error).__name__}: {error}") from error
 
 
@@ -316,11 +302,12 @@ class PhotoFetcher:
         self.template = photo_url_template(settings.url)
         self.cache = Path(settings.cache)
         self.cache.mkdir(parents=True, exist_ok=True)
-        self.ledger = _Ledger(self.cache)
+        self.ledger = FailureLedger(self.cache)
         self.report = FetchReport()
         self.limiter = _RateLimiter(settings.max_rps)
         self.lock = threading.Lock()
         self.seen: set[int] = set()
+        self.give_ups_in_a_row = 0
         self.http = urllib3.PoolManager(
             num_pools=4,
             maxsize=settings.workers,  # one kept-alive connection per worker and host
@@ -342,6 +329,7 @@ class PhotoFetcher:
         return os.path.join(self.cache_text, str(photo_id), f"{self.settings.size}.{extension}")
 
     def url(self, photo_id: int, extension: str) -> str:
+        """Where a photo is on the server."""
         return self.template.format(photo_id=photo_id, size=self.settings.size, extension=extension)
 
     def known_gone(self) -> set[int]:
@@ -355,6 +343,7 @@ class PhotoFetcher:
         every call.
         """
         todo = []
+        cached = 0
         for photo_id, extension in photos:
             photo_id = int(photo_id)
             if photo_id in self.seen:
@@ -362,13 +351,14 @@ class PhotoFetcher:
             self.seen.add(photo_id)
             self.report.needed += 1
             if os.path.isfile(self.path(photo_id, extension)):
-                self.report.from_cache += 1
+                cached += 1
             else:
                 todo.append((photo_id, extension))
+        self.report.from_cache += cached
         self.report.requested += len(todo)
         if not todo:
             return set()
-        _logger.info("fetching %d photos (%d in the cache) from %s", len(todo), len(photos) - len(todo), self.template)
+        _logger.info("fetching %d photos (%d in the cache) from %s", len(todo), cached, self.template)
         failed: set[int] = set()
         progress = Progress("fetch", len(todo))
         self._run(todo, failed, progress)
@@ -378,12 +368,16 @@ class PhotoFetcher:
         return failed
 
     def _run(self, todo: list[tuple[int, str]], failed: set[int], progress: Progress) -> None:
-        """Fetch ``todo`` with the workers; the calling thread shows the progress and re-raises a worker's bug."""
+        """Fetch ``todo`` with the workers; the calling thread shows the progress and re-raises a worker's bug.
+
+        After a bug or an interrupt of the caller (Ctrl-C) the workers take no new photo.
+        """
         jobs = iter(todo)
         errors: list[BaseException] = []
+        stop = threading.Event()
 
         def work() -> None:
-            while not errors:
+            while not stop.is_set():
                 with self.lock:
                     job = next(jobs, None)
                 if job is None:
@@ -394,14 +388,18 @@ class PhotoFetcher:
                             failed.add(job[0])
                 except BaseException as error:  # a bug: stop every worker and raise it in the caller
                     errors.append(error)
+                    stop.set()
 
         threads = [threading.Thread(target=work, daemon=True) for _ in range(min(self.settings.workers, len(todo)))]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
-                progress.show()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+                    progress.show()
+        finally:
+            stop.set()
         if errors:
             raise errors[0]
 
@@ -419,23 +417,26 @@ class PhotoFetcher:
                 except _NotImageError as error:
                     not_image += 1
                     if not_image >= 2:
+                        _remove_parts(target)  # a gone photo is not fetched again to replace a killed run's part
                         return self._give_up(photo_id, url, "200", attempt, "not an image", str(error), progress)
                     raise _TransientError("not an image") from error
             except _PermanentError as error:
-                return self._give_up(photo_id, url, str(error.status), attempt, str(error), str(error), progress)
+                _remove_parts(target)
+                return self._give_up(photo_id, url, error.status, attempt, error.reason, error.reason, progress)
             except _TransientError as error:
                 if attempt == s.max_attempts:
-                    why = f"gave up after {attempt} attempts"
-                    return self._give_up(photo_id, url, error.reason, attempt, why, error.reason, progress)
+                    return self._give_up_for_now(photo_id, url, error.reason, progress)
                 self._count_retry(error.reason, progress)
                 wait = min(error.wait, s.max_retry_after)
                 if wait:
                     self.limiter.pause(wait)
                 backoff = random.uniform(0, min(s.backoff_cap, s.backoff_base * 2 ** (attempt - 1)))
-                time.sleep(max(backoff, wait))
+                # Above a Retry-After, a little jitter still: the workers told together do not return together.
+                time.sleep(max(backoff, wait + random.uniform(0, s.backoff_base) if wait else 0.0))
                 continue
             self._write(target, data)
             with self.lock:
+                self.give_ups_in_a_row = 0
                 self.report.fetched += 1
                 self.report.bytes += len(data)
             progress.add(done=1, size=len(data))
@@ -446,28 +447,55 @@ class PhotoFetcher:
         """One GET: the body and Content-Type of a 200, or :class:`_TransientError` / :class:`_PermanentError`."""
         with self.lock:
             self.report.requests += 1
+        deadline = time.monotonic() + self.settings.total_timeout
         try:
-            # The body is read (and its length checked) before the connection goes back to the pool.
             if self.host_pool is not None:  # one host: its pool directly, without parsing each URL again
                 response = self.host_pool.urlopen(
-                    "GET", url[len(self.host) :], headers=self.http.headers, preload_content=True, redirect=False
+                    "GET", url[len(self.host) :], headers=self.http.headers, preload_content=False, redirect=False
                 )
                 if 300 <= response.status < 400 and response.get_redirect_location():
-                    response = self.http.request("GET", url, preload_content=True)  # maybe to another host
+                    response.drain_conn()
+                    response.release_conn()
+                    response = self.http.request("GET", url, preload_content=False)  # maybe to another host
             else:
-                response = self.http.request("GET", url, preload_content=True)
+                response = self.http.request("GET", url, preload_content=False)
+            try:
+                data = self._read_body(response, deadline)
+            finally:
+                response.release_conn()
         except urllib3.exceptions.MaxRetryError as error:
             raise _TransientError(_error_reason(error.reason)) from error
         except (urllib3.exceptions.HTTPError, OSError) as error:
             raise _TransientError(_error_reason(error)) from error
         status = response.status
         if status == 200:
-            return response.data, response.headers.get("Content-Type")
+            return data, response.headers.get("Content-Type")
         if status in _TRANSIENT_4XX or status >= 500:
             raise _TransientError(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
-        raise _PermanentError(status)
+        raise _PermanentError(str(status), f"HTTP {status}")
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+        """The whole body, at most ``max_bytes`` of it and before ``deadline`` (its length checked by urllib3).
+
+        Each read returns what the socket has (``read1``): the deadline holds however slowly the server sends.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = response.read1(_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            chunks.append(chunk)
+            if size > self.settings.max_bytes:
+                response.close()  # the rest is never read: the connection cannot be used again
+                raise _PermanentError(str(response.status), f"body over {self.settings.max_bytes:,} bytes")
+            if time.monotonic() > deadline:
+                response.close()
+                raise _TransientError("total timeout")
 
     def _count_retry(self, reason: str, progress: Progress) -> None:
+        """Count a request about to be made again, by the reason of the failure before it."""
         with self.lock:
             self.report.retries[reason] += 1
         progress.add(retries=1)
@@ -475,33 +503,71 @@ class PhotoFetcher:
     def _give_up(
         self, photo_id: int, url: str, status: str, attempts: int, reason: str, detail: str, progress: Progress
     ) -> bool:
-        """Record a permanent failure (ledger and report); always False."""
-        _logger.warning("photo %d gone (%s after %d attempts): %s", photo_id, reason, attempts, detail)
+        """Record a photo the server showed gone (ledger and report); always False."""
+        _logger.warning("photo %d gone (%s, %d attempts) at %s: %s", photo_id, reason, attempts, url, detail)
         self.ledger.add(photo_id, self.settings.size, url, status, attempts, reason)
         with self.lock:
+            self.give_ups_in_a_row = 0  # an answer about the photo itself: the server is up
             self.report.failed[reason] += 1
         progress.add(done=1, failures=1)
         return False
 
+    def _give_up_for_now(self, photo_id: int, url: str, last: str, progress: Progress) -> bool:
+        """Leave out a photo that kept failing for transient reasons (not in the ledger); always False.
+
+        Raises:
+            FetchAbortedError: The ``max_give_ups_in_a_row``-th such photo with no answer in between.
+        """
+        attempts = self.settings.max_attempts
+        reason = f"gave up after {attempts} attempts"
+        _logger.warning("photo %d left out (%s, the last %s) at %s; a rerun asks again", photo_id, reason, last, url)
+        with self.lock:
+            self.give_ups_in_a_row += 1
+            in_a_row = self.give_ups_in_a_row
+            self.report.failed[reason] += 1
+        progress.add(done=1, failures=1)
+        if in_a_row >= self.settings.max_give_ups_in_a_row:
+            raise FetchAbortedError(
+                f"{in_a_row} photos in a row failed {attempts} times each (the last: {last} at {url}): the server "
+                f"is down or refusing us, so the fetch stops rather than leave them out of the release; the "
+                f"{self.report.fetched:,} photos fetched are kept in {self.cache}, and a rerun continues"
+            )
+        return False
+
     def _write(self, target: str, data: bytes) -> None:
-        """Write a photo atomically: a temporary name in its folder, renamed once whole (stale ``*.part`` removed)."""
+        """Write a photo atomically: a temporary name in its folder, renamed once whole (stale ``*.part`` removed).
+
+        A write that fails (a full disk) removes its temporary file before the error goes on."""
         folder, name = os.path.split(target)
         try:
             os.mkdir(folder)  # a photo's own folder: usually new, and then nothing stale can be in it
         except FileExistsError:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.name.startswith(name + ".") and entry.name.endswith(".part"):
-                        os.unlink(entry.path)  # left by a killed run
+            _remove_parts(target)
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
         tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.part"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def close(self) -> None:
+        """Close the kept-alive connections."""
         self.http.clear()
+
+
+def _remove_parts(target: str) -> None:
+    """Remove the ``*.part`` files of ``target`` that a killed run left in its folder (if the folder exists)."""
+    folder, name = os.path.split(target)
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(name + ".") and entry.name.endswith(".part"):
+                with contextlib.suppress(FileNotFoundError):  # another run sharing the cache took it
+                    os.unlink(entry.path)
 
 
 def _error_reason(error: BaseException | None) -> str:

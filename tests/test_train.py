@@ -316,6 +316,7 @@ def test_every_choice_field_is_annotated_with_its_enum():
         "optimizer": ["sgd", "adamw"],
         "schedule": ["step", "cosine"],
         "amp": ["off", "bf16", "fp16"],
+        "decode": ["cpu", "gpu"],
     }
 
 

@@ -337,10 +337,11 @@ def main() -> None:
         for n in args.scale or SCALE_OBSERVATIONS:
             runs.append(measure_scale(n, memory_limit=args.memory_limit, tmp_root=args.tmp))
             _logger.info("%s", json.dumps(runs[-1]))
-        text = scale_markdown(runs, "python -m benchmarks.build " + " ".join(sys.argv[1:]))
+            # Written after each size, so an hours-long run that is stopped keeps what it measured.
+            text = scale_markdown(runs, "python -m benchmarks.build " + " ".join(sys.argv[1:]))
+            for path in args.write:
+                replace_generated_block(path, "build-scale", text.removeprefix(SCALE_BEGIN).removesuffix(SCALE_END))
         _logger.info("\n%s", text)
-        for path in args.write:
-            replace_generated_block(path, "build-scale", text.removeprefix(SCALE_BEGIN).removesuffix(SCALE_END))
         return
     if args.photos:
         for n in args.photos:

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from inatcomp.data.dataset import CompetitionDataset, seed_worker
-from inatcomp.data.feed import device_batches
+from inatcomp.data.feed import DistributedContext, device_batches
 from inatcomp.data.gpudecode import BatchDecoder, DecodeMode, resolve_decode
 from inatcomp.data.transforms import Interpolation
 from inatcomp.formats.predictions import PredictionWriter
@@ -42,7 +42,6 @@ from inatcomp.predict.geoprior import load_prior
 from inatcomp.predict.gpuviews import BytesDataset, bytes_collate, device_view_batches
 from inatcomp.predict.sharded import (
     PartWriter,
-    RankContext,
     gather_outcomes,
     join_group,
     join_parts,
@@ -476,7 +475,7 @@ def _predict_whole(out: Any, header: dict[str, Any], *, ev: _Eval, base: Any, **
 
 
 def _predict_sharded(
-    out: Any, header: dict[str, Any], context: RankContext, *, ev: _Eval, base: Any, **run: Any
+    out: Any, header: dict[str, Any], context: DistributedContext, *, ev: _Eval, base: Any, **run: Any
 ) -> tuple[list[int], int]:
     """One of ``context.world_size`` processes: this rank's share into its part file, then rank 0 joins the parts.
 

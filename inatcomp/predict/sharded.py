@@ -11,7 +11,6 @@ way. A one-process run writes its folder directly and never comes here.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -21,10 +20,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from inatcomp.data.feed import device_for_rank
+from inatcomp.data.feed import DistributedContext, device_for_rank
 from inatcomp.formats.predictions import PredictionWriter
 
-__all__ = ["PartWriter", "RankContext", "gather_outcomes", "join_group", "join_parts", "part_path", "shard_range"]
+__all__ = ["PartWriter", "gather_outcomes", "join_group", "join_parts", "part_path", "shard_range"]
 
 _logger = logging.getLogger(__name__)
 
@@ -32,21 +31,7 @@ _logger = logging.getLogger(__name__)
 _JOIN_ROWS = 4096
 
 
-@dataclasses.dataclass(frozen=True)
-class RankContext:
-    """This process's place among the prediction processes (a lone process is rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        """More than one process."""
-        return self.world_size > 1
-
-
-def join_group(device: torch.device) -> tuple[RankContext, torch.device, bool]:
+def join_group(device: torch.device) -> tuple[DistributedContext, torch.device, bool]:
     """Join torchrun's process group when launched under it (gloo on the CPU, NCCL on CUDA).
 
     Returns:
@@ -58,7 +43,7 @@ def join_group(device: torch.device) -> tuple[RankContext, torch.device, bool]:
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1 and not (dist.is_available() and dist.is_initialized()):
-        return RankContext(), device, False
+        return DistributedContext(), device, False
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = device_for_rank(device, local_rank)
     if device.type == "cuda":
@@ -67,7 +52,7 @@ def join_group(device: torch.device) -> tuple[RankContext, torch.device, bool]:
     if owns:
         # gloo also for CUDA tensors-free exchanges: only Python objects cross between the ranks here.
         dist.init_process_group(backend="gloo")
-    context = RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+    context = DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
     return context, device, owns
 
 

@@ -2,53 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 
-from inatcomp.data.feed import device_for_rank
+from inatcomp.data.feed import DistributedContext, device_for_rank, distributed_context
 from inatcomp.options import resolve_device
 
 __all__ = ["DistributedContext", "distributed_context", "init_distributed", "all_reduce_sum", "is_main_process"]
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class DistributedContext:
-    """This process's place among the training processes (a single process is rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        """More than one process."""
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the process that logs progress and writes files."""
-        return self.rank == 0
-
-
-def distributed_context() -> DistributedContext:
-    """This process's place: from the running process group, else from torchrun's environment, else rank 0 of 1.
-
-    torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``) in each process.
-    """
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if dist.is_available() and dist.is_initialized():
-        return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistributedContext()
-    return DistributedContext(rank=int(os.environ["RANK"]), world_size=world_size, local_rank=local_rank)
 
 
 def init_distributed(device: str | None = "auto") -> tuple[DistributedContext, torch.device, bool]:

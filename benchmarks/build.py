@@ -20,10 +20,12 @@ build's peak runs just before each parse and each build, and that ratio is repor
 from __future__ import annotations
 
 import argparse
+import datetime
 import gzip
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -266,6 +268,7 @@ def measure_scale(observations: int, *, memory_limit: str, tmp_root: str | None 
     the export is generated whole at every size. Synth, parse and build each run as a process of their own,
     measured whole (interpreter start included); the export is deleted afterwards.
     """
+    load = os.getloadavg()[0]  # how busy the machine was: a figure from a busy one is not a figure
     photos = int(observations * _PHOTOS_PER_OBSERVATION)
     species = 10_000 if photos >= 3_000_000 else max(100, photos // 300)
     with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
@@ -282,13 +285,17 @@ def measure_scale(observations: int, *, memory_limit: str, tmp_root: str | None 
             "--memory-limit", memory_limit, "--temp-dir", tmp,
         ])  # fmt: skip
     return {"observations": n_obs, "photos": photos, "disk_mb": disk / 2**20, "memory_limit": memory_limit,
-            "synth": synth, "parse": parse, "build": build}  # fmt: skip
+            "synth": synth, "parse": parse, "build": build, "load": load}  # fmt: skip
 
 
 def scale_markdown(runs: list[dict], command: str) -> str:
     """The scale table, the least-squares slope of build time and peak RSS, and their projection to 300 M."""
     x = [r["observations"] / 1e6 for r in runs]
-    lines = [SCALE_BEGIN, "", f"`{command}` (gzipped tables, inat2018 --no-images):", "",
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    loads = ", ".join(f"{r['load']:.1f}" for r in runs if "load" in r) or "not recorded"
+    lines = [SCALE_BEGIN, "", f"`{command}` (gzipped tables, inat2018 --no-images)", "",
+             f"Machine: {machine}. Date: {datetime.date.today().isoformat()}. 1-minute load average before each size: "
+             f"{loads}.", "",
              "| observations | export on disk | synth s | synth peak MB | parse s | build s | build peak MB "
              "| build/parse |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip

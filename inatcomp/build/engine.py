@@ -36,8 +36,8 @@ import pyarrow as pa
 from inatcomp.build.arrays import _unique_inverse
 from inatcomp.build.audit import _Audit
 from inatcomp.build.export import TABLE_COLUMNS, ExportTables, explain_table_error, find_table
-from inatcomp.build.fetched import LICENCE_RULE
 from inatcomp.build.inclusion import _REASONS, _apply_inclusion, _Classified, _taxon_classes, _taxon_index
+from inatcomp.build.licences import LICENCE_RULE, allowed_licences, warn_absent_licences
 from inatcomp.build.rules import BuildRules, PhotoChoice
 from inatcomp.build.sampling import _Candidates
 
@@ -178,19 +178,12 @@ class ExportEngine:
         Raises:
             ValueError: No licence named.
         """
-        allowed = sorted({name.strip().upper() for name in licenses if name.strip()})
-        if not allowed:
-            raise ValueError("--licenses: name at least one licence, e.g. CC0,CC-BY")
+        allowed = allowed_licences(licenses)
         self.con.register("allowed_licences", pa.table({"name": allowed}))
         name = "upper(trim(coalesce(license, '')))"
-        present = {row[0] for row in self.con.execute(f"SELECT DISTINCT {name} FROM photos").fetchall()}
-        absent = [n for n in allowed if n not in present]
-        if absent:
-            _logger.warning(
-                "--licenses: no photo is under %s (the export's licences: %s)",
-                ", ".join(absent),
-                ", ".join(sorted(n or "(none)" for n in present)),
-            )
+        warn_absent_licences(
+            allowed, (row[0] for row in self.con.execute(f"SELECT DISTINCT {name} FROM photos").fetchall())
+        )
         self.con.execute(
             f"INSERT INTO left_out SELECT rowid FROM photos WHERE {name} NOT IN (SELECT name FROM allowed_licences)"
         )

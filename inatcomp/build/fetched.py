@@ -8,14 +8,12 @@ class is filled from the same split's other observations; photographer isolation
 counts hold as for a local export, and the release is the same for the same export, seed and set of gone
 photos. A selection round may assign some observers to other splits than the round before (the observer
 split is drawn over the candidates that remain), as a local export without those photos would.
-
-Also the ``--licenses`` filter, which keeps only the photos under the listed licences (local builds too).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,9 +25,6 @@ from inatcomp.build.fetch import BUCKET_SIDES, FetchReport, FetchSettings, Photo
 from inatcomp.build.selection import _Selection
 
 _logger = logging.getLogger(__name__)
-
-#: The audit's name for the photos ``--licenses`` leaves out.
-LICENCE_RULE = "licence not in --licenses"
 
 
 def _warn_if_enlarged(size: str, release_side: int) -> None:
@@ -43,29 +38,6 @@ def _warn_if_enlarged(size: str, release_side: int) -> None:
             side,
             release_side,
         )
-
-
-def _keep_licenses(photos: pa.Table, licenses: Sequence[str], audit: _Audit) -> pa.Table:
-    """The photos under one of ``licenses`` (compared without case or surrounding blanks); the rest counted.
-
-    Raises:
-        ValueError: No licence named.
-    """
-    allowed = sorted({name.strip().upper() for name in licenses if name.strip()})
-    if not allowed:
-        raise ValueError("--licenses: name at least one licence, e.g. CC0,CC-BY")
-    names = pc.utf8_upper(pc.utf8_trim_whitespace(photos["license"].fill_null("")))
-    present = set(pc.unique(names).to_pylist())
-    absent = [name for name in allowed if name not in present]
-    if absent:
-        _logger.warning(
-            "--licenses: no photo is under %s (the export's licences: %s)",
-            ", ".join(absent),
-            ", ".join(sorted(n or "(none)" for n in present)),
-        )
-    keep = pc.is_in(names, value_set=pa.array(allowed, pa.string()))
-    audit.add(LICENCE_RULE, photos=photos.num_rows - int(pc.sum(keep).as_py() or 0))
-    return photos.filter(keep)
 
 
 def _without(photos: pa.Table, gone: set[int]) -> pa.Table:

@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 from inatcomp.build.audit import _Audit
 from inatcomp.build.engine import ExportEngine
 from inatcomp.build.export import TABLE_COLUMNS, ExportTables, read_export
-from inatcomp.build.fetched import _keep_licenses, _without
+from inatcomp.build.fetched import _without
 from inatcomp.build.inclusion import _classify
+from inatcomp.build.licences import keep_licenses
 from inatcomp.build.rules import BuildRules
 from inatcomp.build.sampling import _apply_quotas, _photos_per_observation, _split_observers
 
@@ -79,7 +80,7 @@ class ExportSource(contextlib.AbstractContextManager):
         if self.engine is not None:
             self.engine.keep_licenses(licenses, audit)
         else:
-            self.tables.photos = _keep_licenses(self.tables.photos, licenses, audit)
+            self.tables.photos = keep_licenses(self.tables.photos, licenses, audit)
 
     def known(self, photo_ids: set[int]) -> set[int]:
         """Which of ``photo_ids`` the export's photos table holds (under the kept licences)."""

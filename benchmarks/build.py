@@ -261,31 +261,53 @@ def _child_args(argv: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure_scale(observations: int, *, memory_limit: str, tmp_root: str | None = None) -> dict:
+def measure_scale(
+    observations: int,
+    *,
+    memory_limit: str,
+    tmp_root: str | None = None,
+    exports: str | None = None,
+    synth_only: bool = False,
+) -> dict:
     """Synthesise a gzipped export of about ``observations`` observations, then time DuckDB's scan and the build.
 
     ``inatcomp synth --no-images --gzip`` streams block by block (:data:`inatcomp.world.synth.BLOCK_PHOTOS`), so
     the export is generated whole at every size. Synth, parse and build each run as a process of their own,
-    measured whole (interpreter start included); the export is deleted afterwards.
+    measured whole (interpreter start included). The export is deleted afterwards unless ``exports`` names a
+    folder to keep it in: there an export already made (with its ``synth.json`` figures) is measured again
+    without generating it anew, and ``synth_only`` stops after generating it.
     """
     load = os.getloadavg()[0]  # how busy the machine was: a figure from a busy one is not a figure
     photos = int(observations * _PHOTOS_PER_OBSERVATION)
     species = 10_000 if photos >= 3_000_000 else max(100, photos // 300)
     with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
-        export = f"{tmp}/export"
-        synth = _whole([sys.executable, "-m", "inatcomp.cli", "synth", export, "--species", str(species),
-                        "--photos", str(photos), "--no-images", "--gzip"])  # fmt: skip
-        with gzip.open(f"{export}/observations.csv.gz", "rb") as handle:
-            n_obs = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 24), b"")) - 1
+        export = f"{exports}/{observations}" if exports else f"{tmp}/export"
+        record = os.path.join(export, "synth.json")
+        if os.path.exists(record):
+            with open(record) as handle:
+                synth = json.load(handle)
+        else:
+            shutil.rmtree(export, ignore_errors=True)  # a generation that was stopped half-way
+            synth = _whole([sys.executable, "-m", "inatcomp.cli", "synth", export, "--species", str(species),
+                            "--photos", str(photos), "--no-images", "--gzip"])  # fmt: skip
+            synth["load"] = load
+            with gzip.open(f"{export}/observations.csv.gz", "rb") as handle:
+                synth["observations"] = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 24), b"")) - 1
+            with open(record, "w") as handle:
+                json.dump(synth, handle)
         disk = sum(os.path.getsize(os.path.join(export, f)) for f in os.listdir(export) if f.endswith(".gz"))
+        common = {"observations": synth["observations"], "photos": photos, "disk_mb": disk / 2**20,
+                  "memory_limit": memory_limit, "synth": synth}  # fmt: skip
+        if synth_only:
+            return common
+        load = os.getloadavg()[0]
         code = _DUCKDB_PARSE.format(limit=memory_limit, tmp=f"{tmp}/spill", export=export)
         parse = _whole([sys.executable, "-c", code])
         build = _whole([
             sys.executable, "-m", "inatcomp.cli", "build", export, f"{tmp}/out", "--preset", "inat2018", "--no-images",
             "--memory-limit", memory_limit, "--temp-dir", tmp,
         ])  # fmt: skip
-    return {"observations": n_obs, "photos": photos, "disk_mb": disk / 2**20, "memory_limit": memory_limit,
-            "synth": synth, "parse": parse, "build": build, "load": load}  # fmt: skip
+    return {**common, "parse": parse, "build": build, "load": load}
 
 
 def scale_markdown(runs: list[dict], command: str) -> str:
@@ -336,19 +358,26 @@ def main() -> None:
     parser.add_argument("--memory-limit", default="8GB", help="the build's --memory-limit in --scale (default 8GB)")
     parser.add_argument("--tmp", help="folder for --scale's exports and spills (default the system's)")
     parser.add_argument("--write", action="append", default=[], help="replace the build-scale block in this file")
+    parser.add_argument("--exports", help="keep --scale's exports in this folder and reuse the ones already there")
+    parser.add_argument("--synth-only", action="store_true", help="with --exports: only generate the exports")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("inatcomp").setLevel(logging.WARNING)
     if args.scale is not None:
         runs = []
         for n in args.scale or SCALE_OBSERVATIONS:
-            runs.append(measure_scale(n, memory_limit=args.memory_limit, tmp_root=args.tmp))
-            _logger.info("%s", json.dumps(runs[-1]))
+            run_ = measure_scale(n, memory_limit=args.memory_limit, tmp_root=args.tmp, exports=args.exports,
+                                 synth_only=args.synth_only)  # fmt: skip
+            _logger.info("%s", json.dumps(run_))
+            if args.synth_only:
+                continue
+            runs.append(run_)
             # Written after each size, so an hours-long run that is stopped keeps what it measured.
             text = scale_markdown(runs, "python -m benchmarks.build " + " ".join(sys.argv[1:]))
             for path in args.write:
                 replace_generated_block(path, "build-scale", text.removeprefix(SCALE_BEGIN).removesuffix(SCALE_END))
-        _logger.info("\n%s", text)
+        if runs:
+            _logger.info("\n%s", text)
         return
     if args.photos:
         for n in args.photos:

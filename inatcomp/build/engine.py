@@ -10,9 +10,10 @@ it is one wheel without further dependencies.
 The tables are loaded once (the used columns only, typed) into a database file in a fresh folder under
 ``temp_dir``; every table's ``rowid`` is then its row in the export file. What comes back to Python is
 small or the selection's: the taxa and observers tables (small beside the others), per-class counts, the
-candidate photos of observations with a class (five integers each), and the chosen photos' release
-columns. The classes, reasons and audit counts are those of :mod:`inatcomp.build.inclusion`, worked out per
-taxon in NumPy and applied per observation by SQL, so the release is the in-memory builder's byte for byte.
+(observer, class) pairs of the candidate photos with their counts (:mod:`inatcomp.build.engine_sampling`
+samples in the database), and the chosen photos' release columns. The classes, reasons and audit counts are
+those of :mod:`inatcomp.build.inclusion`, worked out per taxon in NumPy and applied per observation by SQL, so
+the release is the in-memory builder's byte for byte.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ from inatcomp.build.audit import _Audit
 from inatcomp.build.export import TABLE_COLUMNS, ExportTables, explain_table_error, find_table
 from inatcomp.build.inclusion import _REASONS, _apply_inclusion, _Classified, _taxon_classes, _taxon_index
 from inatcomp.build.licences import LICENCE_RULE, allowed_licences, warn_absent_licences
-from inatcomp.build.rules import BuildRules, PhotoChoice
-from inatcomp.build.sampling import _Candidates
+from inatcomp.build.rules import BuildRules
 
 __all__ = [
     "DEFAULT_MEMORY_SHARE",
@@ -83,14 +83,6 @@ def parse_memory_limit(text: str) -> int:
     number, unit, binary = match.groups()
     power = " KMGT".index(unit.upper() or " ")
     return int(float(number) * (1024 if binary else 1000) ** power)
-
-
-@dataclasses.dataclass
-class _CandidateRows:
-    """Where the compact candidate arrays came from: each candidate's photo row, each compact observation's row."""
-
-    photo_rows: np.ndarray
-    obs_rows: np.ndarray
 
 
 class ExportEngine:
@@ -226,13 +218,15 @@ class ExportEngine:
         """The result of ``query`` as an Arrow table."""
         return self.con.sql(query).to_arrow_table()
 
-    def classify(self, rules: BuildRules, audit: _Audit) -> tuple[ExportTables, _Classified, _CandidateRows]:
+    def classify(self, rules: BuildRules, audit: _Audit) -> tuple[ExportTables, _Classified]:
         """Every observation's class or reason (:mod:`inatcomp.build.inclusion`'s rules), worked out in the database.
 
+        Leaves the tables ``obs`` (each observation's class, reason and observer) and ``photo_obs`` (each photo's
+        observation and position) in the database for :func:`~inatcomp.build.engine_sampling.sample_in_engine`.
+
         Returns:
-            Tables holding the taxa, the observers and the candidates' ``position``; the candidates' classes in
-            compact form (one row per candidate photo, one per observation of a candidate, both in export
-            order); and where those rows are in the export.
+            Tables holding the taxa and the observers, and the taxa (the per-observation arrays stay empty: the
+            classes are in the database).
         """
         taxa_table = _typed_table(self.arrow("SELECT * FROM taxa ORDER BY rowid"), "taxa")
         observers = _typed_table(self.arrow("SELECT * FROM observers ORDER BY rowid"), "observers")
@@ -256,41 +250,12 @@ class ExportEngine:
             "SELECT reason, count(*), sum(n_photos) FROM obs WHERE reason <> 0 GROUP BY reason ORDER BY reason"
         ).fetchall():
             audit.add(_REASONS[code], observations=int(n_obs), photos=int(n_photos))
-        cand = self._candidates(rules, audit)
-        obs_rows, photo_obs = _unique_inverse(cand["obs_row"])
-        obs_class = np.empty(len(obs_rows), np.int64)
-        obs_class[photo_obs] = cand["cls"]
-        obs_observer = np.empty(len(obs_rows), np.int64)
-        obs_observer[photo_obs] = cand["observer"]
-        photos = pa.table({"position": cand["position"]})
-        rows = _CandidateRows(photo_rows=cand["photo_row"], obs_rows=obs_rows)
-        del cand
+        self.con.unregister("taxon_info")
         tables = ExportTables(
-            taxa=taxa_table, observations=pa.table({}), photos=photos, observers=observers, folder=self.export_dir
+            taxa=taxa_table, observations=pa.table({}), photos=pa.table({}), observers=observers, folder=self.export_dir
         )
-        classified = _Classified(taxa=taxa, obs_class=obs_class, obs_observer=obs_observer, photo_obs=photo_obs)
-        return tables, classified, rows
-
-    def _candidates(self, rules: BuildRules, audit: _Audit) -> dict[str, np.ndarray]:
-        """The photos of observations with a class, in export order: row, observation row, position, class, observer.
-
-        With the photos chosen by position (no random draw decides them), only the first
-        ``photos_per_observation`` of each observation (by position, ties in export order, as
-        :func:`~inatcomp.build.sampling._photos_per_observation` ranks them) come back, and the rest are counted
-        here; with a random choice every candidate comes back, as the random keys are drawn over all of them.
-        """
-        joined = "FROM photo_obs p JOIN obs o ON p.obs_row = o.obs_row WHERE o.cls >= 0"
-        columns = "p.photo_row, p.obs_row, p.position, o.cls, o.observer"
-        if rules.photo_choice is PhotoChoice.RANDOM:
-            return self.con.sql(f"SELECT {columns} {joined} ORDER BY p.photo_row").fetchnumpy()
-        total = self.con.execute(f"SELECT count(*) {joined}").fetchall()[0][0]
-        cand = self.con.sql(
-            f"SELECT {columns} {joined} QUALIFY row_number() OVER "
-            f"(PARTITION BY p.obs_row ORDER BY p.position, p.photo_row) <= {int(rules.photos_per_observation)} "
-            "ORDER BY p.photo_row"
-        ).fetchnumpy()
-        audit.add("photos per observation", photos=int(total - len(cand["photo_row"])))
-        return cand
+        empty = np.zeros(0, np.int64)
+        return tables, _Classified(taxa=taxa, obs_class=empty, obs_observer=empty, photo_obs=empty)
 
     def _observation_reasons(self, *, research_only: bool) -> None:
         """Tables ``obs`` (class, reason, observer, research, photos of each observation) and ``photo_obs``.
@@ -360,30 +325,23 @@ class ExportEngine:
         self.con.unregister("class_decision")
 
     def selected_tables(
-        self,
-        tables: ExportTables,
-        classified: _Classified,
-        candidates: _Candidates,
-        chosen: np.ndarray,
-        rows: _CandidateRows,
-    ) -> tuple[ExportTables, np.ndarray, _Candidates]:
+        self, tables: ExportTables, photo_rows: np.ndarray, obs_rows: np.ndarray
+    ) -> tuple[ExportTables, np.ndarray]:
         """The chosen photos' and their observations' release columns, read from the database.
 
+        Args:
+            tables: The tables of :meth:`classify`.
+            photo_rows: The chosen photos' rows in the photos table, ascending.
+            obs_rows: Their observations' rows in the observations table.
+
         Returns:
-            Tables holding only the chosen photos and their observations (in export order), each chosen photo's
-            row in the new observations table, and the candidates with their rows pointing into the new photos
-            table (only the chosen ones are read again).
+            Tables holding only the chosen photos and their observations (in export order) and each chosen
+            photo's row in the new observations table.
         """
-        sel = np.flatnonzero(chosen)
-        compact_rows = candidates.rows[sel]
-        photo_rows = rows.photo_rows[compact_rows]
-        obs_rows, photo_obs = _unique_inverse(rows.obs_rows[classified.photo_obs[compact_rows]])
+        unique_obs, photo_obs = _unique_inverse(obs_rows)
         photos = self._rows("photos", photo_rows, ["photo_id", "extension", "license", "width", "height"])
-        observations = self._rows("observations", obs_rows, [c for c in TABLE_COLUMNS["observations"]])
-        new_rows = np.full(len(candidates.rows), -1, np.int64)
-        new_rows[sel] = np.arange(len(sel))
-        picked = dataclasses.replace(tables, photos=photos, observations=observations)
-        return picked, photo_obs, dataclasses.replace(candidates, rows=new_rows)
+        observations = self._rows("observations", unique_obs, [c for c in TABLE_COLUMNS["observations"]])
+        return dataclasses.replace(tables, photos=photos, observations=observations), photo_obs
 
     def _rows(self, table: str, rows: np.ndarray, columns: list[str]) -> pa.Table:
         """Columns of ``table`` at the given (ascending) rows."""

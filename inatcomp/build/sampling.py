@@ -22,7 +22,7 @@ from inatcomp.build.export import ExportTables
 from inatcomp.build.inclusion import _Classified
 from inatcomp.build.layout import _PARTS
 from inatcomp.build.rules import BuildRules, PhotoChoice, Split
-from inatcomp.build.splits import assign_observers
+from inatcomp.build.splits import _Pairs, assign_observer_pairs
 
 
 @dataclasses.dataclass
@@ -96,34 +96,42 @@ def _split_observers(
     """
     class_rows, cand_class = _unique_inverse(classified.obs_class[candidates.obs])
     observer_ids, cand_observer = _unique_inverse(classified.obs_observer[candidates.obs])
-    supercats = classified.taxa.supercategories(class_rows)
-    no_super = supercats == ""
-    if no_super.any():
-        drop = no_super[cand_class]
-        audit.add("no supercategory", classes=int(no_super.sum()), photos=int(drop.sum()))
-    assignment = assign_observers(
-        cand_observer,
-        cand_class,
-        n_observers=len(observer_ids),
-        n_classes=len(class_rows),
-        rules=rules,
-        rng=rng,
-    )
-    kept = assignment.class_kept & ~no_super
-    for why in sorted(set(assignment.drop_reason[assignment.drop_reason != ""])):
-        lost = assignment.drop_reason == why
-        audit.add(
-            why,
-            classes=int((lost & ~no_super).sum()),
-            photos=int(lost[cand_class].sum() - (lost & no_super)[cand_class].sum()),
-        )
+    pairs = _Pairs.of_images(cand_observer, cand_class, len(observer_ids), len(class_rows))
+    supercats, kept, observer_split = _split_pairs(classified, pairs, class_rows, len(observer_ids), rules, rng, audit)
     return _Splits(
         class_rows=class_rows,
         cand_class=cand_class,
         supercategories=supercats,
         kept=kept,
-        image_split=assignment.observer_split[cand_observer],
+        image_split=observer_split[cand_observer],
     )
+
+
+def _split_pairs(
+    classified: _Classified,
+    pairs: _Pairs,
+    class_rows: np.ndarray,
+    n_observers: int,
+    rules: BuildRules,
+    rng: np.random.Generator,
+    audit: _Audit,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The observer split of the candidates given as (observer, class) pairs; the classes dropped audited.
+
+    Returns:
+        Each class's supercategory, whether each class is kept, and each observer's split.
+    """
+    supercats = classified.taxa.supercategories(class_rows)
+    no_super = supercats == ""
+    photos = pairs.per_class(len(class_rows))
+    if no_super.any():
+        audit.add("no supercategory", classes=int(no_super.sum()), photos=int(photos[no_super].sum()))
+    assignment = assign_observer_pairs(pairs, n_observers=n_observers, n_classes=len(class_rows), rules=rules, rng=rng)
+    kept = assignment.class_kept & ~no_super
+    for why in sorted(set(assignment.drop_reason[assignment.drop_reason != ""])):
+        lost = assignment.drop_reason == why
+        audit.add(why, classes=int((lost & ~no_super).sum()), photos=int(photos[lost & ~no_super].sum()))
+    return supercats, kept, assignment.observer_split
 
 
 def _apply_quotas(

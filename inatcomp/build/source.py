@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from inatcomp.build.audit import _Audit
 from inatcomp.build.engine import ExportEngine
+from inatcomp.build.engine_sampling import sample_in_engine
 from inatcomp.build.export import TABLE_COLUMNS, ExportTables, read_export
 from inatcomp.build.fetched import _without
 from inatcomp.build.inclusion import _classify
@@ -110,27 +111,26 @@ class ExportSource(contextlib.AbstractContextManager):
             The tables holding what :func:`~inatcomp.build.selection._select` reads, the classes, each photo's
             observation row, the candidates, their splits and whether each is chosen.
         """
-        split_rng, sample_rng = rngs
-        if self.engine is None:
-            tables = dataclasses.replace(self.tables, photos=_without(self.tables.photos, gone))
-            classified, rows = _classify(tables, rules, audit, self.lap), None
-        else:
+        if self.engine is not None:
             self.engine.leave_out(gone)
             with self.engine.memory_errors():
-                tables, classified, rows = self.engine.classify(rules, audit)
-            self.observers = tables.observers
-            self.lap("classes in the engine")
+                tables, classified = self.engine.classify(rules, audit)
+                self.observers = tables.observers
+                self.lap("classes in the engine")
+                candidates, splits, photo_rows, obs_rows = sample_in_engine(
+                    self.engine.con, classified, rules, rngs, audit
+                )
+                self.lap("photos per observation, splits and quotas in the engine")
+                tables, photo_obs = self.engine.selected_tables(tables, photo_rows, obs_rows)
+            self.lap("chosen photos from the engine")
+            return tables, classified, photo_obs, candidates, splits, np.ones(len(photo_rows), bool)
+        split_rng, sample_rng = rngs
+        tables = dataclasses.replace(self.tables, photos=_without(self.tables.photos, gone))
+        classified = _classify(tables, rules, audit, self.lap)
         candidates = _photos_per_observation(tables, classified, rules, sample_rng, audit)
         self.lap("photos per observation")
         splits = _split_observers(classified, candidates, rules, split_rng, audit)
         self.lap("splits")
         chosen = _apply_quotas(splits, candidates, rules, sample_rng, audit)
         self.lap("quotas")
-        photo_obs = classified.photo_obs
-        if self.engine is not None:  # only the chosen photos' columns are read back
-            with self.engine.memory_errors():
-                tables, photo_obs, candidates = self.engine.selected_tables(
-                    tables, classified, candidates, chosen, rows
-                )
-            self.lap("chosen photos from the engine")
-        return tables, classified, photo_obs, candidates, splits, chosen
+        return tables, classified, classified.photo_obs, candidates, splits, chosen

@@ -14,7 +14,7 @@ import numpy as np
 from inatcomp.build.arrays import lexsort_by_group, stable_argsort
 from inatcomp.build.rules import BuildRules, Split
 
-__all__ = ["Assignment", "assign_observers"]
+__all__ = ["Assignment", "assign_observer_pairs", "assign_observers"]
 
 
 @dataclasses.dataclass
@@ -33,17 +33,34 @@ class Assignment:
 
 
 class _Pairs:
-    """The (observer, class) pairs of the candidate images with their image counts, grouped by observer."""
+    """The (observer, class) pairs of the candidate images with their image counts, grouped by observer.
 
-    def __init__(self, observer: np.ndarray, category: np.ndarray, n_observers: int, n_classes: int) -> None:
+    Args:
+        observer: Observer of each pair, ascending.
+        cls: Class of each pair, ascending within an observer.
+        count: Images of each pair.
+        n_observers: Number of observers.
+    """
+
+    def __init__(self, observer: np.ndarray, cls: np.ndarray, count: np.ndarray, n_observers: int) -> None:
+        self.observer = observer.astype(np.int64, copy=False)
+        self.cls = cls.astype(np.int64, copy=False)
+        self.count = count.astype(np.int64, copy=False)
+        self.starts = np.searchsorted(self.observer, np.arange(n_observers + 1))
+
+    @classmethod
+    def of_images(cls, observer: np.ndarray, category: np.ndarray, n_observers: int, n_classes: int) -> _Pairs:
+        """The pairs of images given by their observers and classes."""
         width = max(n_classes, 1)
         key = np.sort(observer.astype(np.int64) * width + category)
         head = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
         unique = key[head]
-        self.count = np.diff(np.r_[head, len(key)]).astype(np.int64)
-        self.observer = unique // width
-        self.cls = unique % width
-        self.starts = np.searchsorted(self.observer, np.arange(n_observers + 1))
+        return cls(unique // width, unique % width, np.diff(np.r_[head, len(key)]), n_observers)
+
+    def per_class(self, n_classes: int, pair_mask: np.ndarray | None = None) -> np.ndarray:
+        """Images of each class (of the pairs in ``pair_mask``, when given)."""
+        cls, count = (self.cls, self.count) if pair_mask is None else (self.cls[pair_mask], self.count[pair_mask])
+        return np.bincount(cls, weights=count, minlength=n_classes).astype(np.int64)
 
     def of(self, observers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The pairs of ``observers`` in their order: owner (position in ``observers``), class, count."""
@@ -275,9 +292,24 @@ def assign_observers(
     Returns:
         The observers' splits and which classes keep their quotas.
     """
-    pairs = _Pairs(observer, category, n_observers, n_classes)
-    observer_size = np.bincount(observer, minlength=n_observers)
-    total = np.bincount(category, minlength=n_classes).astype(np.int64)
+    return assign_observer_pairs(
+        _Pairs.of_images(observer, category, n_observers, n_classes),
+        n_observers=n_observers,
+        n_classes=n_classes,
+        rules=rules,
+        rng=rng,
+    )
+
+
+def assign_observer_pairs(
+    pairs: _Pairs, *, n_observers: int, n_classes: int, rules: BuildRules, rng: np.random.Generator
+) -> Assignment:
+    """:func:`assign_observers` given the images as (observer, class) pairs with their counts (the same outcome).
+
+    The out-of-core builder counts the pairs in its engine, so that only they, not the images, are in memory.
+    """
+    observer_size = np.bincount(pairs.observer, weights=pairs.count, minlength=n_observers).astype(np.int64)
+    total = pairs.per_class(n_classes)
 
     quota = rules.val_per_class or 0
     alive = total >= rules.min_train + max(quota, 1)
@@ -322,9 +354,9 @@ def assign_observers(
         _greedy(pairs, descending, state, Split.TEST, _floor_criterion(floor), target=test_target)
 
     observer_split = state.split
-    image_split = observer_split[observer]
-    val_have = np.bincount(category[image_split == Split.VAL], minlength=n_classes)
-    train_have = np.bincount(category[image_split == Split.TRAIN], minlength=n_classes)
+    pair_split = observer_split[pairs.observer]
+    val_have = pairs.per_class(n_classes, pair_split == Split.VAL)
+    train_have = pairs.per_class(n_classes, pair_split == Split.TRAIN)
     reason = np.full(n_classes, "", dtype=object)
     too_few = total < rules.min_train + max(quota, 1)
     reason[too_few] = "too few images"

@@ -44,6 +44,7 @@ from inatcomp.build.rules import BuildRules
 __all__ = [
     "DEFAULT_MEMORY_SHARE",
     "DUCKDB_SHARE",
+    "RESTING_POOL_MB",
     "ExportEngine",
     "default_memory_limit",
     "parse_memory_limit",
@@ -58,9 +59,11 @@ _logger = logging.getLogger(__name__)
 DEFAULT_MEMORY_SHARE = 0.4
 #: Share of ``--memory-limit`` given to DuckDB's buffer pool (its ``memory_limit``). The rest covers what the
 #: pool does not count (the text scanner's buffers, the database's own structures) and the build's arrays in
-#: Python (the candidate photos' integers, the selection and the release texts), so that the process as a whole
-#: stays near the limit.
+#: Python (the observer split's (observer, class) pairs, the selection and the release texts), so that the
+#: process as a whole stays near the limit.
 DUCKDB_SHARE = 0.4
+#: DuckDB's buffer pool between selection rounds, in MiB (:meth:`ExportEngine.working`; at most its limit).
+RESTING_POOL_MB = 64
 
 _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B\s*$", re.IGNORECASE)
@@ -116,6 +119,8 @@ class ExportEngine:
             "threads": os.cpu_count() or 1,
             "preserve_insertion_order": True,  # each table's rowid is its row in the export file
         }
+        self.pool_limit = config["memory_limit"]
+        self.resting_limit = f"{min(RESTING_POOL_MB, int(limit * DUCKDB_SHARE / 2**20))}MiB"
         try:
             self.con = duckdb.connect(str(self.folder / "export.duckdb"), config=config)
         except duckdb.Error:
@@ -202,6 +207,21 @@ class ExportEngine:
         )
         self.con.unregister("wanted_ids")
         return result[column].combine_chunks()
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """The buffer pool at its limit inside, then shrunk to :data:`RESTING_POOL_MB` (its pages go back).
+
+        Between selection rounds the release is made in Python: shrinking the pool evicts the tables' cached
+        pages (they are on disk) and DuckDB hands their memory back, so the engine's share and the release's
+        are not both resident at the build's peak.
+        """
+        self.con.execute(f"SET memory_limit = '{self.pool_limit}'")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(duckdb.Error):  # a pool that cannot shrink only costs memory
+                self.con.execute(f"SET memory_limit = '{self.resting_limit}'")
 
     @contextlib.contextmanager
     def memory_errors(self) -> Iterator[None]:

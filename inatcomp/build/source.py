@@ -112,8 +112,8 @@ class ExportSource(contextlib.AbstractContextManager):
             observation row, the candidates, their splits and whether each is chosen.
         """
         if self.engine is not None:
-            self.engine.leave_out(gone)
-            with self.engine.memory_errors():
+            with self.engine.memory_errors(), self.engine.working():
+                self.engine.leave_out(gone)
                 tables, classified = self.engine.classify(rules, audit)
                 self.observers = tables.observers
                 self.lap("classes in the engine")

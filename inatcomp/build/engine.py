@@ -123,6 +123,8 @@ class ExportEngine:
         self.resting_limit = f"{min(RESTING_POOL_MB, int(limit * DUCKDB_SHARE / 2**20))}MiB"
         try:
             self.con = duckdb.connect(str(self.folder / "export.duckdb"), config=config)
+            # The database is scratch, removed at close: writing it out at close cost 7.5 s at 10 M observations.
+            self.con.execute("PRAGMA disable_checkpoint_on_shutdown")
         except duckdb.Error:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise

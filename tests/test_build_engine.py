@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -56,6 +57,25 @@ def test_engine_writes_the_in_memory_builders_files(generated, tmp_path, preset,
     engine = build_dataset(generated, tmp_path / "engine", rules=rules, seed=3, images=False)
     memory = build_dataset(generated, tmp_path / "memory", rules=rules, seed=3, images=False, in_memory=True)
     assert engine.images == memory.images and engine.images["train"] > 0
+    assert _files(tmp_path / "engine") == _files(tmp_path / "memory")
+
+
+@pytest.mark.parametrize("keys", ["uniform", "high"])
+def test_quotas_in_the_engine_rank_as_the_in_memory_phases(generated, tmp_path, monkeypatch, keys):
+    """A train cap far below the classes' sizes, so the engine ranks only keys below a limit; with every key in
+    the upper half (``high``), no group has its quota below the limit and each is ranked whole: the same files."""
+    if keys == "high":
+        from inatcomp.build import engine_sampling, sampling
+
+        def high(rng, n):
+            return rng.integers(1 << 31, 1 << 32, n, dtype=np.uint32)
+
+        monkeypatch.setattr(sampling, "random_keys", high)
+        monkeypatch.setattr(engine_sampling, "random_keys", high)
+    rules = rules_for(Preset.INAT2018, max_train=5, val_per_class=2, photos_per_observation=2)
+    engine = build_dataset(generated, tmp_path / "engine", rules=rules, seed=5, images=False)
+    build_dataset(generated, tmp_path / "memory", rules=rules, seed=5, images=False, in_memory=True)
+    assert engine.images["train"] == 5 * engine.classes
     assert _files(tmp_path / "engine") == _files(tmp_path / "memory")
 
 

@@ -161,28 +161,51 @@ def _quotas(
     _store_keys(con, "quota_keys", n, rng)
     con.register("observer_split", pa.table({"co": np.arange(len(observer_split)), "split": observer_split}))
     con.register("kept_class", pa.table({"cc": np.flatnonzero(kept)}))
-    # Ranked by key within class and split, ties by position; train spread over observations: an observation's
-    # second photo only after every observation's first (as the in-memory phases' (rank << 32) | key).
+    quota = {Split.TEST: rules.test_per_class, Split.VAL: rules.val_per_class, Split.TRAIN: rules.max_train}
+    con.register(
+        "split_quota",
+        pa.table({"split": pa.array([int(k) for k in quota], pa.int8()), "q": pa.array(quota.values(), pa.int64())}),
+    )
+    # Each candidate's sort key: train spread over observations, an observation's second photo only after every
+    # observation's first (the in-memory phases' (rank << 32) | key); ties by position.
     con.execute(
-        f"""CREATE OR REPLACE TABLE ranked AS
+        f"""CREATE OR REPLACE TABLE quota_cand AS
         SELECT c.photo_row, c.obs_row, c.cc, s.split,
-          row_number() OVER (PARTITION BY c.cc, s.split
-            ORDER BY CASE WHEN s.split = {int(Split.TRAIN)} THEN c.rank_in_obs ELSE 0 END, c.key, c.photo_row) AS r
+          CASE WHEN s.split = {int(Split.TRAIN)} THEN c.rank_in_obs * 4294967296 + c.key ELSE c.key END AS sk
         FROM (SELECT * FROM cand POSITIONAL JOIN quota_keys) c
         JOIN observer_split s ON c.co = s.co SEMI JOIN kept_class k ON c.cc = k.cc"""
     )
-    con.unregister("observer_split")
-    con.unregister("kept_class")
-    quota = {Split.TEST: rules.test_per_class, Split.VAL: rules.val_per_class, Split.TRAIN: rules.max_train}
-    within = " OR ".join(
-        f"(split = {int(split)}" + ("" if limit is None else f" AND r <= {int(limit)}") + ")"
-        for split, limit in quota.items()
+    # Only the groups over their quota are ranked, and of those only the items below a key limit under which
+    # about twice the quota fall; a group with fewer than its quota below it is ranked whole: exact, as
+    # sampling._within_quota.
+    con.execute(
+        """CREATE OR REPLACE TABLE quota_groups AS
+        SELECT g.cc, g.split, q.q, least((2 * q.q + 64) / g.n, 1.0) * 4294967296 AS lim
+        FROM (SELECT cc, split, count(*) AS n FROM quota_cand GROUP BY cc, split) g
+        JOIN split_quota q ON g.split = q.split WHERE q.q IS NOT NULL AND g.n > q.q"""
     )
-    counts = dict.fromkeys(quota, (0, 0))
-    for split, size, picked in con.execute(
-        f"SELECT split, count(*), count(*) FILTER (WHERE {within}) FROM ranked GROUP BY split"
-    ).fetchall():
-        counts[Split(split)] = (int(size), int(picked))
+    con.execute(
+        """CREATE OR REPLACE TABLE quota_groups AS
+        SELECT g.cc, g.split, g.q, g.lim, count(*) FILTER (WHERE c.sk < g.lim) < g.q AS short
+        FROM quota_groups g JOIN quota_cand c ON c.cc = g.cc AND c.split = g.split
+        GROUP BY g.cc, g.split, g.q, g.lim"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TABLE chosen AS
+        SELECT photo_row, obs_row, cc, split FROM quota_cand c ANTI JOIN quota_groups g USING (cc, split)
+        UNION ALL
+        SELECT photo_row, obs_row, cc, split FROM (
+          SELECT c.photo_row, c.obs_row, c.cc, c.split, g.q,
+            row_number() OVER (PARTITION BY c.cc, c.split ORDER BY c.sk, c.photo_row) AS r
+          FROM quota_cand c JOIN quota_groups g USING (cc, split) WHERE g.short OR c.sk < g.lim)
+        WHERE r <= q"""
+    )
+    for view in ("observer_split", "kept_class", "split_quota"):
+        con.unregister(view)
+    counts = {split: [0, 0] for split in quota}
+    for table, column in (("quota_cand", 0), ("chosen", 1)):
+        for split, size in con.execute(f"SELECT split, count(*) FROM {table} GROUP BY split").fetchall():
+            counts[Split(split)][column] = int(size)
     for split, why in (
         (Split.TEST, "test images beyond the per-class quota"),
         (Split.VAL, "val images beyond the per-class quota"),
@@ -190,7 +213,7 @@ def _quotas(
     ):
         if quota[split] is not None:
             audit.add(why, photos=counts[split][0] - counts[split][1])
-    chosen = con.sql(f"SELECT photo_row, obs_row, cc, split FROM ranked WHERE {within} ORDER BY photo_row").fetchnumpy()
-    for table in ("ranked", "quota_keys", "cand", "cand_classes"):
+    chosen = con.sql("SELECT photo_row, obs_row, cc, split FROM chosen ORDER BY photo_row").fetchnumpy()
+    for table in ("chosen", "quota_groups", "quota_cand", "quota_keys", "cand", "cand_classes"):
         con.execute(f"DROP TABLE {table}")
     return chosen

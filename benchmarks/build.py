@@ -314,10 +314,13 @@ def scale_markdown(runs: list[dict], command: str) -> str:
     """The scale table, the least-squares slope of build time and peak RSS, and their projection to 300 M."""
     x = [r["observations"] / 1e6 for r in runs]
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    loads = ", ".join(f"{r['load']:.1f}" for r in runs if "load" in r) or "not recorded"
+    loads = (
+        ", ".join(f"{r['synth'].get('load', float('nan')):.1f} / {r['load']:.1f}" for r in runs if "load" in r)
+        or "not recorded"
+    )
     lines = [SCALE_BEGIN, "", f"`{command}` (gzipped tables, inat2018 --no-images)", "",
-             f"Machine: {machine}. Date: {datetime.date.today().isoformat()}. 1-minute load average before each size: "
-             f"{loads}.", "",
+             f"Machine: {machine}. Date: {datetime.date.today().isoformat()}. 1-minute load average before the synth / "
+             f"before the parse and build of each size: {loads}.", "",
              "| observations | export on disk | synth s | synth peak MB | parse s | build s | build peak MB "
              "| build/parse |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip

@@ -82,3 +82,15 @@ def test_scale_measures_synth_parse_and_build_whole_and_writes_its_block(bench, 
     assert "old" not in written and written.endswith("after\n") and "projected at 300 M" in written
     assert written.count(" M | ") >= 2 and "build/parse" in written
     assert list(tmp_path.iterdir()) == [markdown]  # the exports and spills are gone
+
+
+def test_scale_keeps_an_export_in_exports_and_measures_it_again_without_generating_it(bench, tmp_path):
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    first = bench.measure_scale(3000, memory_limit="500MB", tmp_root=str(tmp_path), exports=str(exports),
+                                synth_only=True)  # fmt: skip
+    assert "build" not in first and (exports / "3000" / "synth.json").exists()
+    made = {p.name: p.stat().st_mtime_ns for p in (exports / "3000").iterdir()}
+    again = bench.measure_scale(3000, memory_limit="500MB", tmp_root=str(tmp_path), exports=str(exports))
+    assert again["synth"] == first["synth"] and again["build"]["seconds"] > 0
+    assert {p.name: p.stat().st_mtime_ns for p in (exports / "3000").iterdir()} == made  # not generated anew

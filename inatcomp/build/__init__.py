@@ -13,6 +13,9 @@ re-checks leakage from the written files.
 One module per phase, in the order :func:`build_dataset` (:mod:`~inatcomp.build.release`) runs them:
 
 - :mod:`~inatcomp.build.rules`: the presets' rules (:func:`rules_for`) and the ones the command line overrides.
+- :mod:`~inatcomp.build.source`: where the phases read the export: out of core through
+  :mod:`~inatcomp.build.engine` (DuckDB), whose :mod:`~inatcomp.build.engine_sampling` runs photos per
+  observation, the observer split's counts and the quotas in SQL; or whole in memory.
 - :mod:`~inatcomp.build.inclusion`: each observation's class or the reason why not; photos joined to observations.
 - :mod:`~inatcomp.build.sampling`: photos per observation, observers' splits, per-class quotas, ``train_mini``.
 - :mod:`~inatcomp.build.splits`: the greedy observer split (:func:`~inatcomp.build.splits.assign_observers`).

@@ -39,7 +39,7 @@ def sample_in_engine(
     Args:
         con: The engine's DuckDB connection, holding the tables ``photo_obs`` (photo row, observation row,
             position) and ``obs`` (observation row, class, observer) of :class:`~inatcomp.build.engine.ExportEngine`.
-        classified: The taxa (its arrays per observation are not used).
+        classified: The taxa (the engine's classes are in its tables: the arrays per observation stay empty).
         rules: The build's rules.
         rngs: The split and sample generators, as the in-memory phases get them.
         audit: Where the photos and classes left out are counted.
@@ -56,7 +56,9 @@ def sample_in_engine(
     n_observers = int(pair_rows["co"][-1]) + 1 if len(pair_rows["co"]) else 0
     pairs = _Pairs(pair_rows["co"], pair_rows["cc"], pair_rows["n"], n_observers)
     del pair_rows
-    supercats, kept, observer_split = _split_pairs(classified, pairs, class_rows, n_observers, rules, split_rng, audit)
+    supercats, kept, observer_split = _split_pairs(
+        classified.taxa, pairs, class_rows, n_observers, rules, split_rng, audit
+    )
     del pairs
     chosen = _quotas(con, observer_split, kept, rules, sample_rng, audit)
     n = len(chosen["photo_row"])
@@ -91,8 +93,10 @@ def _photos_per_observation(con: object, rules: BuildRules, rng: np.random.Gener
         # Each observation's least (position, row): an aggregate, not a sort, over the photos alone and stored
         # first (DuckDB spills a lone aggregate, not one under joins and a sort in one statement). Position and
         # row packed into one integer when they fit: three times faster than a struct's minimum.
-        low, high, rows = con.execute("SELECT min(position), max(position), count(*) FROM photo_obs").fetchall()[0]
-        packed = rows < 2**32 and (low is None or (low >= 0 and high < 2**31))
+        low, high, last_row = con.execute(
+            "SELECT min(position), max(position), max(photo_row) FROM photo_obs"
+        ).fetchall()[0]
+        packed = low is None or (low >= 0 and high < 2**31 and last_row < 2**32)
         least = (
             "min(position * 4294967296 + photo_row) % 4294967296"
             if packed
@@ -102,7 +106,7 @@ def _photos_per_observation(con: object, rules: BuildRules, rng: np.random.Gener
             f"CREATE OR REPLACE TABLE first_photo AS SELECT obs_row, {least} AS photo_row FROM photo_obs "
             "WHERE obs_row IS NOT NULL GROUP BY obs_row"
         )
-        kept = (
+        kept_query = (
             "SELECT f.photo_row, f.obs_row, o.cls, o.observer, 0 AS rank_in_obs "
             "FROM first_photo f JOIN obs o ON f.obs_row = o.obs_row WHERE o.cls >= 0"
         )
@@ -110,7 +114,7 @@ def _photos_per_observation(con: object, rules: BuildRules, rng: np.random.Gener
         if not random:
             con.execute(f"CREATE OR REPLACE TABLE cand0 AS {joined}")
         source, key = ("(SELECT * FROM cand0 POSITIONAL JOIN keys0)", "key") if random else ("cand0", "position")
-        kept = (
+        kept_query = (
             f"SELECT * FROM (SELECT photo_row, obs_row, cls, observer, row_number() OVER (PARTITION BY obs_row "
             f"ORDER BY {key}, photo_row) - 1 AS rank_in_obs FROM {source}) "
             f"WHERE rank_in_obs < {int(rules.photos_per_observation)}"
@@ -125,13 +129,13 @@ def _photos_per_observation(con: object, rules: BuildRules, rng: np.random.Gener
     con.execute(
         f"""CREATE OR REPLACE TABLE cand AS
         SELECT k.photo_row, k.obs_row, k.rank_in_obs, c.cc, o.co
-        FROM ({kept}) k JOIN cand_classes c ON k.cls = c.cls JOIN cand_observers o ON k.observer = o.observer
+        FROM ({kept_query}) k JOIN cand_classes c ON k.cls = c.cls JOIN cand_observers o ON k.observer = o.observer
         ORDER BY k.photo_row"""
     )
     for table in ("cand0", "keys0", "first_photo", "cand_observers"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
-    kept = con.execute("SELECT count(*) FROM cand").fetchall()[0][0]
-    audit.add("photos per observation", photos=int(total - kept))
+    n_kept = con.execute("SELECT count(*) FROM cand").fetchall()[0][0]
+    audit.add("photos per observation", photos=int(total - n_kept))
 
 
 def _store_keys(con: object, table: str, n: int, rng: np.random.Generator) -> None:

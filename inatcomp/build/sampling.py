@@ -23,6 +23,7 @@ from inatcomp.build.inclusion import _Classified
 from inatcomp.build.layout import _PARTS
 from inatcomp.build.rules import BuildRules, PhotoChoice, Split
 from inatcomp.build.splits import _Pairs, assign_observer_pairs
+from inatcomp.formats.taxonomy import TaxonIndex
 
 
 @dataclasses.dataclass
@@ -97,7 +98,9 @@ def _split_observers(
     class_rows, cand_class = _unique_inverse(classified.obs_class[candidates.obs])
     observer_ids, cand_observer = _unique_inverse(classified.obs_observer[candidates.obs])
     pairs = _Pairs.of_images(cand_observer, cand_class, len(observer_ids), len(class_rows))
-    supercats, kept, observer_split = _split_pairs(classified, pairs, class_rows, len(observer_ids), rules, rng, audit)
+    supercats, kept, observer_split = _split_pairs(
+        classified.taxa, pairs, class_rows, len(observer_ids), rules, rng, audit
+    )
     return _Splits(
         class_rows=class_rows,
         cand_class=cand_class,
@@ -108,7 +111,7 @@ def _split_observers(
 
 
 def _split_pairs(
-    classified: _Classified,
+    taxa: TaxonIndex,
     pairs: _Pairs,
     class_rows: np.ndarray,
     n_observers: int,
@@ -121,7 +124,7 @@ def _split_pairs(
     Returns:
         Each class's supercategory, whether each class is kept, and each observer's split.
     """
-    supercats = classified.taxa.supercategories(class_rows)
+    supercats = taxa.supercategories(class_rows)
     no_super = supercats == ""
     photos = pairs.per_class(len(class_rows))
     if no_super.any():

@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from inatcomp.data.sharedbatch import SharedBatchCollate, SharedBatchLoader
 from inatcomp.data.transforms import FULL_CROP, DecodePlan
 from inatcomp.fileio import read_json
 
@@ -423,6 +424,12 @@ def seed_worker(worker_id: int) -> None:
     _logger.debug("worker %d seeded with %d", worker_id, seed)
 
 
+#: torch's DataLoader prefetch factor when none is given.
+_DEFAULT_PREFETCH = 2
+#: Batches a caller holds from a worker while it asks for the next (see :func:`create_loader`).
+_HELD_BATCHES = 2
+
+
 def create_loader(
     *,
     dataset: Dataset,
@@ -435,6 +442,7 @@ def create_loader(
     seed: int = 0,
     prefetch_factor: int | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    reuse_batch_memory: bool = True,
 ) -> DataLoader:
     """Build a loader whose workers are seeded deterministically.
 
@@ -449,6 +457,8 @@ def create_loader(
         seed: Seed of the workers' random states (and of this process's when ``num_workers`` is 0).
         prefetch_factor: Batches prefetched per worker (torch's default when ``None``).
         collate_fn: How samples become a batch (torch's default when ``None``).
+        reuse_batch_memory: With workers, hand batches over in shared memory each worker reuses
+            (:class:`~inatcomp.data.sharedbatch.SharedBatchCollate`); ``False``: torch's fresh block per batch.
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -459,7 +469,12 @@ def create_loader(
         kwargs["persistent_workers"] = persistent_workers
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
-    return DataLoader(
+        if reuse_batch_memory:
+            # A slot per batch in flight (the prefetch) and per batch the caller holds while it asks for the
+            # next (the feed's one ahead and the one in use).
+            slots = (prefetch_factor or _DEFAULT_PREFETCH) + _HELD_BATCHES
+            collate_fn = SharedBatchCollate(collate_fn, workers=num_workers, slots=slots)
+    return SharedBatchLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,

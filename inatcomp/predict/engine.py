@@ -25,9 +25,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
-from inatcomp.data.dataset import CompetitionDataset, seed_worker
+from inatcomp.data.dataset import CompetitionDataset, create_loader
 from inatcomp.data.feed import DistributedContext, device_batches
 from inatcomp.data.gpudecode import BatchDecoder, DecodeMode, resolve_decode
 from inatcomp.data.transforms import Interpolation
@@ -285,13 +284,11 @@ def _view_loader(
         interpolation=ev.interpolation.cv2_flag,
         views=views,  # type: ignore[arg-type]
     )
-    return DataLoader(
-        dataset,  # type: ignore[arg-type]
+    return create_loader(
+        dataset=dataset,  # type: ignore[arg-type]
         batch_size=batch_size,
-        shuffle=False,
         num_workers=workers,
         collate_fn=_collate,
-        worker_init_fn=seed_worker,
         pin_memory=device.type == "cuda",
     )
 
@@ -308,8 +305,8 @@ def _batches(base: Any, ev: _Eval, run: dict[str, Any], rows: range | None = Non
                               workers=run["workers"], device=run["device"], rows=rows)  # fmt: skip
         return loader, run["workers"] == 0
     paths = [base.path(i) for i in rows]
-    files = DataLoader(BytesDataset(paths), batch_size=run["batch_size"], shuffle=False,  # type: ignore[arg-type]
-                       num_workers=run["workers"], collate_fn=bytes_collate, worker_init_fn=seed_worker)  # fmt: skip
+    files = create_loader(dataset=BytesDataset(paths), batch_size=run["batch_size"],  # type: ignore[arg-type]
+                          num_workers=run["workers"], collate_fn=bytes_collate)  # fmt: skip
     batches = device_view_batches(
         prefetch(files) if run["workers"] == 0 else files, BatchDecoder(run["device"]), paths=paths, mode=run["tta"],
         crop_size=ev.crop_size, crop_pct=ev.crop_pct, views=run["views"], interpolation=ev.interpolation.value,

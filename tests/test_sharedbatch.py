@@ -1,0 +1,176 @@
+"""Batches from loader workers in reused shared-memory slots (inatcomp.data.sharedbatch)."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from inatcomp.data import Sample, create_loader
+from inatcomp.data.sharedbatch import SharedBatchCollate
+
+WORKERS = 2
+PREFETCH = 2
+SLOTS = PREFETCH + 2  # create_loader's slots per worker
+
+
+class _Crops(Dataset):
+    """Samples like CompetitionDataset's, each image's values a function of its index (uint8 or float32)."""
+
+    def __init__(self, count: int, *, dtype: torch.dtype = torch.uint8, size: int = 24) -> None:
+        self.count, self.dtype, self.size = count, dtype, size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> Sample:
+        rng = np.random.default_rng(index)
+        if self.dtype == torch.uint8:
+            image = torch.from_numpy(rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8))
+        else:
+            image = torch.from_numpy(rng.standard_normal((3, self.size, self.size), dtype=np.float32))
+        failed = np.full(3, -1, dtype=np.int64)
+        failed[0] = index if index % 5 == 0 else -1
+        return Sample(image, index % 7, index, int(index % 5 == 0), failed)
+
+
+class _Views(Dataset):
+    """Items with a varying number of views each (as prediction's TTA items), for a custom collate."""
+
+    def __len__(self) -> int:
+        return 120
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        views = np.full((index // 8, 8, 8, 3), index, dtype=np.uint8)  # more views further on
+        return views, index
+
+
+def _views_collate(items: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    views = torch.from_numpy(np.concatenate([item[0] for item in items]))
+    counts = torch.tensor([len(item[0]) for item in items], dtype=torch.int64)
+    return views, counts, [item[1] for item in items]
+
+
+def _loader(dataset: Dataset, **kwargs) -> DataLoader:
+    return create_loader(dataset=dataset, batch_size=4, num_workers=WORKERS, prefetch_factor=PREFETCH, **kwargs)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, tuple | list):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_batches_in_slots_equal_the_plain_collate(dtype):
+    dataset = _Crops(50, dtype=dtype)
+    reference = list(create_loader(dataset=dataset, batch_size=4, num_workers=0))
+    loader = _loader(dataset)
+    seen = 0
+    for batch, expected in zip(loader, reference, strict=True):
+        assert isinstance(batch, Sample) and _same(batch, expected)
+        seen += 1
+        del batch
+    collate = loader.collate_fn
+    assert isinstance(collate, SharedBatchCollate)
+    assert collate.batches_in_slots == seen == 13  # every batch came in a slot
+    # Each worker sent each slot's memory once at most: the other batches reused it.
+    assert collate.memories_received <= WORKERS * SLOTS < seen
+
+
+def test_released_slots_are_freed_and_kept_batches_never_overwritten():
+    dataset = _Crops(120)
+    reference = list(create_loader(dataset=dataset, batch_size=4, num_workers=0))
+    loader = _loader(dataset)
+    kept = list(loader)  # the caller keeps every batch: once all slots are held the workers fall back
+    assert all(_same(b, r) for b, r in zip(kept, reference, strict=True))
+    collate = loader.collate_fn
+    assert collate.batches_in_slots == WORKERS * SLOTS  # only the first slots' worth came in slots
+    assert collate.slots_in_use() == WORKERS * SLOTS
+    del kept
+    gc.collect()
+    assert collate.slots_in_use() == 0  # the last tensor of a batch gone, its slot is free again
+
+
+def test_a_view_of_a_batch_keeps_its_slot():
+    dataset = _Crops(80)
+    reference = list(create_loader(dataset=dataset, batch_size=4, num_workers=0))
+    views = {}
+    for i, batch in enumerate(_loader(dataset)):
+        if i % 3 == 0:
+            views[i] = batch.image.permute(0, 3, 1, 2)[:, 1]  # only a view of the image survives the batch
+    assert len(views) == 7
+    for i, view in views.items():
+        assert torch.equal(view, reference[i].image.permute(0, 3, 1, 2)[:, 1])
+
+
+def test_a_custom_collate_whose_batches_grow_gets_bigger_slots():
+    reference = list(DataLoader(_Views(), batch_size=5, collate_fn=_views_collate))
+    loader = create_loader(dataset=_Views(), batch_size=5, num_workers=WORKERS, collate_fn=_views_collate)
+    sizes = []
+    for batch, expected in zip(loader, reference, strict=True):
+        assert _same(batch, expected)
+        sizes.append(len(batch[0]))
+        del batch
+    assert sizes == sorted(sizes) and sizes[-1] > 2 * sizes[2] > 0  # later batches need more room
+    collate = loader.collate_fn
+    assert collate.batches_in_slots == len(sizes)
+    assert collate.memories_received > len(collate._received)  # slots grew: their memory was sent again
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_batches_held_across_epochs_stay_intact(persistent):
+    dataset = _Crops(40)
+    reference = list(create_loader(dataset=dataset, batch_size=4, num_workers=0))
+    loader = _loader(dataset, persistent_workers=persistent)
+    held = []
+    for _ in range(3):
+        for i, batch in enumerate(loader):
+            assert _same(batch, reference[i])
+            if i in (0, 5):
+                held.append((i, batch))
+    # Later epochs' workers (new ones, or the kept ones) never wrote into a slot a held batch still has.
+    assert all(_same(batch, reference[i]) for i, batch in held)
+    collate = loader.collate_fn
+    assert collate.batches_in_slots >= 3 * len(reference) - len(held) * 3
+
+
+def test_loops_left_early_leave_no_slots_held():
+    dataset = _Crops(80)
+    reference = list(create_loader(dataset=dataset, batch_size=4, num_workers=0))
+    loader = _loader(dataset)
+    collate = loader.collate_fn
+    for _ in range(6):
+        before = collate.batches_in_slots
+        for i, batch in enumerate(loader):
+            assert _same(batch, reference[i])
+            if i == 2:
+                break  # the workers had more batches in flight, never delivered
+        del batch
+        gc.collect()
+        # Each epoch's workers start with every slot free, and the ended sets' memories are forgotten.
+        assert collate.batches_in_slots - before >= 3  # (and any the main process took ahead of the three)
+        assert len(collate._received) <= WORKERS * SLOTS and len(collate._tables) <= 1
+
+
+def test_without_workers_the_plain_collate_runs():
+    collate = SharedBatchCollate(workers=1, slots=1)
+    batch = collate([_Crops(2)[i] for i in range(2)])
+    assert isinstance(batch, Sample) and batch.image.shape == (2, 24, 24, 3)
+    assert collate.batches_in_slots == 0
+    # In a plain DataLoader (no table of held slots from a SharedBatchLoader) the workers collate the usual way.
+    plain = DataLoader(_Crops(8), batch_size=4, num_workers=WORKERS, collate_fn=SharedBatchCollate(workers=2, slots=2))
+    assert [len(b.label) for b in plain] == [4, 4] and plain.collate_fn.batches_in_slots == 0
+    with pytest.raises(ValueError, match="at least one worker and one slot"):
+        SharedBatchCollate(workers=0, slots=2)
+
+
+def test_reuse_can_be_turned_off():
+    loader = create_loader(dataset=_Crops(8), batch_size=4, num_workers=WORKERS, reuse_batch_memory=False)
+    assert not isinstance(loader.collate_fn, SharedBatchCollate)
+    assert sum(len(b.label) for b in loader) == 8

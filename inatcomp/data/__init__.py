@@ -3,6 +3,7 @@
 :mod:`~inatcomp.data.dataset` (:class:`CompetitionDataset` over a 2017, 2018 or 2021 JSON, the loader),
 :mod:`~inatcomp.data.transforms` (the train and eval presets, decoding at reduced scale) and
 :mod:`~inatcomp.data.samplers` (random, class-balanced and square-root epochs, sharded over ranks),
+:mod:`~inatcomp.data.sharedbatch` (batches from the loader workers in shared memory each worker reuses),
 :mod:`~inatcomp.data.feed` (uint8 batches to the device one batch ahead, normalised there) and
 :mod:`~inatcomp.data.gpudecode` (``--decode gpu``: nvJPEG in batches, with PIL's fallback file by file). It may import
 :mod:`inatcomp.formats`, :mod:`inatcomp.fileio` and :mod:`inatcomp.options`; ``models``, ``predict`` and

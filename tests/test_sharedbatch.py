@@ -10,11 +10,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from inatcomp.data import Sample, create_loader
-from inatcomp.data.sharedbatch import SharedBatchCollate
+from inatcomp.data.sharedbatch import SharedBatchCollate, SharedBatchLoader
 
 WORKERS = 2
 PREFETCH = 2
-SLOTS = PREFETCH + 2  # create_loader's slots per worker
+SLOTS = PREFETCH + 3  # create_loader's slots per worker
 
 
 class _Crops(Dataset):
@@ -156,6 +156,19 @@ def test_loops_left_early_leave_no_slots_held():
         # Each epoch's workers start with every slot free, and the ended sets' memories are forgotten.
         assert collate.batches_in_slots - before >= 3  # (and any the main process took ahead of the three)
         assert len(collate._received) <= WORKERS * SLOTS and len(collate._tables) <= 1
+
+
+def test_spawned_workers_get_the_table_and_send_their_slots():
+    # Under spawn (and forkserver, Python 3.14's default) the collate is pickled into the workers.
+    dataset = _Crops(40)
+    reference = list(create_loader(dataset=dataset, batch_size=4, num_workers=0))
+    collate = SharedBatchCollate(workers=1, slots=SLOTS)
+    loader = SharedBatchLoader(
+        dataset, batch_size=4, num_workers=1, collate_fn=collate, multiprocessing_context="spawn"
+    )
+    for batch, expected in zip(loader, reference, strict=True):
+        assert _same(batch, expected)
+    assert collate.batches_in_slots == len(reference) and collate.memories_received <= SLOTS
 
 
 def test_without_workers_the_plain_collate_runs():

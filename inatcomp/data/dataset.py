@@ -426,8 +426,8 @@ def seed_worker(worker_id: int) -> None:
 
 #: torch's DataLoader prefetch factor when none is given.
 _DEFAULT_PREFETCH = 2
-#: Batches a caller holds from a worker while it asks for the next (see :func:`create_loader`).
-_HELD_BATCHES = 2
+#: Batches alive outside the workers while the loader asks a worker for another (see :func:`create_loader`).
+_HELD_BATCHES = 3
 
 
 def create_loader(
@@ -470,8 +470,8 @@ def create_loader(
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
         if reuse_batch_memory:
-            # A slot per batch in flight (the prefetch) and per batch the caller holds while it asks for the
-            # next (the feed's one ahead and the one in use).
+            # A slot per batch in flight (the prefetch) and per batch alive while the loader asks a worker for
+            # another: the caller's batch in use, the feed's one ahead, and the one being handed out.
             slots = (prefetch_factor or _DEFAULT_PREFETCH) + _HELD_BATCHES
             collate_fn = SharedBatchCollate(collate_fn, workers=num_workers, slots=slots)
     return SharedBatchLoader(

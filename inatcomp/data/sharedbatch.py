@@ -42,8 +42,8 @@ _logger = logging.getLogger(__name__)
 
 #: Byte alignment of each tensor in a slot (any dtype's element, and a cache line).
 _ALIGN = 64
-#: A slot is allocated with this much room over the batch that first needs it (the last batch may be larger
-#: when its images' view counts differ).
+#: A slot that grows is allocated with this much room over the batch that needs it (when the number of views
+#: per image varies, batches do).
 _HEADROOM = 1.25
 
 #: The collates of this process's loaders, by token (the main process's rebuild finds its slots here).
@@ -210,8 +210,10 @@ class SharedBatchCollate:
         need = writer.used + sum(_aligned(t.numel() * t.element_size()) for t in tensors if id(t) not in writer.placed)
         self._room = max(self._room, need)
         if memory is None or need > memory.numel():
-            # First batch of this slot, or one larger than the slot: a new block, every tensor copied into it.
-            memory = torch.empty(_aligned(int(need * _HEADROOM)), dtype=torch.uint8).share_memory_()
+            # First batch of this slot (its size exactly: most batches are the same size), or one larger than the
+            # slot (with room to spare: sizes that vary keep growing): a new block, every tensor copied into it.
+            size = need if memory is None and slot not in self._memory else int(need * _HEADROOM)
+            memory = torch.empty(_aligned(size), dtype=torch.uint8).share_memory_()
             generation = next(self._counter)
             self._memory[slot] = (generation, memory)
             self._sent.discard(slot)

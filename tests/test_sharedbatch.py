@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections import UserDict
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from inatcomp.data.sharedbatch import SharedBatchCollate, SharedBatchLoader
 
 WORKERS = 2
 PREFETCH = 2
-SLOTS = PREFETCH + 3  # create_loader's slots per worker
+SLOTS = PREFETCH + 2  # create_loader's slots per worker with 2 workers (3 batches alive outside them, spread)
 
 
 class _Crops(Dataset):
@@ -52,6 +53,36 @@ def _views_collate(items: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, t
     views = torch.from_numpy(np.concatenate([item[0] for item in items]))
     counts = torch.tensor([len(item[0]) for item in items], dtype=torch.int64)
     return views, counts, [item[1] for item in items]
+
+
+class _Nested(Dataset):
+    """Items whose default collate puts a tensor in a container the slots do not walk (a UserDict)."""
+
+    def __len__(self) -> int:
+        return 160  # enough batches that slots are reused after they grew
+
+    def __getitem__(self, index: int) -> dict:
+        return {"inner": UserDict({"value": torch.tensor([index, -index])}), "image": torch.full((16, 16), index)}
+
+
+def _mixed_collate(items: list[int]) -> dict:
+    """A dict batch: a channels-last tensor, an empty one, a float64 one and a string."""
+    n = len(items)
+    pixels = torch.arange(n * 3 * 4 * 5, dtype=torch.float32).view(n, 3, 4, 5) + items[0]
+    return {
+        "pixels": pixels.contiguous(memory_format=torch.channels_last),
+        "none": torch.empty(0, 7),
+        "weights": torch.tensor(items, dtype=torch.float64) / 3,
+        "name": f"batch {items[0]}",
+    }
+
+
+class _Indices(Dataset):
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, index: int) -> int:
+        return index
 
 
 def _loader(dataset: Dataset, **kwargs) -> DataLoader:
@@ -162,13 +193,52 @@ def test_spawned_workers_get_the_table_and_send_their_slots():
     # Under spawn (and forkserver, Python 3.14's default) the collate is pickled into the workers.
     dataset = _Crops(40)
     reference = list(create_loader(dataset=dataset, batch_size=4, num_workers=0))
-    collate = SharedBatchCollate(workers=1, slots=SLOTS)
+    collate = SharedBatchCollate(workers=1, slots=PREFETCH + 3)  # one worker: all 3 batches outside are its
     loader = SharedBatchLoader(
         dataset, batch_size=4, num_workers=1, collate_fn=collate, multiprocessing_context="spawn"
     )
     for batch, expected in zip(loader, reference, strict=True):
         assert _same(batch, expected)
-    assert collate.batches_in_slots == len(reference) and collate.memories_received <= SLOTS
+    assert collate.batches_in_slots == len(reference) and collate.memories_received <= PREFETCH + 3
+
+
+def test_a_tensor_in_an_unknown_container_never_shares_a_slot():
+    reference = list(create_loader(dataset=_Nested(), batch_size=4, num_workers=0))
+    inner = [batch["inner"]["value"] for batch in _loader(_Nested())]  # only the inner tensors are kept
+    assert all(torch.equal(a, r["inner"]["value"]) for a, r in zip(inner, reference, strict=True))
+
+
+def test_dict_batches_keep_strides_types_and_empty_tensors():
+    reference = list(DataLoader(_Indices(), batch_size=5, collate_fn=_mixed_collate))
+    loader = create_loader(dataset=_Indices(), batch_size=5, num_workers=WORKERS, collate_fn=_mixed_collate)
+    for batch, expected in zip(loader, reference, strict=True):
+        assert batch.keys() == expected.keys() and batch["name"] == expected["name"]
+        for key in ("pixels", "none", "weights"):
+            assert _same(batch[key], expected[key])
+        # The channels-last tensor kept its strides (it went torch's way); the others came in the slot.
+        assert batch["pixels"].stride() == expected["pixels"].stride()
+    assert loader.collate_fn.batches_in_slots == len(reference)
+
+
+def test_two_iterators_at_once_each_get_their_batches():
+    dataset = _Crops(64)
+    reference = list(create_loader(dataset=dataset, batch_size=4, num_workers=0))
+    loader = _loader(dataset)
+    first, second = iter(loader), iter(loader)
+    pairs = [(next(first), next(second)) for _ in range(len(reference))]
+    assert all(_same(a, r) and _same(b, r) for (a, b), r in zip(pairs, reference, strict=True))
+
+
+def test_a_collate_is_only_used_by_its_own_loader():
+    dataset = _Crops(24)
+    loader = _loader(dataset)
+    assert sum(len(b.label) for b in loader) == 24
+    in_slots = loader.collate_fn.batches_in_slots
+    # The same collate in a plain DataLoader: its workers never see a table, so they collate the usual way.
+    plain = DataLoader(dataset, batch_size=4, num_workers=WORKERS, collate_fn=loader.collate_fn)
+    assert sum(len(b.label) for b in plain) == 24 and loader.collate_fn.batches_in_slots == in_slots
+    with pytest.raises(ValueError, match=r"1 worker\(s\), its SharedBatchCollate made for 2"):
+        iter(SharedBatchLoader(dataset, batch_size=4, num_workers=1, collate_fn=loader.collate_fn))
 
 
 def test_without_workers_the_plain_collate_runs():

@@ -470,9 +470,11 @@ def create_loader(
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
         if reuse_batch_memory:
-            # A slot per batch in flight (the prefetch) and per batch alive while the loader asks a worker for
-            # another: the caller's batch in use, the feed's one ahead, and the one being handed out.
-            slots = (prefetch_factor or _DEFAULT_PREFETCH) + _HELD_BATCHES
+            # A slot per batch in flight (the prefetch) and per batch alive outside the workers when the loader
+            # asks a worker for another: the caller's batch in use, the feed's one ahead and the one being handed
+            # out. They are consecutive batches, from different workers when there are 3 or more.
+            held = -(-_HELD_BATCHES // num_workers)
+            slots = (prefetch_factor or _DEFAULT_PREFETCH) + held
             collate_fn = SharedBatchCollate(collate_fn, workers=num_workers, slots=slots)
     return SharedBatchLoader(
         dataset,

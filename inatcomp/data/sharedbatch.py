@@ -16,19 +16,26 @@ all of a worker's slots are held, the worker collates the usual way (a fresh blo
 speed, never correctness.
 
 Which slots are held is kept in a small shared table per set of workers (:class:`SharedBatchLoader` makes a new
-one before each set starts): a worker marks a free slot taken before writing into it and the main process marks it
-free when the batch is gone, so each entry has one writer at a time and needs no lock. Batches a finished set of
-workers never delivered (a loop left early) take their table with them when the iterator is gone.
+one while each set starts, seen by no other workers): a worker marks a free slot taken before writing into it and
+the main process marks it free when the batch is gone, so each entry has one writer at a time and needs no lock.
+Batches a finished set of workers never delivered (a loop left early) take their table with them when the
+iterator is gone. Only plain tensors in tuples, named tuples, lists and dicts travel in slots; anything else (a
+tensor subclass, other strides, another container) keeps torch's own way.
+
+The price is shared memory held while the loader's workers run: ``slots`` blocks per worker, each the size of
+its largest batch, where torch's blocks live only while a batch is in flight (:func:`create_loader` gives a
+worker its prefetch plus the batches alive outside it; with 3 or more workers, its prefetch plus one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -63,16 +70,28 @@ class _Placed:
     dtype: torch.dtype
 
 
-def _map(value: Any, leaf: Callable[[torch.Tensor], Any]) -> Any:
-    """``value`` with each tensor replaced by ``leaf(tensor)`` (named tuples, tuples, lists and dicts walked)."""
-    if isinstance(value, torch.Tensor):
+def _in_slot(tensor: Any) -> bool:
+    """A tensor that can travel in a slot: a plain, contiguous tensor (a subclass, or other strides, keeps torch's
+    own pickling, which keeps them)."""
+    return type(tensor) is torch.Tensor and tensor.is_contiguous() and not tensor.requires_grad
+
+
+def _map(value: Any, leaf: Callable[[Any], Any], test: Callable[[Any], bool]) -> Any:
+    """``value`` with each item ``test`` accepts replaced by ``leaf(item)``.
+
+    Only plain tuples, named tuples, lists and dicts are walked: anything else travels as it is (a slot's tensor
+    found nowhere in the walk is caught by the caller).
+    """
+    if test(value):
         return leaf(value)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_map(v, leaf) for v in value))
-    if isinstance(value, tuple | list):
-        return type(value)(_map(v, leaf) for v in value)
-    if isinstance(value, dict):
-        return {k: _map(v, leaf) for k, v in value.items()}
+    kind = type(value)
+    if kind is tuple or (isinstance(value, tuple) and hasattr(value, "_fields")):
+        items = (_map(v, leaf, test) for v in value)
+        return kind(*items) if kind is not tuple else tuple(items)
+    if kind is list:
+        return [_map(v, leaf, test) for v in value]
+    if kind is dict:
+        return {k: _map(v, leaf, test) for k, v in value.items()}
     return value
 
 
@@ -82,7 +101,8 @@ class _SlotWriter:
     def __init__(self, memory: torch.Tensor | None) -> None:
         self.memory = memory
         self.used = 0
-        self.placed: dict[int, int] = {}  # id(tensor) → offset, for tensors stacked straight into the slot
+        # id → (offset, tensor) of the tensors stacked straight into the slot; holding them keeps their ids unique.
+        self.placed: dict[int, tuple[int, torch.Tensor]] = {}
 
     def view(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         assert self.memory is not None
@@ -95,13 +115,18 @@ class _SlotWriter:
         elem = batch[0]
         shape = (len(batch), *elem.shape)
         nbytes = _aligned(int(np.prod(shape, dtype=np.int64)) * elem.element_size())
-        if self.memory is None or self.used + nbytes > self.memory.numel():
+        if self.memory is None or self.used + nbytes > self.memory.numel() or type(elem) is not torch.Tensor:
             return torch.stack(batch)
         out = self.view(self.used, shape, elem.dtype)
         torch.stack(batch, out=out)
-        self.placed[id(out)] = self.used
+        self.placed[id(out)] = (self.used, out)
         self.used += nbytes
         return out
+
+    def offset(self, tensor: torch.Tensor) -> int | None:
+        """Where ``tensor`` already lies in the slot, if it was stacked there."""
+        placed = self.placed.get(id(tensor))
+        return placed[0] if placed is not None and placed[1] is tensor else None
 
 
 class SharedBatchCollate:
@@ -122,12 +147,14 @@ class SharedBatchCollate:
         self.workers = workers
         self.slots = slots
         self.token = uuid.uuid4().hex
-        # The current set of workers' table of held slots (made by begin_workers) and its number.
+        # The table of held slots of the set of workers being started (set only while they start, so workers of
+        # any other loader never see it), and its number.
         self._claims: torch.Tensor | None = None
         self._table = 0
-        # In the main process: each set's table, and each (set, worker, slot)'s memory as received.
+        # In the main process: each running set's table, and its (worker, slot) memories as received.
         self._tables: dict[int, np.ndarray] = {}
-        self._received: dict[tuple[int, int, int], tuple[int, np.ndarray]] = {}
+        self._received: dict[int, dict[tuple[int, int], tuple[int, np.ndarray]]] = {}
+        self._held: set[tuple[int, int, int]] = set()
         #: Batches this process received in a slot (the others came the usual way).
         self.batches_in_slots = 0
         #: Slot memories this process received (each worker sends a slot's memory once, again when it grows).
@@ -145,30 +172,37 @@ class SharedBatchCollate:
 
     def __getstate__(self) -> dict[str, Any]:
         """The state a spawned worker needs (its set's table, the collate), not the main process's."""
-        skip = {"_tables", "_received", "_memory", "_sent", "_counter"}
+        skip = {"_tables", "_received", "_held", "_memory", "_sent", "_counter"}
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._tables, self._received = {}, {}
+        self._tables, self._received, self._held = {}, {}, set()
         self._worker_state()
 
-    def begin_workers(self) -> int:
-        """A new table of held slots for the set of workers about to start (in the main process); its number."""
+    @contextlib.contextmanager
+    def starting_workers(self) -> Iterator[int]:
+        """A new table of held slots for the set of workers started inside (main process); yields its number."""
         self._table += 1
         self._claims = torch.zeros((self.workers, self.slots), dtype=torch.int64).share_memory_()
         self._tables[self._table] = self._claims.numpy()
-        return self._table
+        self._received[self._table] = {}
+        try:
+            yield self._table
+        except BaseException:
+            self.end_workers(self._table)
+            raise
+        finally:
+            self._claims = None  # the started workers have their copy (forked, or pickled by start())
 
     def end_workers(self, table: int) -> None:
         """Forget a finished set of workers' table and slot memories (batches still held keep their own)."""
         self._tables.pop(table, None)
-        for key in [key for key in self._received if key[0] == table]:
-            del self._received[key]
+        self._received.pop(table, None)
 
     def slots_in_use(self) -> int:
-        """Slots of the current set of workers held by a batch not yet released (read in the main process)."""
-        return 0 if self._claims is None else int((self._claims != 0).sum())
+        """Slots held by batches this process has received and not yet dropped."""
+        return len(self._held)
 
     # -- in a worker -------------------------------------------------------------------------------------------
 
@@ -196,7 +230,7 @@ class SharedBatchCollate:
         _logger.debug("loader worker %d: all %d batch slots held; a fresh block for this batch", worker, self.slots)
         return None
 
-    def _fill(self, worker: int, slot: int, items: list[Any]) -> _SlotBatch:
+    def _fill(self, worker: int, slot: int, items: list[Any]) -> Any:
         generation, memory = self._memory.get(slot, (0, None))
         if memory is not None and memory.numel() < self._room:
             memory = None  # smaller than a batch seen since: allocate again
@@ -206,8 +240,15 @@ class SharedBatchCollate:
         else:
             batch = self.collate(items)
         tensors: list[torch.Tensor] = []
-        _map(batch, tensors.append)
-        need = writer.used + sum(_aligned(t.numel() * t.element_size()) for t in tensors if id(t) not in writer.placed)
+        _map(batch, tensors.append, _in_slot)
+        reached = {id(t) for t in tensors}
+        if any(key not in reached for key in writer.placed):
+            # A tensor stacked into the slot sits in a container the walk does not enter: it would reach the
+            # main process untracked, so this batch goes the usual way.
+            self._claims[worker, slot] = 0
+            _logger.debug("loader worker %d: a batch in an unknown container; a fresh block for it", worker)
+            return (self.collate or default_collate)(items)
+        need = writer.used + sum(_aligned(t.numel() * t.element_size()) for t in tensors if writer.offset(t) is None)
         self._room = max(self._room, need)
         if memory is None or need > memory.numel():
             # First batch of this slot (its size exactly: most batches are the same size), or one larger than the
@@ -218,17 +259,16 @@ class SharedBatchCollate:
             self._memory[slot] = (generation, memory)
             self._sent.discard(slot)
             writer = _SlotWriter(memory)
-        offsets: dict[int, int] = dict(writer.placed)
 
         def place(tensor: torch.Tensor) -> _Placed:
-            offset = offsets.get(id(tensor))
+            offset = writer.offset(tensor)
             if offset is None:
                 offset = writer.used
                 writer.view(offset, tuple(tensor.shape), tensor.dtype).copy_(tensor)
                 writer.used += _aligned(tensor.numel() * tensor.element_size())
             return _Placed(offset, tuple(tensor.shape), tensor.dtype)
 
-        skeleton = _map(batch, place)
+        skeleton = _map(batch, place, _in_slot)
         first = slot not in self._sent
         self._sent.add(slot)
         return _SlotBatch(self.token, self._table, worker, slot, generation, memory if first else None, skeleton)
@@ -239,15 +279,21 @@ class SharedBatchCollate:
         self, table: int, worker: int, slot: int, generation: int, memory: torch.Tensor | None, skeleton: Any
     ) -> Any:
         """The batch rebuilt on the slot's memory; the slot is released when its last tensor is gone."""
+        received, claims = self._received.get(table), self._tables.get(table)
+        if received is None or claims is None:
+            # The iterator of these workers is gone (collected while its pin thread still read): nobody takes it.
+            _logger.debug("a batch from loader workers that have ended: dropped")
+            return None
         if memory is not None:
-            self._received[table, worker, slot] = (generation, memory.numpy())
+            received[worker, slot] = (generation, memory.numpy())
             self.memories_received += 1
-        known = self._received.get((table, worker, slot))
-        claims = self._tables.get(table)
-        if known is None or known[0] != generation or claims is None:
-            raise RuntimeError(f"loader worker {worker}'s batch in slot {slot} came from workers that have ended")
+        known = received.get((worker, slot))
+        if known is None or known[0] != generation:
+            raise RuntimeError(f"loader worker {worker}'s batch in slot {slot} arrived before the slot's memory")
         view = known[1][:]  # an array object of this batch's own: its end releases the slot
-        weakref.finalize(view, _release, claims, worker, slot)
+        key = (table, worker, slot)
+        self._held.add(key)
+        weakref.finalize(view, _release, claims, self._held, key)
         base = torch.from_numpy(view)
         self.batches_in_slots += 1
 
@@ -255,23 +301,16 @@ class SharedBatchCollate:
             nbytes = int(np.prod(placed.shape, dtype=np.int64)) * placed.dtype.itemsize
             return base[placed.offset : placed.offset + nbytes].view(placed.dtype).view(placed.shape)
 
-        return _map_placed(skeleton, tensor)
+        return _map(skeleton, tensor, _is_placed)
 
 
-def _map_placed(value: Any, leaf: Callable[[_Placed], Any]) -> Any:
-    if isinstance(value, _Placed):
-        return leaf(value)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_map_placed(v, leaf) for v in value))
-    if isinstance(value, tuple | list):
-        return type(value)(_map_placed(v, leaf) for v in value)
-    if isinstance(value, dict):
-        return {k: _map_placed(v, leaf) for k, v in value.items()}
-    return value
+def _is_placed(value: Any) -> bool:
+    return isinstance(value, _Placed)
 
 
-def _release(claims: np.ndarray, worker: int, slot: int) -> None:
-    claims[worker, slot] = 0
+def _release(claims: np.ndarray, held: set[tuple[int, int, int]], key: tuple[int, int, int]) -> None:
+    held.discard(key)
+    claims[key[1], key[2]] = 0
 
 
 @dataclasses.dataclass
@@ -312,7 +351,11 @@ class SharedBatchLoader(DataLoader):
         collate_ = self.collate_fn
         if self.num_workers == 0 or not isinstance(collate_, SharedBatchCollate):
             return super()._get_iterator()
-        table = collate_.begin_workers()  # before the workers start: they take this table with them
-        iterator = super()._get_iterator()
+        if collate_.workers != self.num_workers:
+            raise ValueError(
+                f"SharedBatchLoader: {self.num_workers} worker(s), its SharedBatchCollate made for {collate_.workers}"
+            )
+        with collate_.starting_workers() as table:  # the workers take this table with them
+            iterator = super()._get_iterator()
         weakref.finalize(iterator, collate_.end_workers, table)
         return iterator

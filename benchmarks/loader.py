@@ -12,7 +12,9 @@ The pipeline's own figures (issue 32), on the same files and transform (uint8 cr
 its efficiency, the DataLoader's images/s with W workers over W × one core's in-process images/s (goal ≥ 0.8
 with 2 workers: the loader's hand-over costs little); the bytes per image crossing from the workers to the main
 process (goal: the uint8 crop, 224 × 224 × 3); and the transform's cost per image over PIL's reduced-scale
-decode of the same file (goal ≤ 3×). Run against another checkout (``PYTHONPATH=/other/tree python -m
+decode of the same file (goal ≤ 3×); and the same efficiency for prediction's loader (centre-crop and ten-crop views,
+uint8, one decode per image). Each efficiency is measured beside torch's own hand-over (a fresh shared-memory block
+per batch) in the same rounds. Run against another checkout (``PYTHONPATH=/other/tree python -m
 benchmarks.loader``) it measures that tree's code, e.g. main's float32 crops before the uint8 path.
 """
 
@@ -25,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import torch
@@ -33,6 +36,7 @@ from torchvision import transforms
 
 from benchmarks.common import Result, run_script
 from inatcomp.data import CompetitionDataset, TrainPreset, create_loader
+from inatcomp.predict.tta import TTAMode, _collate, _ViewDataset
 from inatcomp.world.synth import SynthConfig, write_export
 
 _GOAL = 2.5
@@ -72,23 +76,65 @@ def _train_preset() -> TrainPreset:
     return TrainPreset(img_size=224, seed=0)
 
 
-def _loader_rate(dataset: CompetitionDataset, *, workers: int, batches: int, reuse: bool = True) -> tuple[float, float]:
-    """Images/s of a DataLoader with ``workers`` over ``batches`` batches of 32 (after the first), and bytes/image.
+def _loader_rate(
+    dataset: Any, *, workers: int, batches: int, reuse: bool = True, batch_size: int = 32, collate: Any = None
+) -> tuple[float, Any]:
+    """Images/s of a DataLoader with ``workers`` over ``batches`` batches (after the first), and the first batch.
 
     ``reuse=False``: torch's collate, a fresh shared-memory block per batch (where this checkout can say so).
     """
-    indices = [i % len(dataset) for i in range(32 * (batches + 1))]
+    indices = [i % len(dataset) for i in range(batch_size * (batches + 1))]
     known = inspect.signature(create_loader).parameters
     options = {"reuse_batch_memory": reuse} if "reuse_batch_memory" in known else {}
-    loader = create_loader(dataset=dataset, batch_size=32, sampler=indices, num_workers=workers,  # type: ignore[arg-type]
-                           prefetch_factor=4 if workers else None, **options)  # fmt: skip
+    loader = create_loader(dataset=dataset, batch_size=batch_size, sampler=indices, num_workers=workers,  # type: ignore[arg-type]
+                           prefetch_factor=4 if workers else None, collate_fn=collate, **options)  # fmt: skip
     iterator = iter(loader)
     first = next(iterator)  # the workers have started
-    per_image = first.image.element_size() * first.image[0].numel()
     start, count = time.perf_counter(), 0
     for batch in iterator:
-        count += len(batch.label)
-    return count / (time.perf_counter() - start), float(per_image)
+        count += len(batch[1])  # a Sample's labels, or prediction's view counts: one per image
+    return count / (time.perf_counter() - start), first
+
+
+def _side_by_side(
+    alone: Callable[[], float], loaded: Callable[[bool], tuple[float, Any]], rounds: int
+) -> tuple[float, float, float, float, float, Any]:
+    """Efficiency with reused batch memory and with torch's fresh blocks, and their images/s and one core's.
+
+    Each round measures one core in process, then the loader both ways, side by side; the median round (by
+    efficiency) counts: this machine's speed drifts between rounds.
+    """
+    measured = []
+    for _ in range(rounds):
+        one_core = alone()
+        (ours, first), (fresh, _) = loaded(True), loaded(False)
+        measured.append((ours / (_WORKERS * one_core), fresh / (_WORKERS * one_core), ours, fresh, one_core, first))
+    return sorted(measured, key=lambda row: row[0])[len(measured) // 2]
+
+
+def _prediction_result(paths: list[str], mode: TTAMode, *, quick: bool) -> Result:
+    """The efficiency of prediction's loader (``mode``'s views at 224 px, batches of 16 images) with 2 workers."""
+    batches, rounds = (6, 1) if quick else (100, 5)
+    views = _ViewDataset(paths, mode=mode, crop_size=224, crop_pct=0.875, interpolation=cv2.INTER_LINEAR, views=None)
+    views[0]
+    count = len(views)
+    efficiency, fresh_efficiency, ours, fresh, one_core, _ = _side_by_side(
+        lambda: _rate(lambda i: views[i % count], count),
+        lambda reuse: _loader_rate(
+            views, workers=_WORKERS, batches=batches, reuse=reuse, batch_size=16, collate=_collate
+        ),  # fmt: skip
+        rounds,
+    )
+    return Result(
+        goal=f"prediction loader ({mode.value} views) efficiency with {_WORKERS} workers ≥ {_EFFICIENCY_GOAL}",
+        figure=(
+            f"{ours:.0f} images/s with {_WORKERS} workers vs {one_core:.0f} images/s in process on one core "
+            f"({16 * batches} images, median of {rounds} rounds); torch's fresh blocks: {fresh:.0f} images/s "
+            f"({fresh_efficiency:.2f})"
+        ),
+        ratio=efficiency,
+        met=efficiency >= _EFFICIENCY_GOAL,
+    )
 
 
 def _reduced_decode_rate(paths: list[str], count: int) -> float:
@@ -111,15 +157,12 @@ def pipeline_results(json_path: Path, export: Path, *, quick: bool) -> list[Resu
     batches, rounds = (6, 1) if quick else (40, 5)
     dataset[0]
     decode = max(_reduced_decode_rate(paths, count) for _ in range(2))
-    # Each round measures one core in process, then the loader with reused batch memory and with torch's fresh
-    # block per batch, side by side; the median round counts (this machine's speed drifts between rounds).
-    measured = []
-    for _ in range(rounds):
-        alone = _rate(lambda i: dataset[i % count], count)
-        loaded, per_image = _loader_rate(dataset, workers=_WORKERS, batches=batches)
-        fresh, _ = _loader_rate(dataset, workers=_WORKERS, batches=batches, reuse=False)
-        measured.append((loaded / (_WORKERS * alone), fresh / (_WORKERS * alone), loaded, fresh, alone))
-    efficiency, fresh_efficiency, loaded, fresh, in_process = sorted(measured)[len(measured) // 2]
+    efficiency, fresh_efficiency, loaded, fresh, in_process, first = _side_by_side(
+        lambda: _rate(lambda i: dataset[i % count], count),
+        lambda reuse: _loader_rate(dataset, workers=_WORKERS, batches=batches, reuse=reuse),
+        rounds,
+    )
+    per_image = first.image.element_size() * first.image[0].numel()
     cost = decode / in_process
     dtype = "uint8" if per_image <= _CROP_BYTES else "float32"
     return [
@@ -145,6 +188,7 @@ def pipeline_results(json_path: Path, export: Path, *, quick: bool) -> list[Resu
             ratio=cost / _DECODE_GOAL,
             met=cost <= _DECODE_GOAL,
         ),
+        *(_prediction_result(paths, mode, quick=quick) for mode in (TTAMode.CENTER, TTAMode.TEN_CROP)),
     ]
 
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from inatcomp.data import Sample, create_loader
 from inatcomp.data.sharedbatch import SharedBatchCollate, SharedBatchLoader
+from inatcomp.predict.tta import _collate as _tta_collate
 
 WORKERS = 2
 PREFETCH = 2
@@ -152,6 +153,28 @@ def test_a_custom_collate_whose_batches_grow_gets_bigger_slots():
     collate = loader.collate_fn
     assert collate.batches_in_slots == len(sizes)
     assert collate.memories_received > len(collate._received)  # slots grew: their memory was sent again
+
+
+class _TTAItems(Dataset):
+    """Prediction's items: an image's views (none for an unreadable one), its index, whether it failed."""
+
+    def __len__(self) -> int:
+        return 90
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int]:
+        count = 0 if index % 11 == 3 else 5
+        views = np.random.default_rng(index).integers(0, 256, (count, 12, 12, 3), dtype=np.uint8)
+        return views, index, int(count == 0)
+
+
+def test_a_collate_that_takes_empty_fills_the_slot_itself():
+    reference = list(DataLoader(_TTAItems(), batch_size=6, collate_fn=_tta_collate))
+    loader = create_loader(dataset=_TTAItems(), batch_size=6, num_workers=WORKERS, collate_fn=_tta_collate)
+    assert loader.collate_fn._collate_allocates
+    for batch, expected in zip(loader, reference, strict=True):
+        assert _same(batch, expected)
+        del batch
+    assert loader.collate_fn.batches_in_slots == len(reference) > loader.collate_fn.memories_received
 
 
 @pytest.mark.parametrize("persistent", [False, True])

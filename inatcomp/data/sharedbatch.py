@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import itertools
 import logging
 import uuid
@@ -68,6 +69,13 @@ class _Placed:
     offset: int
     shape: tuple[int, ...]
     dtype: torch.dtype
+
+
+def _parameters(function: Callable[..., Any]) -> set[str]:
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):  # a builtin or a callable without a signature
+        return set()
 
 
 def _in_slot(tensor: Any) -> bool:
@@ -123,6 +131,16 @@ class _SlotWriter:
         self.used += nbytes
         return out
 
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor in the slot where it fits (a collate fills it: no copy later), else ordinary."""
+        nbytes = _aligned(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        if self.memory is None or self.used + nbytes > self.memory.numel():
+            return torch.empty(shape, dtype=dtype)
+        out = self.view(self.used, tuple(shape), dtype)
+        self.placed[id(out)] = (self.used, out)
+        self.used += nbytes
+        return out
+
     def offset(self, tensor: torch.Tensor) -> int | None:
         """Where ``tensor`` already lies in the slot, if it was stacked there."""
         placed = self.placed.get(id(tensor))
@@ -134,7 +152,8 @@ class SharedBatchCollate:
 
     Args:
         collate: The collate to wrap; ``None``: torch's default collate, its tensors stacked straight into the
-            slot.
+            slot. A collate taking an ``empty`` keyword is given one (``empty(shape, dtype)``, like
+            ``torch.empty``) that makes the tensor in the slot, to be filled there (no copy afterwards).
         workers: The loader's worker processes.
         slots: Slots per worker: the batches a worker may have in flight or held by the caller before it falls
             back to a fresh block (the loader's prefetch factor plus the batches a caller holds).
@@ -144,6 +163,9 @@ class SharedBatchCollate:
         if workers < 1 or slots < 1:
             raise ValueError(f"SharedBatchCollate needs at least one worker and one slot, got {workers} and {slots}")
         self.collate = collate
+        # A collate with an ``empty`` keyword (``empty(shape, dtype)``, as torch.empty) makes its big tensors
+        # with it, so they are made in the slot and filled there.
+        self._collate_allocates = collate is not None and "empty" in _parameters(collate)
         self.workers = workers
         self.slots = slots
         self.token = uuid.uuid4().hex
@@ -237,6 +259,8 @@ class SharedBatchCollate:
         writer = _SlotWriter(memory)
         if self.collate is None:
             batch = collate(items, collate_fn_map={**default_collate_fn_map, torch.Tensor: writer.stack})
+        elif self._collate_allocates:
+            batch = self.collate(items, empty=writer.empty)
         else:
             batch = self.collate(items)
         tensors: list[torch.Tensor] = []

@@ -18,7 +18,7 @@ import enum
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -319,8 +319,14 @@ class _ViewDataset:
         return out, index, 0
 
 
-def _collate(items: list[tuple[np.ndarray, int, int]]) -> tuple[Any, Any, Any, Any]:
-    views = torch.from_numpy(np.concatenate([item[0] for item in items]))
+def _collate(
+    items: list[tuple[np.ndarray, int, int]], *, empty: Callable[..., torch.Tensor] = torch.empty
+) -> tuple[Any, Any, Any, Any]:
+    """The views of a batch's images one after another (written into ``empty``'s tensor: a loader worker's
+    shared slot), with each image's view count, index and whether it failed."""
+    shape = items[0][0].shape[1:]
+    views = empty((sum(len(item[0]) for item in items), *shape), dtype=torch.uint8)
+    np.concatenate([item[0] for item in items], out=views.numpy())
     counts = torch.tensor([len(item[0]) for item in items], dtype=torch.int64)
     index = torch.tensor([item[1] for item in items], dtype=torch.int64)
     failed = torch.tensor([item[2] for item in items], dtype=torch.int64)

@@ -33,9 +33,10 @@ python3 -c "import torch, torchvision, timm; print(torch.__version__, torchvisio
 timeout 270 python3 -m benchmarks.gpu 2>&1 | tee "$OUT/gpu.txt"
 
 # 2. The CUDA checks of the suite: the uint8 path, --decode gpu (nvJPEG) against --decode cpu, deterministic resume
-#    on the GPU, the tests that pin the CPU, bf16 tolerance, and torchrun on one GPU failing in one line.
+#    on the GPU, the tests that pin the CPU, bf16 tolerance, torchrun on one GPU failing in one line, and batches
+#    from the workers' shared slots through the pin thread.
 timeout 110 python3 -m pytest -q -p no:cacheprovider -x \
-    tests/test_feed.py tests/test_gpu_decode.py tests/test_predict_ddp.py \
+    tests/test_feed.py tests/test_gpu_decode.py tests/test_predict_ddp.py tests/test_sharedbatch.py \
     "tests/test_train.py::test_deterministic_resume_on_cuda_ends_with_the_same_weights" \
     "tests/test_train.py::test_resume_ends_with_the_same_weights" \
     "tests/test_trainer_options.py::test_accumulation_gives_the_update_of_a_larger_batch" \

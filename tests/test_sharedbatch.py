@@ -264,6 +264,17 @@ def test_a_collate_is_only_used_by_its_own_loader():
         iter(SharedBatchLoader(dataset, batch_size=4, num_workers=1, collate_fn=loader.collate_fn))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinning needs CUDA")
+def test_pinned_batches_are_copies_that_free_their_slots_at_once():
+    # On CUDA the loader's pin thread copies each batch out of its slot into pinned memory and drops the slot.
+    dataset = _Crops(120)
+    reference = list(create_loader(dataset=dataset, batch_size=4, num_workers=0))
+    loader = _loader(dataset, pin_memory=True)
+    kept = list(loader)  # every batch kept, yet no slot stays held: the caller has the pinned copies
+    assert all(b.image.is_pinned() and _same(b, r) for b, r in zip(kept, reference, strict=True))
+    assert loader.collate_fn.batches_in_slots == len(reference) and loader.collate_fn.slots_in_use() == 0
+
+
 def test_without_workers_the_plain_collate_runs():
     collate = SharedBatchCollate(workers=1, slots=1)
     batch = collate([_Crops(2)[i] for i in range(2)])

@@ -15,6 +15,7 @@ import torch
 from inatcomp.build import build_dataset
 from inatcomp.build.rules import Preset, rules_for
 from inatcomp.cli import main
+from inatcomp.data import create_loader
 from inatcomp.formats.predictions import open_predictions
 from inatcomp.models.checkpoints import save_checkpoint
 from inatcomp.models.factory import create_model
@@ -26,6 +27,7 @@ from inatcomp.predict.tta import (
     TTAMode,
     View,
     _average,
+    _collate,
     _ViewDataset,
     decode_factor,
     load_views,
@@ -186,6 +188,29 @@ def test_views_are_cut_from_one_decode_and_flipped(tmp_path):
     resized = cv2.resize(image, (43, 32), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_array_equal(views[0], resized[0:16, 0:16])
     np.testing.assert_array_equal(views[3], resized[16:32, 27:43])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_batches_cut_the_views_dataset_items_cut(tmp_path, workers):
+    # A loader's batches cut each image's views straight into the batch (in a worker, into its shared slot):
+    # the same views, counts and failures as the dataset's items concatenated, an unreadable image included.
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(9):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        cv2.imwrite(paths[-1], rng.integers(0, 255, size=(40 + 3 * i, 70, 3), dtype=np.uint8))
+    paths.insert(4, str(tmp_path / "missing.jpg"))
+    for mode in (TTAMode.TEN_CROP, TTAMode.MULTISCALE):
+        dataset = _ViewDataset(paths, mode=mode, crop_size=16, crop_pct=0.875, interpolation=cv2.INTER_CUBIC,
+                               views=None)  # fmt: skip
+        items = [dataset[i] for i in range(len(paths))]
+        loader = create_loader(dataset=dataset, batch_size=3, num_workers=workers, collate_fn=_collate)
+        batches = list(loader)
+        views = torch.cat([b[0] for b in batches])
+        assert torch.equal(views, torch.from_numpy(np.concatenate([item[0] for item in items])))
+        assert torch.cat([b[1] for b in batches]).tolist() == [len(item[0]) for item in items]
+        assert torch.cat([b[2] for b in batches]).tolist() == list(range(len(paths)))
+        assert torch.cat([b[3] for b in batches]).tolist() == [int(i == 4) for i in range(len(paths))]
 
 
 def test_views_average_as_probabilities_or_logits():

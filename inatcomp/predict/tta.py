@@ -290,17 +290,45 @@ class _ViewDataset:
             im.load()
             return rgb_array(im), views
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int]:
-        s = self.crop_size
+    def decoded(self, index: int) -> _Decoded:
+        """Image ``index`` decoded once (at the reduced scale its views allow), its views not yet cut."""
         try:
             image, views = self._decode(self.paths[index])
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
             _logger.warning("unreadable image %s (%s): uniform prediction", self.paths[index], error)
-            return np.zeros((0, s, s, 3), dtype=np.uint8), index, 1
+            return _Decoded(None, [], index, self.crop_size, self.interpolation)
+        return _Decoded(image, views, index, self.crop_size, self.interpolation)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int]:
+        """Image ``index``'s views, uint8 ``[V, s, s, 3]`` (none when unreadable), its index, whether it failed."""
+        item = self.decoded(index)
+        out = np.empty((len(item.views), self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        item.cut(out)
+        return out, index, int(item.image is None)
+
+    def __getitems__(self, indices: list[int]) -> list[_Decoded]:
+        """A batch's images decoded, their views left for :func:`_collate` to cut straight into the batch."""
+        return [self.decoded(index) for index in indices]
+
+
+@dataclasses.dataclass
+class _Decoded:
+    """An image decoded for its views (``image`` ``None``: unreadable, no views), cut by :meth:`cut`."""
+
+    image: np.ndarray | None
+    views: list[View]
+    index: int
+    crop_size: int
+    interpolation: int
+
+    def cut(self, out: np.ndarray) -> None:
+        """Write the views into ``out`` (uint8 ``[V, s, s, 3]``), each resized, cropped and flipped."""
+        if self.image is None:
+            return
+        s, image = self.crop_size, self.image
         height, width = image.shape[:2]
-        out = np.empty((len(views), s, s, 3), dtype=np.uint8)
         scaled: dict[float, np.ndarray] = {}
-        for v, view in enumerate(views):
+        for v, view in enumerate(self.views):
             # One resize of the whole image per scale; the views of that scale are slices of it.
             if view.scale not in scaled:
                 ratio = view.scale * s / min(width, height)
@@ -316,20 +344,33 @@ class _ViewDataset:
                 cv2.flip(region, 1, dst=out[v])
             else:
                 out[v] = region
-        return out, index, 0
 
 
 def _collate(
-    items: list[tuple[np.ndarray, int, int]], *, empty: Callable[..., torch.Tensor] = torch.empty
+    items: list[_Decoded] | list[tuple[np.ndarray, int, int]], *, empty: Callable[..., torch.Tensor] = torch.empty
 ) -> tuple[Any, Any, Any, Any]:
-    """The views of a batch's images one after another (written into ``empty``'s tensor: a loader worker's
-    shared slot), with each image's view count, index and whether it failed."""
-    shape = items[0][0].shape[1:]
-    views = empty((sum(len(item[0]) for item in items), *shape), dtype=torch.uint8)
-    np.concatenate([item[0] for item in items], out=views.numpy())
-    counts = torch.tensor([len(item[0]) for item in items], dtype=torch.int64)
-    index = torch.tensor([item[1] for item in items], dtype=torch.int64)
-    failed = torch.tensor([item[2] for item in items], dtype=torch.int64)
+    """The views of a batch's images one after another, with each image's view count, index and whether it failed.
+
+    Decoded items (a loader's, through :meth:`_ViewDataset.__getitems__`) have their views cut straight into
+    ``empty``'s tensor (in a loader worker, its shared slot: no copy afterwards); items of views already cut
+    (``dataset[i]``) are concatenated into it.
+    """
+    if items and isinstance(items[0], _Decoded):
+        decoded: list[_Decoded] = items  # type: ignore[assignment]
+        s = decoded[0].crop_size
+        counts_ = [len(item.views) for item in decoded]  # none for an unreadable image
+        views = empty((sum(counts_), s, s, 3), dtype=torch.uint8)
+        out, start = views.numpy(), 0
+        for item, count in zip(decoded, counts_):
+            item.cut(out[start : start + count])
+            start += count
+        rows = [(count, item.index, int(item.image is None)) for item, count in zip(decoded, counts_)]
+    else:
+        cut: list[tuple[np.ndarray, int, int]] = items  # type: ignore[assignment]
+        views = empty((sum(len(item[0]) for item in cut), *cut[0][0].shape[1:]), dtype=torch.uint8)
+        np.concatenate([item[0] for item in cut], out=views.numpy())
+        rows = [(len(item[0]), item[1], item[2]) for item in cut]
+    counts, index, failed = (torch.tensor([row[k] for row in rows], dtype=torch.int64) for k in range(3))
     return views, counts, index, failed
 
 

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -200,6 +201,10 @@ def test_loader_batches_cut_the_views_dataset_items_cut(tmp_path, workers):
         paths.append(str(tmp_path / f"{i}.jpg"))
         cv2.imwrite(paths[-1], rng.integers(0, 255, size=(40 + 3 * i, 70, 3), dtype=np.uint8))
     paths.insert(4, str(tmp_path / "missing.jpg"))
+    # A truncated JPEG opens (its header is whole) and fails only when decoded, mid-batch: the views of the
+    # images after it in that batch move up.
+    truncated = Path(paths[7]).read_bytes()
+    Path(paths[7]).write_bytes(truncated[: len(truncated) // 2])
     for mode in (TTAMode.TEN_CROP, TTAMode.MULTISCALE):
         dataset = _ViewDataset(paths, mode=mode, crop_size=16, crop_pct=0.875, interpolation=cv2.INTER_CUBIC,
                                views=None)  # fmt: skip
@@ -210,7 +215,8 @@ def test_loader_batches_cut_the_views_dataset_items_cut(tmp_path, workers):
         assert torch.equal(views, torch.from_numpy(np.concatenate([item[0] for item in items])))
         assert torch.cat([b[1] for b in batches]).tolist() == [len(item[0]) for item in items]
         assert torch.cat([b[2] for b in batches]).tolist() == list(range(len(paths)))
-        assert torch.cat([b[3] for b in batches]).tolist() == [int(i == 4) for i in range(len(paths))]
+        assert torch.cat([b[3] for b in batches]).tolist() == [int(i in (4, 7)) for i in range(len(paths))]
+        assert [len(item[0]) for item in items][7] == 0 and len(items[8][0]) > 0
 
 
 def test_views_average_as_probabilities_or_logits():

@@ -291,3 +291,16 @@ def test_reuse_can_be_turned_off():
     loader = create_loader(dataset=_Crops(8), batch_size=4, num_workers=WORKERS, reuse_batch_memory=False)
     assert not isinstance(loader.collate_fn, SharedBatchCollate)
     assert sum(len(b.label) for b in loader) == 8
+
+
+def test_a_worker_whose_batches_are_dropped_reuses_its_lowest_slots():
+    # Batches dropped as they come: one worker with one batch prefetched needs no more than three slots (the
+    # batch in flight, the one handed out, the one the caller holds), however many it has; the others are never
+    # allocated, so their shared memory is never touched.
+    collate = SharedBatchCollate(workers=1, slots=8)
+    loader = SharedBatchLoader(_Crops(120), batch_size=4, num_workers=1, prefetch_factor=1, collate_fn=collate)
+    for batch in loader:
+        assert batch.image.shape == (4, 24, 24, 3)
+        del batch
+    assert collate.batches_in_slots == 30
+    assert collate.memories_received <= 3

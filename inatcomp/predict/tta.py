@@ -279,47 +279,63 @@ class _ViewDataset:
         """Nothing random here (loader workers call it)."""
         del seed
 
-    def _decode(self, path: str) -> tuple[np.ndarray, list[View]]:
-        with Image.open(path) as im:
+    def opened(self, index: int) -> _ImageViews:
+        """Image ``index`` opened: its size read, its views laid out; :meth:`_ImageViews.load` decodes it."""
+        path = self.paths[index]
+        try:
+            im = Image.open(path)
             width, height = im.size
             views = view_boxes(self.mode, width, height, self.crop_size, crop_pct=self.crop_pct, views=self.views)
-            if im.format == "JPEG":
-                factor = decode_factor(views, width, height, self.crop_size)
-                if factor >= 2:
-                    im.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
-            im.load()
-            return rgb_array(im), views
-
-    def decoded(self, index: int) -> _Decoded:
-        """Image ``index`` decoded once (at the reduced scale its views allow), its views not yet cut."""
-        try:
-            image, views = self._decode(self.paths[index])
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-            _logger.warning("unreadable image %s (%s): uniform prediction", self.paths[index], error)
-            return _Decoded(None, [], index, self.crop_size, self.interpolation)
-        return _Decoded(image, views, index, self.crop_size, self.interpolation)
+            _logger.warning("unreadable image %s (%s): uniform prediction", path, error)
+            return _ImageViews(path, [], index, self.crop_size, self.interpolation)
+        return _ImageViews(path, views, index, self.crop_size, self.interpolation, source=im)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, int]:
         """Image ``index``'s views, uint8 ``[V, s, s, 3]`` (none when unreadable), its index, whether it failed."""
-        item = self.decoded(index)
+        item = self.opened(index)
+        item.load()
         out = np.empty((len(item.views), self.crop_size, self.crop_size, 3), dtype=np.uint8)
         item.cut(out)
         return out, index, int(item.image is None)
 
-    def __getitems__(self, indices: list[int]) -> list[_Decoded]:
-        """A batch's images decoded, their views left for :func:`_collate` to cut straight into the batch."""
-        return [self.decoded(index) for index in indices]
+    def __getitems__(self, indices: list[int]) -> list[_ImageViews]:
+        """A batch's images opened, left for :func:`_collate` to decode and cut one by one straight into the batch."""
+        return [self.opened(index) for index in indices]
 
 
 @dataclasses.dataclass
-class _Decoded:
-    """An image decoded for its views (``image`` ``None``: unreadable, no views), cut by :meth:`cut`."""
+class _ImageViews:
+    """An image for its views: opened (``source``), then decoded (``image``) by :meth:`load`, cut by :meth:`cut`.
 
-    image: np.ndarray | None
+    An unreadable image has no views and no ``image``.
+    """
+
+    path: str
     views: list[View]
     index: int
     crop_size: int
     interpolation: int
+    source: Image.Image | None = None
+    image: np.ndarray | None = None
+
+    def load(self) -> None:
+        """Decode the opened image, at the smallest DCT scale its views allow; a file that fails loses its views."""
+        im, self.source = self.source, None
+        if im is None:
+            return
+        try:
+            with im:
+                width, height = im.size
+                if im.format == "JPEG":
+                    factor = decode_factor(self.views, width, height, self.crop_size)
+                    if factor >= 2:
+                        im.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+                im.load()
+                self.image = rgb_array(im)
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+            _logger.warning("unreadable image %s (%s): uniform prediction", self.path, error)
+            self.views = []
 
     def cut(self, out: np.ndarray) -> None:
         """Write the views into ``out`` (uint8 ``[V, s, s, 3]``), each resized, cropped and flipped."""
@@ -347,24 +363,26 @@ class _Decoded:
 
 
 def _collate(
-    items: list[_Decoded] | list[tuple[np.ndarray, int, int]], *, empty: Callable[..., torch.Tensor] = torch.empty
+    items: list[_ImageViews] | list[tuple[np.ndarray, int, int]], *, empty: Callable[..., torch.Tensor] = torch.empty
 ) -> tuple[Any, Any, Any, Any]:
     """The views of a batch's images one after another, with each image's view count, index and whether it failed.
 
-    Decoded items (a loader's, through :meth:`_ViewDataset.__getitems__`) have their views cut straight into
-    ``empty``'s tensor (in a loader worker, its shared slot: no copy afterwards); items of views already cut
-    (``dataset[i]``) are concatenated into it.
+    Opened items (a loader's, through :meth:`_ViewDataset.__getitems__`) are decoded one by one, each image's
+    views cut straight into ``empty``'s tensor while its pixels are still in cache (in a loader worker, the
+    tensor is its shared slot: no copy afterwards); items of views already cut (``dataset[i]``) are concatenated
+    into it.
     """
-    if items and isinstance(items[0], _Decoded):
-        decoded: list[_Decoded] = items  # type: ignore[assignment]
-        s = decoded[0].crop_size
-        counts_ = [len(item.views) for item in decoded]  # none for an unreadable image
-        views = empty((sum(counts_), s, s, 3), dtype=torch.uint8)
+    if items and isinstance(items[0], _ImageViews):
+        opened: list[_ImageViews] = items  # type: ignore[assignment]
+        s = opened[0].crop_size
+        views = empty((sum(len(item.views) for item in opened), s, s, 3), dtype=torch.uint8)
         out, start = views.numpy(), 0
-        for item, count in zip(decoded, counts_):
-            item.cut(out[start : start + count])
-            start += count
-        rows = [(count, item.index, int(item.image is None)) for item, count in zip(decoded, counts_)]
+        for item in opened:
+            item.load()  # a file that fails here loses its views: the next image's move up
+            item.cut(out[start : start + len(item.views)])
+            start += len(item.views)
+        views = views[:start] if start < len(views) else views
+        rows = [(len(item.views), item.index, int(item.image is None)) for item in opened]
     else:
         cut: list[tuple[np.ndarray, int, int]] = items  # type: ignore[assignment]
         views = empty((sum(len(item[0]) for item in cut), *cut[0][0].shape[1:]), dtype=torch.uint8)

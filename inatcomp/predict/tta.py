@@ -382,7 +382,7 @@ def _collate(
             item.cut(out[start : start + len(item.views)])
             start += len(item.views)
         # A file that failed at decode left rows unused: the batch keeps the filled ones (in a loader worker this
-        # narrower tensor is not the one made in the slot, so that rare batch is collated again the usual way).
+        # narrower tensor is not the one made in the slot, so that rare batch is copied or collated again).
         views = views[:start] if start < len(views) else views
         rows = [(len(item.views), item.index, int(item.image is None)) for item in opened]
     else:

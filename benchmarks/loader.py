@@ -79,7 +79,8 @@ def _train_preset() -> TrainPreset:
 def _loader_rate(
     dataset: Any, *, workers: int, batches: int, reuse: bool = True, batch_size: int = 32, collate: Any = None
 ) -> tuple[float, Any]:
-    """Images/s of a DataLoader with ``workers`` over ``batches`` batches (after the first), and the first batch.
+    """Images/s of a DataLoader with ``workers`` over ``batches`` batches (after the first), and the bytes per item
+    of the first batch's first tensor (a crop, or a view).
 
     ``reuse=False``: torch's collate, a fresh shared-memory block per batch (where this checkout can say so).
     """
@@ -89,17 +90,19 @@ def _loader_rate(
     loader = create_loader(dataset=dataset, batch_size=batch_size, sampler=indices, num_workers=workers,  # type: ignore[arg-type]
                            prefetch_factor=4 if workers else None, collate_fn=collate, **options)  # fmt: skip
     iterator = iter(loader)
-    first = next(iterator)  # the workers have started
+    first = next(iterator)[0]  # the workers have started
+    per_item = first.element_size() * first[0].numel()
+    del first  # its slot goes back to its worker for the timed batches
     start, count = time.perf_counter(), 0
     for batch in iterator:
         count += len(batch[1])  # a Sample's labels, or prediction's view counts: one per image
-    return count / (time.perf_counter() - start), first
+    return count / (time.perf_counter() - start), per_item
 
 
 def _side_by_side(
-    alone: Callable[[], float], loaded: Callable[[bool], tuple[float, Any]], rounds: int
-) -> tuple[float, float, float, float, float, Any]:
-    """Efficiency with reused batch memory and with torch's fresh blocks, and their images/s and one core's.
+    alone: Callable[[], float], loaded: Callable[[bool], tuple[float, int]], rounds: int
+) -> tuple[float, float, float, float, float, int]:
+    """Efficiency with reused batch memory and with torch's fresh blocks, their images/s, one core's, bytes per item.
 
     Each round measures one core in process, then the loader both ways, side by side; the median round (by
     efficiency) counts: this machine's speed drifts between rounds.
@@ -107,8 +110,8 @@ def _side_by_side(
     measured = []
     for _ in range(rounds):
         one_core = alone()
-        (ours, first), (fresh, _) = loaded(True), loaded(False)
-        measured.append((ours / (_WORKERS * one_core), fresh / (_WORKERS * one_core), ours, fresh, one_core, first))
+        (ours, per_item), (fresh, _) = loaded(True), loaded(False)
+        measured.append((ours / (_WORKERS * one_core), fresh / (_WORKERS * one_core), ours, fresh, one_core, per_item))
     return sorted(measured, key=lambda row: row[0])[len(measured) // 2]
 
 
@@ -157,12 +160,11 @@ def pipeline_results(json_path: Path, export: Path, *, quick: bool) -> list[Resu
     batches, rounds = (6, 1) if quick else (40, 5)
     dataset[0]
     decode = max(_reduced_decode_rate(paths, count) for _ in range(2))
-    efficiency, fresh_efficiency, loaded, fresh, in_process, first = _side_by_side(
+    efficiency, fresh_efficiency, loaded, fresh, in_process, per_image = _side_by_side(
         lambda: _rate(lambda i: dataset[i % count], count),
         lambda reuse: _loader_rate(dataset, workers=_WORKERS, batches=batches, reuse=reuse),
         rounds,
     )
-    per_image = first.image.element_size() * first.image[0].numel()
     cost = decode / in_process
     dtype = "uint8" if per_image <= _CROP_BYTES else "float32"
     return [

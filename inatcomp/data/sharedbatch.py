@@ -2,9 +2,10 @@
 
 torch's default collate, in a loader worker, stacks each batch into a new shared-memory block and sends its file
 descriptor to the main process, a block per tensor (the labels, indices and counts too). On a VM the first touch
-of a new block's pages costs more than the stack itself (about 15 ms for the 4.8 MB of 32 uint8 crops of 224 px,
-against 0.3 ms into pages touched before), and each descriptor is a round trip to the worker's resource-sharer
-thread: the workers spent about 30 % more CPU per image than the same transform in one process.
+of a new block's pages costs far more than the stack itself (for the 4.8 MB of 32 uint8 crops of 224 px, 3.5 ms
+against 0.08 ms into pages touched before, measured here on 2026-12-04), and each descriptor is a round trip to
+the worker's resource-sharer thread: the workers spend more CPU per image than the same transform in one process
+(``benchmarks/loader.py`` measures both hand-overs side by side).
 
 :class:`SharedBatchCollate` gives each worker a few *slots*: shared-memory blocks the worker allocates once (sized
 by its first batch, grown if a batch needs more), sends to the main process once, and writes every later batch
@@ -72,6 +73,17 @@ class _Placed:
     dtype: torch.dtype
 
 
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _view_at(
+    memory: torch.Tensor | np.ndarray, offset: int, shape: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """The tensor of ``shape`` and ``dtype`` at byte ``offset`` of a slot's flat uint8 memory."""
+    return memory[offset : offset + _nbytes(shape, dtype)].view(dtype).view(shape)
+
+
 def _parameters(function: Callable[..., Any]) -> set[str]:
     try:
         return set(inspect.signature(function).parameters)
@@ -115,29 +127,26 @@ class _SlotWriter:
 
     def view(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         assert self.memory is not None
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        return self.memory[offset : offset + nbytes].view(dtype).view(shape)
+        return _view_at(self.memory, offset, shape, dtype)
 
     def stack(self, batch: list[torch.Tensor], *, collate_fn_map: Any = None) -> torch.Tensor:
         """``torch.stack(batch)`` written into the slot where it fits (no copy later), else in ordinary memory."""
         del collate_fn_map
         elem = batch[0]
-        shape = (len(batch), *elem.shape)
-        nbytes = _aligned(int(np.prod(shape, dtype=np.int64)) * elem.element_size())
-        if self.memory is None or self.used + nbytes > self.memory.numel() or type(elem) is not torch.Tensor:
-            return torch.stack(batch)
-        out = self.view(self.used, shape, elem.dtype)
-        torch.stack(batch, out=out)
-        self.placed[id(out)] = (self.used, out)
-        self.used += nbytes
-        return out
+        out = self._place_next((len(batch), *elem.shape), elem.dtype) if type(elem) is torch.Tensor else None
+        return torch.stack(batch) if out is None else torch.stack(batch, out=out)
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised tensor in the slot where it fits (a collate fills it: no copy later), else ordinary."""
-        nbytes = _aligned(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        out = self._place_next(tuple(shape), dtype)
+        return torch.empty(shape, dtype=dtype) if out is None else out
+
+    def _place_next(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        """A tensor at the slot's next free place, remembered as placed; ``None`` when it does not fit."""
+        nbytes = _aligned(_nbytes(shape, dtype))
         if self.memory is None or self.used + nbytes > self.memory.numel():
-            return torch.empty(shape, dtype=dtype)
-        out = self.view(self.used, tuple(shape), dtype)
+            return None
+        out = self.view(self.used, shape, dtype)
         self.placed[id(out)] = (self.used, out)
         self.used += nbytes
         return out
@@ -186,7 +195,7 @@ class SharedBatchCollate:
         _OWNERS[self.token] = self
 
     def _worker_state(self) -> None:
-        # In a worker: each slot's memory, whether the main process has it, and the claim counter.
+        # In a worker: each slot's memory, whether the main process has it, and the slots' generation counter.
         self._memory: dict[int, tuple[int, torch.Tensor]] = {}
         self._sent: set[int] = set()
         self._counter = itertools.count(1)
@@ -321,11 +330,7 @@ class SharedBatchCollate:
         base = torch.from_numpy(view)
         self.batches_in_slots += 1
 
-        def tensor(placed: _Placed) -> torch.Tensor:
-            nbytes = int(np.prod(placed.shape, dtype=np.int64)) * placed.dtype.itemsize
-            return base[placed.offset : placed.offset + nbytes].view(placed.dtype).view(placed.shape)
-
-        return _map(skeleton, tensor, _is_placed)
+        return _map(skeleton, lambda placed: _view_at(base, placed.offset, placed.shape, placed.dtype), _is_placed)
 
 
 def _new_shared(nbytes: int) -> torch.Tensor:

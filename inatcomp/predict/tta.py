@@ -281,13 +281,15 @@ class _ViewDataset:
 
     def opened(self, index: int) -> _ImageViews:
         """Image ``index`` opened: its size read, its views laid out; :meth:`_ImageViews.load` decodes it."""
-        path = self.paths[index]
+        path, im = self.paths[index], None
         try:
             im = Image.open(path)
             width, height = im.size
             views = view_boxes(self.mode, width, height, self.crop_size, crop_pct=self.crop_pct, views=self.views)
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
             _logger.warning("unreadable image %s (%s): uniform prediction", path, error)
+            if im is not None:
+                im.close()
             return _ImageViews(path, [], index, self.crop_size, self.interpolation)
         return _ImageViews(path, views, index, self.crop_size, self.interpolation, source=im)
 
